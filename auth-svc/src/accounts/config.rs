@@ -1,0 +1,110 @@
+//! Settings of the accounts half: token lifetimes, password hashing and policy, email.
+
+use std::time::Duration;
+
+use super::{lockout, password::Hasher};
+
+/// Account, token and mail settings (flattened into the binary's command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountsArgs {
+    /// `iss` claim of the access tokens auth-svc issues (verifiers must expect the same).
+    #[arg(long, env = "AUTH_ISSUER", default_value = "commerce-mesh")]
+    pub issuer: String,
+    /// `aud` claim of the access tokens auth-svc issues (verifiers must expect the same).
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "commerce-mesh")]
+    pub audience: String,
+    /// Lifetime of access tokens, in seconds (60–3600).
+    #[arg(
+        long,
+        env = "ACCESS_TOKEN_TTL_SECS",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(60..=3600)
+    )]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of refresh tokens (and idle sessions), in days (1–365).
+    #[arg(
+        long,
+        env = "REFRESH_TOKEN_TTL_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=365)
+    )]
+    pub refresh_token_ttl_days: u32,
+    /// argon2id memory cost in KiB (OWASP: 19456 = 19 MiB).
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (OWASP: 2).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+    /// argon2id lanes (OWASP: 1).
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+    /// Minimum zxcvbn strength score (0–4) of new passwords.
+    #[arg(
+        long,
+        env = "PASSWORD_MIN_STRENGTH",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u8).range(0..=4)
+    )]
+    pub password_min_strength: u8,
+    /// Registrations allowed per client address per hour (0: unlimited, e.g. for load tests).
+    #[arg(long, env = "REGISTRATIONS_PER_CLIENT_HOUR", default_value_t = 20)]
+    pub registrations_per_client_hour: u32,
+    /// Refuse Login until the account's email is verified.
+    #[arg(long, env = "AUTH_REQUIRE_VERIFIED_EMAIL")]
+    pub require_verified_email: bool,
+    /// SMTP server for verification and reset mail, e.g. `smtps://user:pass@smtp.example.com`.
+    /// Unset: mail goes to the `outbox` table and its link to the log (development).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of auth-svc's mail.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "commerce-mesh <no-reply@localhost>"
+    )]
+    pub mail_from: String,
+    /// Base URL of the links in mail (`<PUBLIC_URL>/verify-email?token=…`,
+    /// `<PUBLIC_URL>/reset-password?token=…`), e.g. the web front end.
+    #[arg(long, env = "PUBLIC_URL", default_value = "http://localhost:9000")]
+    pub public_url: String,
+}
+
+impl AccountsArgs {
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+}
+
+/// The accounts settings the handlers use.
+#[derive(Debug)]
+pub struct Config {
+    pub refresh_token_ttl: chrono::Duration,
+    pub email_token_ttl: chrono::Duration,
+    pub reset_token_ttl: chrono::Duration,
+    pub require_verified_email: bool,
+    pub registrations_per_client_hour: u32,
+    pub password_min_strength: u8,
+    pub public_url: String,
+    pub lockout: lockout::Policy,
+    pub hasher: Hasher,
+}
+
+impl Config {
+    pub fn new(args: &AccountsArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            refresh_token_ttl: chrono::Duration::days(i64::from(args.refresh_token_ttl_days)),
+            email_token_ttl: chrono::Duration::hours(24),
+            reset_token_ttl: chrono::Duration::minutes(30),
+            require_verified_email: args.require_verified_email,
+            registrations_per_client_hour: args.registrations_per_client_hour,
+            password_min_strength: args.password_min_strength,
+            public_url: args.public_url.trim_end_matches('/').to_owned(),
+            lockout: lockout::Policy::default(),
+            hasher: Hasher::new(
+                args.argon2_memory_kib,
+                args.argon2_iterations,
+                args.argon2_parallelism,
+            )?,
+        })
+    }
+}

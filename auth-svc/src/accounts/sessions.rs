@@ -1,0 +1,446 @@
+//! Sign-in sessions: Login (with lockout), refresh-token rotation with reuse detection, Logout,
+//! and the signed-in user's session list.
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{ClientInfo, UserStatus, lockout, secret, validate};
+use crate::{
+    State,
+    error::Error,
+    page,
+    store::{
+        self,
+        audit::NewEvent,
+        sessions::{RefreshTokenRow, SessionRow},
+        users::UserRow,
+    },
+};
+
+/// The one answer to every failed sign-in, so nobody learns which accounts exist.
+pub const INVALID_CREDENTIALS: &str = "invalid credentials";
+const INVALID_REFRESH_TOKEN: &str = "invalid or expired refresh token";
+
+/// What Login and Refresh return.
+#[derive(Debug)]
+pub struct Tokens {
+    pub access_token: String,
+    pub access_token_expires_at: DateTime<Utc>,
+    pub refresh_token: String,
+    pub refresh_token_expires_at: DateTime<Utc>,
+    pub user: UserRow,
+}
+
+/// What becomes of a presented refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshVerdict {
+    /// Exchange it for a new pair.
+    Rotate,
+    /// It was exchanged before: someone else holds the chain. Revoke the session.
+    Reused,
+    /// Refuse it (revoked or expired session or token, or the user is not active).
+    Refuse,
+}
+
+/// The rotation rule for `token` of `session` owned by a user in `status`.
+pub fn judge_refresh(
+    token: &RefreshTokenRow,
+    session: &SessionRow,
+    status: UserStatus,
+    now: DateTime<Utc>,
+) -> RefreshVerdict {
+    if session.revoked_at.is_some() {
+        RefreshVerdict::Refuse
+    } else if token.rotated_at.is_some() {
+        RefreshVerdict::Reused
+    } else if token.expires_at <= now || session.expires_at <= now || status != UserStatus::Active {
+        RefreshVerdict::Refuse
+    } else {
+        RefreshVerdict::Rotate
+    }
+}
+
+/// The lockout key of a sign-in: the account when one matched, else the name tried (so unknown
+/// names lock the same way and lockout reveals nothing either).
+fn account_key(user: Option<&UserRow>, name: &str) -> String {
+    user.map_or_else(|| format!("name:{name}"), |user| user.id.to_string())
+}
+
+/// `RESOURCE_EXHAUSTED` if password attempts on `key` from `client` are locked at `now`.
+pub(crate) async fn check_lockout(
+    state: &State,
+    conn: &mut diesel_async::AsyncPgConnection,
+    key: &str,
+    subject: Option<Uuid>,
+    client: &ClientInfo,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let policy = state.config.lockout;
+    let since = now - policy.window;
+    let account = store::attempts::of_account(conn, key, since).await?;
+    let address = store::attempts::failures_of_address(conn, &client.address, since).await?;
+    let Some(until) = lockout::locked_until(&policy, &account, &address, now) else {
+        return Ok(());
+    };
+    let retry_after_secs = lockout::retry_after_secs(until, now);
+    store::audit::record(
+        conn,
+        &NewEvent {
+            event_type: "login.locked",
+            actor: None,
+            subject,
+            client_address: &client.address,
+            details: json!({ "retry_after_secs": retry_after_secs }),
+        },
+        now,
+    )
+    .await?;
+    Err(Error::LockedOut { retry_after_secs })
+}
+
+pub async fn login(
+    state: &State,
+    client: &ClientInfo,
+    username_or_email: &str,
+    password: &str,
+) -> Result<Tokens, Error> {
+    let name = validate::required("username_or_email", username_or_email)?
+        .trim()
+        .to_lowercase();
+    validate::required("password", password)?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let user = store::users::find_by_login(&mut conn, &name).await?;
+    let key = account_key(user.as_ref(), &name);
+    let subject = user.as_ref().map(|user| user.id);
+    check_lockout(state, &mut conn, &key, subject, client, now).await?;
+    // Disabled accounts and service accounts (no password) fail exactly like a wrong password.
+    let hash = user
+        .as_ref()
+        .filter(|user| user.status() == UserStatus::Active)
+        .and_then(|user| user.password_hash.clone());
+    // The connection goes back to the pool while argon2 runs, so slow hashes cannot starve it.
+    drop(conn);
+    let matches = state
+        .config
+        .hasher
+        .verify(password.to_owned(), hash)
+        .await?;
+    let mut conn = state.pool.get().await?;
+    let user = match user {
+        Some(user) if matches => user,
+        other => {
+            let reason = match &other {
+                None => "unknown_user",
+                Some(user) if user.status() != UserStatus::Active => "inactive_account",
+                Some(user) if user.password_hash.is_none() => "no_password",
+                Some(_) => "wrong_password",
+            };
+            conn.transaction::<_, Error, _>(async |conn| {
+                store::attempts::record(conn, &key, &client.address, false, now).await?;
+                let event = NewEvent {
+                    event_type: "login.failed",
+                    actor: None,
+                    subject,
+                    client_address: &client.address,
+                    details: json!({ "reason": reason }),
+                };
+                store::audit::record(conn, &event, now).await?;
+                Ok(())
+            })
+            .await?;
+            return Err(Error::Unauthenticated(INVALID_CREDENTIALS));
+        }
+    };
+    if state.config.require_verified_email && user.email_verified_at.is_none() {
+        return Err(Error::FailedPrecondition(
+            "verify your email address before signing in".into(),
+        ));
+    }
+    let (refresh_token, refresh_hash) = secret::new_token();
+    let refresh_expires_at = now + state.config.refresh_token_ttl;
+    let session = SessionRow {
+        id: Uuid::now_v7(),
+        user_id: user.id,
+        created_at: now,
+        last_used_at: now,
+        expires_at: refresh_expires_at,
+        revoked_at: None,
+        revoke_reason: None,
+        client_address: client.address.clone(),
+        user_agent: client.user_agent.clone(),
+    };
+    let token = RefreshTokenRow {
+        token_hash: refresh_hash,
+        session_id: session.id,
+        issued_at: now,
+        expires_at: refresh_expires_at,
+        rotated_at: None,
+    };
+    conn.transaction::<_, Error, _>(async |conn| {
+        store::attempts::record(conn, &key, &client.address, true, now).await?;
+        store::users::set_last_login(conn, user.id, now).await?;
+        store::sessions::insert(conn, &session).await?;
+        store::sessions::insert_token(conn, &token).await?;
+        let event = NewEvent {
+            event_type: "login.succeeded",
+            actor: Some(user.id),
+            subject: Some(user.id),
+            client_address: &client.address,
+            details: json!({ "session_id": session.id }),
+        };
+        store::audit::record(conn, &event, now).await?;
+        Ok(())
+    })
+    .await?;
+    let user = UserRow {
+        last_login_at: Some(now),
+        ..user
+    };
+    // The signer may need a connection of its own (loading the current key): never hold two.
+    drop(conn);
+    let (access_token, access_token_expires_at) = state
+        .credentials
+        .signer
+        .issue_access_token(user.id, session.id, &user.roles(), now)
+        .await?;
+    Ok(Tokens {
+        access_token,
+        access_token_expires_at,
+        refresh_token,
+        refresh_token_expires_at: refresh_expires_at,
+        user,
+    })
+}
+
+pub async fn refresh(state: &State, client: &ClientInfo, token: &str) -> Result<Tokens, Error> {
+    let presented = secret::hash(validate::required("refresh_token", token)?);
+    let now = state.clock.now();
+    let (new_token, new_hash) = secret::new_token();
+    let expires_at = now + state.config.refresh_token_ttl;
+    let mut conn = state.pool.get().await?;
+    let outcome = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let Some((token, session)) = store::sessions::lock_token(conn, &presented).await?
+            else {
+                return Ok(None);
+            };
+            let user = store::users::find(conn, session.user_id)
+                .await?
+                .ok_or_else(|| Error::Internal("a session without its user".into()))?;
+            match judge_refresh(&token, &session, user.status(), now) {
+                RefreshVerdict::Refuse => Ok(None),
+                RefreshVerdict::Reused => {
+                    store::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
+                    let event = NewEvent {
+                        event_type: "token.reuse_detected",
+                        actor: None,
+                        subject: Some(user.id),
+                        client_address: &client.address,
+                        details: json!({ "session_id": session.id }),
+                    };
+                    store::audit::record(conn, &event, now).await?;
+                    tracing::warn!(session_id = %session.id, "refresh token reused; session revoked");
+                    Ok(None)
+                }
+                RefreshVerdict::Rotate => {
+                    store::sessions::mark_rotated(conn, &presented, now).await?;
+                    let next = RefreshTokenRow {
+                        token_hash: new_hash,
+                        session_id: session.id,
+                        issued_at: now,
+                        expires_at,
+                        rotated_at: None,
+                    };
+                    store::sessions::insert_token(conn, &next).await?;
+                    store::sessions::touch(conn, session.id, now, expires_at).await?;
+                    Ok(Some((session.id, user)))
+                }
+            }
+        })
+        .await?;
+    // The session id and user of a rotated token; `None`: refused (after committing any
+    // revocation for reuse).
+    drop(conn);
+    let Some((session_id, user)) = outcome else {
+        return Err(Error::Unauthenticated(INVALID_REFRESH_TOKEN));
+    };
+    let (access_token, access_token_expires_at) = state
+        .credentials
+        .signer
+        .issue_access_token(user.id, session_id, &user.roles(), now)
+        .await?;
+    Ok(Tokens {
+        access_token,
+        access_token_expires_at,
+        refresh_token: new_token,
+        refresh_token_expires_at: expires_at,
+        user,
+    })
+}
+
+/// Revokes the session of `token`; unknown or revoked tokens are fine (idempotent).
+pub async fn logout(state: &State, client: &ClientInfo, token: &str) -> Result<(), Error> {
+    let presented = secret::hash(validate::required("refresh_token", token)?);
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let Some((_, session)) = store::sessions::lock_token(conn, &presented).await? else {
+            return Ok(());
+        };
+        if store::sessions::revoke(conn, session.id, "logout", now).await? {
+            let event = NewEvent {
+                event_type: "logout",
+                actor: Some(session.user_id),
+                subject: Some(session.user_id),
+                client_address: &client.address,
+                details: json!({ "session_id": session.id }),
+            };
+            store::audit::record(conn, &event, now).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// How often old login attempts are pruned.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes login attempts older than the lockout window every [`PRUNE_INTERVAL`], so the table
+/// stays small whatever an attacker tries. Every replica may run it; deleting is idempotent.
+pub fn spawn_attempt_pruning(state: &State) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let before = state.clock.now() - state.config.lockout.window;
+            let pruned = match state.pool.get().await {
+                Ok(mut conn) => store::attempts::prune(&mut conn, before)
+                    .await
+                    .map_err(Error::from),
+                Err(err) => Err(err.into()),
+            };
+            match pruned {
+                Ok(rows) => tracing::debug!(rows, "pruned old login attempts"),
+                Err(err) => tracing::warn!(%err, "pruning login attempts failed"),
+            }
+        }
+    });
+}
+
+/// A page of `user_id`'s active sessions and the next page token.
+pub async fn list(
+    state: &State,
+    user_id: Uuid,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<SessionRow>, String), Error> {
+    let limit = page::page_size(page_size)?;
+    let after = page::decode_token(page_token, "sessions")?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let mut rows = store::sessions::list_active(&mut conn, user_id, now, after, limit + 1).await?;
+    let next = page::next_token(&mut rows, limit, "sessions", |row| page::Cursor {
+        at: row.created_at,
+        id: row.id,
+    });
+    Ok((rows, next))
+}
+
+/// Revokes one of `user_id`'s sessions (idempotent); `NOT_FOUND` for anyone else's.
+pub async fn revoke(
+    state: &State,
+    client: &ClientInfo,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> Result<(), Error> {
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        store::sessions::find_of_user(conn, user_id, session_id)
+            .await?
+            .ok_or(Error::NotFound("session"))?;
+        if store::sessions::revoke(conn, session_id, "revoked_by_user", now).await? {
+            let event = NewEvent {
+                event_type: "session.revoked",
+                actor: Some(user_id),
+                subject: Some(user_id),
+                client_address: &client.address,
+                details: json!({ "session_id": session_id }),
+            };
+            store::audit::record(conn, &event, now).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    fn fixtures(now: DateTime<Utc>) -> (RefreshTokenRow, SessionRow) {
+        let session = SessionRow {
+            id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + Duration::days(30),
+            revoked_at: None,
+            revoke_reason: None,
+            client_address: String::new(),
+            user_agent: String::new(),
+        };
+        let token = RefreshTokenRow {
+            token_hash: vec![0; 32],
+            session_id: session.id,
+            issued_at: now,
+            expires_at: now + Duration::days(30),
+            rotated_at: None,
+        };
+        (token, session)
+    }
+
+    #[test]
+    fn refresh_rotates_once_and_reuse_is_theft() {
+        let now = Utc::now();
+        let (mut token, mut session) = fixtures(now);
+        let active = UserStatus::Active;
+        assert_eq!(
+            judge_refresh(&token, &session, active, now),
+            RefreshVerdict::Rotate
+        );
+        token.rotated_at = Some(now);
+        assert_eq!(
+            judge_refresh(&token, &session, active, now),
+            RefreshVerdict::Reused
+        );
+        session.revoked_at = Some(now);
+        assert_eq!(
+            judge_refresh(&token, &session, active, now),
+            RefreshVerdict::Refuse
+        );
+    }
+
+    #[test]
+    fn expired_tokens_and_inactive_users_are_refused() {
+        let now = Utc::now();
+        let (token, session) = fixtures(now);
+        let later = now + Duration::days(31);
+        assert_eq!(
+            judge_refresh(&token, &session, UserStatus::Active, later),
+            RefreshVerdict::Refuse
+        );
+        for status in [UserStatus::Disabled, UserStatus::Deleted] {
+            assert_eq!(
+                judge_refresh(&token, &session, status, now),
+                RefreshVerdict::Refuse
+            );
+        }
+    }
+}

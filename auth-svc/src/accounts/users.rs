@@ -1,0 +1,450 @@
+//! The account's own flows: Register, VerifyEmail, GetMe, UpdateMe, ChangePassword and the
+//! password reset.
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{ClientInfo, UserStatus, password, secret, sessions::check_lockout, validate};
+use crate::{
+    State,
+    error::Error,
+    mailer::Mail,
+    store::{
+        self,
+        audit::NewEvent,
+        email_tokens::{EmailTokenRow, PASSWORD_RESET, VERIFY_EMAIL},
+        users::{ProfileChange, UserRow},
+    },
+};
+
+/// At most this many reset mails per account per hour; further requests still answer OK.
+const MAX_RESET_MAILS_PER_HOUR: i64 = 3;
+
+/// Register's input, unvalidated.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    pub email: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub display_name: &'a str,
+}
+
+pub(crate) fn already_exists(err: diesel::result::Error) -> Error {
+    match store::users::conflicting_field(&err) {
+        Some("email") => Error::AlreadyExists("email: already registered".into()),
+        Some(field) => Error::AlreadyExists(format!("{field}: already taken")),
+        None => err.into(),
+    }
+}
+
+/// A verification token for `user`'s current email and the mail carrying it.
+fn verification(state: &State, user: &UserRow, now: DateTime<Utc>) -> (EmailTokenRow, Mail) {
+    let (token, token_hash) = secret::new_token();
+    let row = EmailTokenRow {
+        token_hash,
+        user_id: user.id,
+        purpose: VERIFY_EMAIL.into(),
+        email: user.email.clone(),
+        created_at: now,
+        expires_at: now + state.config.email_token_ttl,
+        used_at: None,
+    };
+    let mail = Mail {
+        to: user.email.clone(),
+        subject: "Confirm your email address".into(),
+        intro: format!(
+            "Hello {}, please confirm your email address (the link is valid for 24 hours):",
+            user.display_name
+        ),
+        link: format!("{}/verify-email?token={token}", state.config.public_url),
+    };
+    (row, mail)
+}
+
+/// Sends `mail` in the background: the answer must not wait for (or reveal) delivery.
+fn send(state: &State, mail: Mail) {
+    let mailer = state.mailer.clone();
+    tokio::spawn(async move {
+        let to = mail.to.clone();
+        if let Err(err) = mailer.send(mail).await {
+            tracing::error!(%to, %err, "mail not sent");
+        }
+    });
+}
+
+pub async fn register(
+    state: &State,
+    client: &ClientInfo,
+    input: &Registration<'_>,
+) -> Result<UserRow, Error> {
+    let email = validate::email("email", input.email)?;
+    let username = validate::username(input.username)?;
+    let display_name = if input.display_name.trim().is_empty() {
+        username.clone()
+    } else {
+        validate::display_name(input.display_name)?
+    };
+    password::check_policy(
+        "password",
+        input.password,
+        &username,
+        &email,
+        state.config.password_min_strength,
+    )?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let limit = state.config.registrations_per_client_hour;
+    // Unknown addresses are not limited: they would all share one budget.
+    if limit > 0 && !client.address.is_empty() {
+        let recent = store::audit::count_from_client(
+            &mut conn,
+            "user.registered",
+            &client.address,
+            now - chrono::Duration::hours(1),
+        )
+        .await?;
+        if recent >= i64::from(limit) {
+            return Err(Error::ResourceExhausted(
+                "too many registrations from this client; retry later".into(),
+            ));
+        }
+    }
+    // The connection goes back to the pool while argon2 runs, so slow hashes cannot starve it.
+    drop(conn);
+    let hash = state.config.hasher.hash(input.password.to_owned()).await?;
+    let mut conn = state.pool.get().await?;
+    let user = UserRow {
+        id: Uuid::now_v7(),
+        email,
+        username,
+        display_name,
+        password_hash: Some(hash),
+        roles: Vec::new(),
+        status: UserStatus::Active.as_str().into(),
+        email_verified_at: None,
+        created_at: now,
+        updated_at: now,
+        last_login_at: None,
+        deleted_at: None,
+    };
+    let (token, mail) = verification(state, &user, now);
+    conn.transaction::<_, Error, _>(async |conn| {
+        store::users::insert(conn, &user)
+            .await
+            .map_err(already_exists)?;
+        store::email_tokens::insert(conn, &token).await?;
+        let event = NewEvent {
+            event_type: "user.registered",
+            actor: Some(user.id),
+            subject: Some(user.id),
+            client_address: &client.address,
+            details: json!({ "username": user.username }),
+        };
+        store::audit::record(conn, &event, now).await?;
+        Ok(())
+    })
+    .await?;
+    send(state, mail);
+    Ok(user)
+}
+
+/// Consumes a single-use email token of `purpose`: `FAILED_PRECONDITION` when unknown, used or
+/// expired.
+async fn consume(
+    conn: &mut diesel_async::AsyncPgConnection,
+    purpose: &str,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<EmailTokenRow, Error> {
+    let row = store::email_tokens::lock(conn, purpose, &secret::hash(token))
+        .await?
+        .filter(|row| row.used_at.is_none() && row.expires_at > now)
+        .ok_or_else(|| {
+            Error::FailedPrecondition("the token is unknown, expired or already used".into())
+        })?;
+    store::email_tokens::mark_used(conn, &row.token_hash, now).await?;
+    Ok(row)
+}
+
+pub async fn verify_email(
+    state: &State,
+    client: &ClientInfo,
+    token: &str,
+) -> Result<UserRow, Error> {
+    let token = validate::required("token", token)?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let row = consume(conn, VERIFY_EMAIL, token, now).await?;
+        let user = store::users::lock(conn, row.user_id)
+            .await?
+            .filter(|user| user.status() != UserStatus::Deleted && user.email == row.email)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(
+                    "the token is for an email the account no longer has".into(),
+                )
+            })?;
+        let user = store::users::set_email_verified(conn, user.id, now).await?;
+        let event = NewEvent {
+            event_type: "email.verified",
+            actor: Some(user.id),
+            subject: Some(user.id),
+            client_address: &client.address,
+            details: json!({}),
+        };
+        store::audit::record(conn, &event, now).await?;
+        Ok(user)
+    })
+    .await
+}
+
+/// The signed-in user's account; `UNAUTHENTICATED` once deleted.
+pub async fn me(state: &State, user_id: Uuid) -> Result<UserRow, Error> {
+    let mut conn = state.pool.get().await?;
+    store::users::find(&mut conn, user_id)
+        .await?
+        .filter(|user| user.status() != UserStatus::Deleted)
+        .ok_or(Error::Unauthenticated("the account no longer exists"))
+}
+
+/// UpdateMe's changes; `None` leaves a field unchanged.
+#[derive(Debug)]
+pub struct ProfileUpdate<'a> {
+    pub display_name: Option<&'a str>,
+    pub email: Option<&'a str>,
+}
+
+/// Applies `update`; returns the user and whether a verification mail was sent.
+pub async fn update_me(
+    state: &State,
+    client: &ClientInfo,
+    user_id: Uuid,
+    update: &ProfileUpdate<'_>,
+) -> Result<(UserRow, bool), Error> {
+    let display_name = update
+        .display_name
+        .map(validate::display_name)
+        .transpose()?;
+    let email = update
+        .email
+        .map(|email| validate::email("email", email))
+        .transpose()?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let (user, mail) = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let current = store::users::lock(conn, user_id)
+                .await?
+                .filter(|user| user.status() != UserStatus::Deleted)
+                .ok_or(Error::Unauthenticated("the account no longer exists"))?;
+            let new_email = email.filter(|email| *email != current.email);
+            let change = ProfileChange {
+                display_name,
+                email_verified_at: new_email.as_ref().map(|_| None),
+                email: new_email.clone(),
+                updated_at: now,
+            };
+            let user = store::users::update_profile(conn, user_id, &change)
+                .await
+                .map_err(already_exists)?;
+            let mail = match &new_email {
+                Some(_) => {
+                    let (token, mail) = verification(state, &user, now);
+                    store::email_tokens::insert(conn, &token).await?;
+                    let event = NewEvent {
+                        event_type: "email.changed",
+                        actor: Some(user_id),
+                        subject: Some(user_id),
+                        client_address: &client.address,
+                        details: json!({}),
+                    };
+                    store::audit::record(conn, &event, now).await?;
+                    Some(mail)
+                }
+                None => None,
+            };
+            Ok((user, mail))
+        })
+        .await?;
+    let verification_sent = mail.is_some();
+    if let Some(mail) = mail {
+        send(state, mail);
+    }
+    Ok((user, verification_sent))
+}
+
+/// ChangePassword: needs the old password (wrong ones count towards lockout); revokes every
+/// session but `session_id`.
+pub async fn change_password(
+    state: &State,
+    client: &ClientInfo,
+    user_id: Uuid,
+    session_id: Uuid,
+    old_password: &str,
+    new_password: &str,
+) -> Result<(), Error> {
+    validate::required("old_password", old_password)?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let user = store::users::find(&mut conn, user_id)
+        .await?
+        .filter(|user| user.status() == UserStatus::Active)
+        .ok_or(Error::Unauthenticated("the account is not active"))?;
+    let key = user.id.to_string();
+    check_lockout(state, &mut conn, &key, Some(user.id), client, now).await?;
+    let hash = user.password_hash.clone();
+    drop(conn);
+    let old_matches = state
+        .config
+        .hasher
+        .verify(old_password.to_owned(), hash)
+        .await?;
+    let mut conn = state.pool.get().await?;
+    if !old_matches {
+        store::attempts::record(&mut conn, &key, &client.address, false, now).await?;
+        return Err(Error::PermissionDenied(
+            "old_password: wrong password".into(),
+        ));
+    }
+    password::check_policy(
+        "new_password",
+        new_password,
+        &user.username,
+        &user.email,
+        state.config.password_min_strength,
+    )?;
+    drop(conn);
+    let new_hash = state.config.hasher.hash(new_password.to_owned()).await?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        store::users::set_password(conn, user_id, &new_hash, now).await?;
+        let revoked = store::sessions::revoke_all_of_user(
+            conn,
+            user_id,
+            Some(session_id),
+            "password_changed",
+            now,
+        )
+        .await?;
+        let event = NewEvent {
+            event_type: "password.changed",
+            actor: Some(user_id),
+            subject: Some(user_id),
+            client_address: &client.address,
+            details: json!({ "sessions_revoked": revoked }),
+        };
+        store::audit::record(conn, &event, now).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// RequestPasswordReset: mails a reset link if an active account has `email`; answers the same
+/// either way.
+pub async fn request_password_reset(
+    state: &State,
+    client: &ClientInfo,
+    email: &str,
+) -> Result<(), Error> {
+    let email = validate::email("email", email)?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let mail = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let Some(user) = store::users::find_active_by_email(conn, &email).await? else {
+                return Ok(None);
+            };
+            let recent = store::email_tokens::count_since(
+                conn,
+                user.id,
+                PASSWORD_RESET,
+                now - chrono::Duration::hours(1),
+            )
+            .await?;
+            if recent >= MAX_RESET_MAILS_PER_HOUR {
+                return Ok(None);
+            }
+            let (token, token_hash) = secret::new_token();
+            let row = EmailTokenRow {
+                token_hash,
+                user_id: user.id,
+                purpose: PASSWORD_RESET.into(),
+                email: user.email.clone(),
+                created_at: now,
+                expires_at: now + state.config.reset_token_ttl,
+                used_at: None,
+            };
+            store::email_tokens::insert(conn, &row).await?;
+            let event = NewEvent {
+                event_type: "password.reset_requested",
+                actor: None,
+                subject: Some(user.id),
+                client_address: &client.address,
+                details: json!({}),
+            };
+            store::audit::record(conn, &event, now).await?;
+            Ok(Some(Mail {
+                to: user.email,
+                subject: "Reset your password".into(),
+                intro: "Someone asked to reset your password. If it was you, follow this link \
+                        within 30 minutes; otherwise ignore this mail:"
+                    .into(),
+                link: format!("{}/reset-password?token={token}", state.config.public_url),
+            }))
+        })
+        .await?;
+    if let Some(mail) = mail {
+        send(state, mail);
+    }
+    Ok(())
+}
+
+/// ConfirmPasswordReset: sets the password, marks the email verified, revokes every session.
+pub async fn confirm_password_reset(
+    state: &State,
+    client: &ClientInfo,
+    token: &str,
+    new_password: &str,
+) -> Result<(), Error> {
+    let token = validate::required("token", token)?;
+    validate::required("new_password", new_password)?;
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    // One transaction: a new password failing the policy rolls back, so the token stays usable.
+    conn.transaction::<_, Error, _>(async |conn| {
+        let row = consume(conn, PASSWORD_RESET, token, now).await?;
+        let user = store::users::lock(conn, row.user_id)
+            .await?
+            .filter(|user| user.status() == UserStatus::Active)
+            .ok_or_else(|| {
+                Error::FailedPrecondition("the token is unknown, expired or already used".into())
+            })?;
+        password::check_policy(
+            "new_password",
+            new_password,
+            &user.username,
+            &user.email,
+            state.config.password_min_strength,
+        )?;
+        let hash = state.config.hasher.hash(new_password.to_owned()).await?;
+        store::users::set_password(conn, row.user_id, &hash, now).await?;
+        if user.email == row.email && user.email_verified_at.is_none() {
+            store::users::set_email_verified(conn, row.user_id, now).await?;
+        }
+        let revoked =
+            store::sessions::revoke_all_of_user(conn, row.user_id, None, "password_reset", now)
+                .await?;
+        let event = NewEvent {
+            event_type: "password.reset",
+            actor: Some(row.user_id),
+            subject: Some(row.user_id),
+            client_address: &client.address,
+            details: json!({ "sessions_revoked": revoked }),
+        };
+        store::audit::record(conn, &event, now).await?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,137 @@
+//! `auth-svc service-key issue`: API keys for the mesh's own services.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use kit::{
+    ServerArgs,
+    caller::{role, scope},
+};
+use uuid::Uuid;
+
+use super::{
+    domain::{Grantor, KeyRequest},
+    store,
+};
+use crate::{error::Error, keys::cli::connect, store::schema::auth::users};
+
+/// What a service key may do: the internal RPCs, and acting on quotas and billing.
+const SERVICE_KEY_SCOPES: [&str; 5] = [
+    scope::SERVICE,
+    scope::QUOTA_CONSUME,
+    scope::QUOTA_READ,
+    scope::BILLING_READ,
+    scope::BILLING_WRITE,
+];
+
+/// Issue an API key for a mesh service; prints only the key.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueServiceKey {
+    /// The service's name, e.g. `quota`: 1–28 characters of `a-z`, `0-9` and `-`. Its account is
+    /// `svc-<name>` (role `service`, no password: it cannot log in), created if missing.
+    #[arg(long)]
+    pub service: String,
+    /// Revoke the account's earlier keys (servers refuse them within their cache TTL).
+    #[arg(long)]
+    pub revoke_previous: bool,
+}
+
+fn account_name(service: &str) -> Result<String, Error> {
+    let valid = (1..=28).contains(&service.len())
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(Error::invalid(
+            "service",
+            "1–28 characters of a-z, 0-9 and -",
+        ));
+    }
+    Ok(format!("svc-{service}"))
+}
+
+/// The id of service account `username`, created (active, role `service`, no password) if
+/// missing; an existing account of that name must hold the `service` role.
+async fn ensure_service_account(
+    conn: &mut AsyncPgConnection,
+    username: &str,
+    now: DateTime<Utc>,
+) -> Result<Uuid, Error> {
+    let roles = vec![Some(role::SERVICE.to_owned())];
+    diesel::insert_into(users::table)
+        .values((
+            users::id.eq(Uuid::now_v7()),
+            users::email.eq(format!("{username}@service.invalid")),
+            users::username.eq(username),
+            users::display_name.eq(username),
+            users::roles.eq(&roles),
+            users::status.eq("active"),
+            users::created_at.eq(now),
+            users::updated_at.eq(now),
+        ))
+        // The account exists already (unique username among non-deleted accounts).
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    let (id, roles, status): (Uuid, Vec<Option<String>>, String) = users::table
+        .filter(users::username.eq(username))
+        .filter(users::status.ne("deleted"))
+        .select((users::id, users::roles, users::status))
+        .first(conn)
+        .await?;
+    if !roles.iter().flatten().any(|r| r == role::SERVICE) || status != "active" {
+        return Err(Error::PermissionDenied(format!(
+            "{username} exists but is not an active service account"
+        )));
+    }
+    Ok(id)
+}
+
+/// Runs `service-key issue`.
+pub async fn issue_service_key(server: &ServerArgs, args: &IssueServiceKey) -> anyhow::Result<()> {
+    let username = account_name(&args.service)?;
+    let mut conn = connect(server).await?;
+    let now = Utc::now();
+    let scopes: Vec<String> = SERVICE_KEY_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let revoke_previous = args.revoke_previous;
+    let (row, secret, revoked) = conn
+        .transaction::<_, Error, _>(async move |conn| {
+            let user_id = ensure_service_account(conn, &username, now).await?;
+            let revoked = if revoke_previous {
+                store::revoke_all_for_user(conn, user_id, now).await?
+            } else {
+                Vec::new()
+            };
+            let request = KeyRequest {
+                name: &format!("{username} service key"),
+                scopes: &scopes,
+                expires_at: None,
+            };
+            let (row, secret) =
+                super::create(conn, user_id, &request, Grantor::Operator, "", now).await?;
+            Ok((row, secret, revoked))
+        })
+        .await?;
+    tracing::info!(key_id = %row.id, revoked = revoked.len(), "issued a service API key");
+    #[expect(
+        clippy::print_stdout,
+        reason = "the command's output, captured by scripts"
+    )]
+    {
+        println!("{secret}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_become_account_names() {
+        assert_eq!(account_name("quota").ok().as_deref(), Some("svc-quota"));
+        for bad in ["", "Quota", "a_b", &"x".repeat(29)] {
+            assert!(account_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The auth-svc binary: `serve` (default), `migrate`, `admin create`, `keys rotate` and
+//! `service-key issue`.
+
+use std::{io::Read, process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use auth_svc::{
+    AuthArgs, MIGRATIONS, SPEC, State,
+    accounts::{self, clock::SystemClock},
+    api_keys::cli::IssueServiceKey,
+    keys,
+};
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use kit::ServerArgs;
+
+/// auth-svc: accounts, sessions, API keys and token signing keys (gRPC on port 9001).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Manage the token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage the API keys of the mesh's services.
+    #[command(subcommand)]
+    ServiceKey(ServiceKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an administrator (active, email verified). The password is read from the
+    /// ADMIN_PASSWORD environment variable, else from the first line of stdin; it is never a
+    /// flag (flags are visible to other users of the machine). Prints the new user id.
+    Create {
+        /// The administrator's email address.
+        #[arg(long)]
+        email: String,
+        /// The administrator's username.
+        #[arg(long)]
+        username: String,
+        /// Name shown to people; defaults to the username.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a new signing key that becomes current; prints its kid.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceKeyCommand {
+    /// Issue an API key for a mesh service; prints only the key.
+    Issue(IssueServiceKey),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    kit::telemetry::init_tracing();
+    let cli: Cli = kit::cli::parse(&SPEC);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.server, cli.auth).await,
+        Command::Migrate => kit::server::migrate(SPEC, &cli.server, MIGRATIONS).await,
+        Command::Admin(AdminCommand::Create {
+            email,
+            username,
+            display_name,
+        }) => {
+            create_admin(
+                &cli.server,
+                &cli.auth,
+                &email,
+                &username,
+                display_name.as_deref(),
+            )
+            .await
+        }
+        Command::Keys(KeysCommand::Rotate) => keys::cli::rotate(&cli.server, &cli.auth.keys).await,
+        Command::ServiceKey(ServiceKeyCommand::Issue(args)) => {
+            auth_svc::api_keys::cli::issue_service_key(&cli.server, &args).await
+        }
+    };
+    kit::exit_code(result)
+}
+
+async fn serve(server: ServerArgs, auth: AuthArgs) -> anyhow::Result<()> {
+    keys::cli::preflight(&server, &auth.keys).await?;
+    let mut api_keys = None;
+    kit::server::run(SPEC, server, MIGRATIONS, |pool| {
+        let state = State::new(pool, &auth, Arc::new(SystemClock), None)?;
+        api_keys = Some(Arc::clone(&state.credentials.api_keys));
+        accounts::sessions::spawn_attempt_pruning(&state);
+        Ok(auth_svc::routes(state))
+    })
+    .await?;
+    // API key uses noted since the last periodic write (at most a few seconds of them).
+    if let Some(api_keys) = api_keys {
+        api_keys.flush_usage().await?;
+    }
+    Ok(())
+}
+
+fn admin_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
+        return Ok(password);
+    }
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the password from stdin")?;
+    let password = input.lines().next().unwrap_or_default().to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "set ADMIN_PASSWORD or pipe the password into stdin"
+    );
+    Ok(password)
+}
+
+async fn create_admin(
+    server: &ServerArgs,
+    auth: &AuthArgs,
+    email: &str,
+    username: &str,
+    display_name: Option<&str>,
+) -> anyhow::Result<()> {
+    let password = admin_password()?;
+    let config = accounts::Config::new(&auth.accounts)?;
+    let mut conn = keys::cli::connect(server).await?;
+    let user = accounts::admin::create_admin(
+        &mut conn,
+        &config,
+        email,
+        username,
+        display_name,
+        &password,
+        Utc::now(),
+    )
+    .await?;
+    tracing::info!(user_id = %user.id, username = %user.username, "administrator created");
+    #[expect(
+        clippy::print_stdout,
+        reason = "the command's output, captured by scripts"
+    )]
+    {
+        println!("{}", user.id);
+    }
+    Ok(())
+}

@@ -1,0 +1,980 @@
+//! The accounts half through the gRPC API of an in-process server on a real PostgreSQL: sessions
+//! and refresh rotation, lockout, password reset, email verification, administration, what the
+//! database stores, and the real binary driven with grpcurl.
+
+use auth_svc::{MIGRATIONS, SPEC};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use diesel::{QueryableByName, sql_query, sql_types::Text};
+use diesel_async::RunQueryDsl;
+use kit::testing::{Binary, assert_migrations_revert, assert_schema_rs_matches, grpcurl};
+use proto::auth::{
+    ChangePasswordRequest, ConfirmPasswordResetRequest, DeleteUserRequest, GetMeRequest,
+    GetUserRequest, ListAuditEventsRequest, ListSessionsRequest, ListUsersRequest, LogoutRequest,
+    RefreshRequest, RegisterRequest, RequestPasswordResetRequest, RevokeSessionRequest, RoleList,
+    UpdateMeRequest, UpdateUserRequest, UserStatus, VerifyEmailRequest,
+};
+use sha2::{Digest, Sha256};
+use tonic::{Code, Request};
+
+use crate::common::{PASSWORD, TestServer, args, bearer, production_args};
+
+const NEW_PASSWORD: &str = "purple elephant drinking tea 77";
+
+fn refresh(token: &str) -> RefreshRequest {
+    RefreshRequest {
+        refresh_token: token.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_rs_matches_the_migrations() {
+    assert_schema_rs_matches(
+        SPEC.name,
+        MIGRATIONS,
+        include_str!("../../src/store/schema.rs"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_revert_and_reapply() {
+    assert_migrations_revert(SPEC.name, MIGRATIONS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_reuse_of_a_rotated_token_revokes_the_session() {
+    let t = TestServer::start().await;
+    let (user_id, login) = t.signup("ada").await;
+    assert_eq!(login.token_type, "Bearer");
+    let me = t
+        .client()
+        .get_me(bearer(&login.access_token, GetMeRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.user.unwrap().user_id, user_id);
+
+    let rotated = t
+        .client()
+        .refresh(refresh(&login.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.refresh_token, login.refresh_token);
+    // The new access token works.
+    t.client()
+        .get_me(bearer(&rotated.access_token, GetMeRequest {}))
+        .await
+        .unwrap();
+
+    // The old token again: theft. Refused, and the whole session with it.
+    let reuse = t
+        .client()
+        .refresh(refresh(&login.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::Unauthenticated);
+    let after = t
+        .client()
+        .refresh(refresh(&rotated.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated);
+
+    let (admin_id, admin) = t.admin("root").await;
+    let events = t
+        .client()
+        .list_audit_events(bearer(
+            &admin.access_token,
+            ListAuditEventsRequest {
+                subject_user_id: user_id.clone(),
+                event_type: "token.reuse_detected".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    assert_ne!(admin_id, user_id);
+
+    // Logout is idempotent and ends a session.
+    let second = t.login("ada", PASSWORD).await.unwrap();
+    for _ in 0..2 {
+        t.client()
+            .logout(LogoutRequest {
+                refresh_token: second.refresh_token.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let ended = t
+        .client()
+        .refresh(refresh(&second.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failures_lock_the_account_until_the_window_passes() {
+    let t = TestServer::start().await;
+    t.signup("grace").await;
+    for _ in 0..5 {
+        let err = t.login("grace", "wrong password 123").await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    // Locked, even with the right password, and the delay is given.
+    let locked = t.login("GRACE@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+    let retry_after: u64 = locked
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((800..=900).contains(&retry_after), "{retry_after}");
+    assert!(locked.message().contains(&retry_after.to_string()));
+
+    // A restart changes nothing: the state is in PostgreSQL.
+    let restarted = crate::common::state(
+        &t.db,
+        &args(&[]),
+        std::sync::Arc::clone(&t.clock),
+        std::sync::Arc::clone(&t.mailer),
+    );
+    let client = auth_svc::accounts::ClientInfo::default();
+    let again = auth_svc::accounts::sessions::login(&restarted, &client, "grace", PASSWORD).await;
+    assert!(matches!(
+        again,
+        Err(auth_svc::error::Error::LockedOut { .. })
+    ));
+
+    t.clock
+        .advance(chrono::Duration::minutes(15) + chrono::Duration::seconds(1));
+    t.login("grace", PASSWORD).await.unwrap();
+    // The success reset the account's counter: four more failures do not lock it.
+    for _ in 0..4 {
+        t.login("grace", "wrong password 123").await.unwrap_err();
+    }
+    t.login("grace", PASSWORD).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_older_than_the_window_are_pruned() {
+    let t = TestServer::start().await;
+    t.login("nobody", PASSWORD).await.unwrap_err();
+    t.clock.advance(chrono::Duration::minutes(16));
+    t.login("nobody", PASSWORD).await.unwrap_err();
+    let mut conn = t.db.connect(SPEC.name).await;
+    let before = auth_svc::accounts::clock::Clock::now(&*t.clock) - chrono::Duration::minutes(15);
+    let pruned = auth_svc::store::attempts::prune(&mut conn, before)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_failures_from_one_address_lock_that_address() {
+    let t = TestServer::start().await;
+    t.signup("hopper").await;
+    let attempt = |name: String, address: &'static str| {
+        let mut request = Request::new(proto::auth::LoginRequest {
+            username_or_email: name,
+            password: "not the password 9".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", address.parse().unwrap());
+        let mut client = t.client();
+        async move { client.login(request).await }
+    };
+    for n in 0..20 {
+        let err = attempt(format!("nobody{n}"), "198.51.100.9, 10.0.0.1")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let locked = attempt("hopper".into(), "198.51.100.9").await.unwrap_err();
+    assert_eq!(locked.code(), Code::ResourceExhausted);
+    // Another client is not affected.
+    let other = attempt("hopper".into(), "198.51.100.10").await.unwrap_err();
+    assert_eq!(other.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_limited_per_client() {
+    let t = TestServer::with_args(args(&["--registrations-per-client-hour", "2"])).await;
+    let register = |name: &str, address: &'static str| {
+        let mut request = Request::new(RegisterRequest {
+            email: format!("{name}@example.com"),
+            username: name.to_owned(),
+            password: PASSWORD.to_owned(),
+            display_name: String::new(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", address.parse().unwrap());
+        let mut client = t.client();
+        async move { client.register(request).await }
+    };
+    register("one", "192.0.2.1").await.unwrap();
+    register("two", "192.0.2.1").await.unwrap();
+    let third = register("three", "192.0.2.1").await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    register("four", "192.0.2.2").await.unwrap();
+    t.clock.advance(chrono::Duration::minutes(61));
+    register("five", "192.0.2.1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_wrong_passwords_and_inactive_accounts_look_alike() {
+    let t = TestServer::start().await;
+    t.signup("alan").await;
+    let (disabled_id, _) = t.signup("disabled").await;
+    let (deleted_id, _) = t.signup("deleted").await;
+    let (_, admin) = t.admin("root").await;
+    t.client()
+        .update_user(bearer(
+            &admin.access_token,
+            UpdateUserRequest {
+                user_id: disabled_id,
+                active: Some(false),
+                roles: None,
+            },
+        ))
+        .await
+        .unwrap();
+    t.client()
+        .delete_user(bearer(
+            &admin.access_token,
+            DeleteUserRequest {
+                user_id: deleted_id,
+            },
+        ))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for (name, password) in [
+        ("nobody", PASSWORD),
+        ("alan", "wrong password 123"),
+        ("disabled", PASSWORD),
+        ("deleted", PASSWORD),
+    ] {
+        let err = t.login(name, password).await.unwrap_err();
+        answers.push((err.code(), err.message().to_owned()));
+    }
+    assert!(
+        answers.iter().all(|answer| *answer == answers[0]),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[0],
+        (Code::Unauthenticated, "invalid credentials".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_token_works_once_and_never_after_expiry() {
+    let t = TestServer::start().await;
+    let (_, login) = t.signup("barbara").await;
+    let request = || RequestPasswordResetRequest {
+        email: "Barbara@Example.com".into(),
+    };
+    t.client().request_password_reset(request()).await.unwrap();
+    // Unknown emails get the same answer and no mail.
+    t.client()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "nobody@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let token = t.mailer.token("barbara@example.com", "Reset", 0).await;
+    let confirm = |token: &str, password: &str| ConfirmPasswordResetRequest {
+        token: token.to_owned(),
+        new_password: password.to_owned(),
+    };
+    let weak = t
+        .client()
+        .confirm_password_reset(confirm(&token, "password1"))
+        .await
+        .unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument);
+    assert!(weak.message().starts_with("new_password:"), "{weak:?}");
+    t.client()
+        .confirm_password_reset(confirm(&token, NEW_PASSWORD))
+        .await
+        .unwrap();
+    // Sessions were revoked; the new password works, the old one does not.
+    let revoked = t
+        .client()
+        .refresh(refresh(&login.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(revoked.code(), Code::Unauthenticated);
+    t.login("barbara", NEW_PASSWORD).await.unwrap();
+    t.login("barbara", PASSWORD).await.unwrap_err();
+    // Used once: never again.
+    let reused = t
+        .client()
+        .confirm_password_reset(confirm(&token, PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition);
+
+    t.client().request_password_reset(request()).await.unwrap();
+    let late = t.mailer.token("barbara@example.com", "Reset", 1).await;
+    t.clock.advance(chrono::Duration::minutes(31));
+    let expired = t
+        .client()
+        .confirm_password_reset(confirm(&late, PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::FailedPrecondition);
+}
+
+#[derive(QueryableByName)]
+struct Dump {
+    #[diesel(sql_type = Text)]
+    dump: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_never_holds_a_password_or_token_in_clear() {
+    let t = TestServer::start().await;
+    let (_, login) = t.signup("edsger").await;
+    let verify = t.mailer.token("edsger@example.com", "Confirm", 0).await;
+    t.client()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "edsger@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let reset = t.mailer.token("edsger@example.com", "Reset", 0).await;
+    let rotated = t
+        .client()
+        .refresh(refresh(&login.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut conn = t.db.connect(SPEC.name).await;
+    let tables: Vec<Dump> = sql_query(
+        "SELECT table_name::text AS dump FROM information_schema.tables \
+         WHERE table_schema = 'auth' AND table_type = 'BASE TABLE'",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let mut everything = String::new();
+    for table in tables {
+        let rows: Vec<Dump> = sql_query(format!(
+            "SELECT coalesce(string_agg(row_to_json(t)::text, E'\\n'), '') AS dump FROM {} t",
+            table.dump
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap();
+        everything.push_str(&rows[0].dump);
+    }
+    assert!(everything.contains("$argon2id$"));
+    for secret in [
+        PASSWORD,
+        &login.refresh_token,
+        &rotated.refresh_token,
+        &verify,
+        &reset,
+    ] {
+        assert!(!everything.contains(secret), "{secret} is stored in clear");
+        let raw = URL_SAFE_NO_PAD
+            .decode(secret)
+            .map(hex::encode)
+            .unwrap_or_default();
+        assert!(raw.is_empty() || !everything.contains(&raw));
+    }
+    // What is stored is the SHA-256 (bytea renders as hex).
+    let hash = hex::encode(Sha256::digest(rotated.refresh_token.as_bytes()));
+    assert!(everything.contains(&hash));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rpcs_refuse_non_admins() {
+    let t = TestServer::start().await;
+    let (user_id, login) = t.signup("mallory").await;
+    let token = login.access_token.as_str();
+    let denied = [
+        t.client()
+            .list_users(bearer(token, ListUsersRequest::default()))
+            .await
+            .map(drop),
+        t.client()
+            .get_user(bearer(
+                token,
+                GetUserRequest {
+                    user_id: user_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        t.client()
+            .update_user(bearer(
+                token,
+                UpdateUserRequest {
+                    user_id: user_id.clone(),
+                    active: None,
+                    roles: Some(RoleList {
+                        values: vec!["admin".into()],
+                    }),
+                },
+            ))
+            .await
+            .map(drop),
+        t.client()
+            .delete_user(bearer(
+                token,
+                DeleteUserRequest {
+                    user_id: user_id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        t.client()
+            .list_audit_events(bearer(token, ListAuditEventsRequest::default()))
+            .await
+            .map(drop),
+    ];
+    for result in denied {
+        assert_eq!(result.unwrap_err().code(), Code::PermissionDenied);
+    }
+    let anonymous = t
+        .client()
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let t = TestServer::start().await;
+    let register =
+        |email: &str, username: &str, password: &str, display_name: &str| RegisterRequest {
+            email: email.to_owned(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+            display_name: display_name.to_owned(),
+        };
+    let long_email = format!("{}@example.com", "a".repeat(250));
+    let cases = [
+        (register("", "ada", PASSWORD, ""), "email:"),
+        (register(&long_email, "ada", PASSWORD, ""), "email:"),
+        (register("not-an-email", "ada", PASSWORD, ""), "email:"),
+        (register("ada@example.com", "", PASSWORD, ""), "username:"),
+        (
+            register("ada@example.com", "a d a", PASSWORD, ""),
+            "username:",
+        ),
+        (register("ada@example.com", "ada", "", ""), "password:"),
+        (
+            register("ada@example.com", "ada", "password1234", ""),
+            "password:",
+        ),
+        (
+            register("ada@example.com", "ada", &"x".repeat(129), ""),
+            "password:",
+        ),
+        (
+            register("ada@example.com", "ada", PASSWORD, &"n".repeat(65)),
+            "display_name:",
+        ),
+    ];
+    for (request, field) in cases {
+        let err = t.client().register(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{field} vs {err:?}");
+    }
+    let empty_login = t.login("", PASSWORD).await.unwrap_err();
+    assert!(empty_login.message().starts_with("username_or_email:"));
+    let empty_refresh = t.client().refresh(refresh("")).await.unwrap_err();
+    assert!(empty_refresh.message().starts_with("refresh_token:"));
+
+    // Taken email or username: ALREADY_EXISTS saying which.
+    t.register("ada").await;
+    let taken = t
+        .client()
+        .register(register("ADA@example.com", "other", PASSWORD, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    assert!(taken.message().starts_with("email"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_verification_profile_changes_and_password_change() {
+    let t = TestServer::with_args(args(&["--require-verified-email"])).await;
+    t.register("donald").await;
+    let unverified = t.login("donald", PASSWORD).await.unwrap_err();
+    assert_eq!(unverified.code(), Code::FailedPrecondition);
+    let token = t.mailer.token("donald@example.com", "Confirm", 0).await;
+    let verified = t
+        .client()
+        .verify_email(VerifyEmailRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.user.unwrap().email_verified);
+    let again = t
+        .client()
+        .verify_email(VerifyEmailRequest { token })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    let first = t.login("donald", PASSWORD).await.unwrap();
+    let second = t.login("donald", PASSWORD).await.unwrap();
+    let updated = t
+        .client()
+        .update_me(bearer(
+            &first.access_token,
+            UpdateMeRequest {
+                display_name: Some("Don".into()),
+                email: Some("don@example.org".into()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.email_verification_required);
+    let user = updated.user.unwrap();
+    assert_eq!(
+        (user.display_name.as_str(), user.email_verified),
+        ("Don", false)
+    );
+    t.mailer.token("don@example.org", "Confirm", 0).await;
+
+    let sessions = t
+        .client()
+        .list_sessions(bearer(&first.access_token, ListSessionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s.current).count(), 1);
+
+    let wrong = t
+        .client()
+        .change_password(bearer(
+            &first.access_token,
+            ChangePasswordRequest {
+                old_password: "not my password 1".into(),
+                new_password: NEW_PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+    t.client()
+        .change_password(bearer(
+            &first.access_token,
+            ChangePasswordRequest {
+                old_password: PASSWORD.into(),
+                new_password: NEW_PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // The other session is revoked, the calling one stays.
+    t.client()
+        .refresh(refresh(&second.refresh_token))
+        .await
+        .unwrap_err();
+    let kept = t
+        .client()
+        .refresh(refresh(&first.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // RevokeSession: unknown ids are NOT_FOUND, the own session can be revoked.
+    let current = t
+        .client()
+        .list_sessions(bearer(&kept.access_token, ListSessionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(current.len(), 1);
+    let missing = t
+        .client()
+        .revoke_session(bearer(
+            &kept.access_token,
+            RevokeSessionRequest {
+                session_id: uuid::Uuid::now_v7().to_string(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    t.client()
+        .revoke_session(bearer(
+            &kept.access_token,
+            RevokeSessionRequest {
+                session_id: current[0].session_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    t.client()
+        .refresh(refresh(&kept.refresh_token))
+        .await
+        .unwrap_err();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_list_disable_and_delete_users() {
+    let t = TestServer::start().await;
+    let (admin_id, admin) = t.admin("root").await;
+    let token = admin.access_token.as_str();
+    let (ada_id, ada) = t.signup("ada").await;
+    t.signup("alan").await;
+    t.signup("grace").await;
+
+    let page = |page_token: String| ListUsersRequest {
+        username: "A".into(),
+        page_size: 2,
+        page_token,
+        ..Default::default()
+    };
+    let first = t
+        .client()
+        .list_users(bearer(token, page(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let names = |users: &[proto::auth::User]| -> Vec<String> {
+        users.iter().map(|user| user.username.clone()).collect()
+    };
+    // Newest first; "root" does not match.
+    assert_eq!(names(&first.users), ["grace", "alan"]);
+    let second = t
+        .client()
+        .list_users(bearer(token, page(first.next_page_token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&second.users), ["ada"]);
+    assert!(second.next_page_token.is_empty());
+
+    // Admins cannot lock themselves out.
+    let myself = t
+        .client()
+        .update_user(bearer(
+            token,
+            UpdateUserRequest {
+                user_id: admin_id.clone(),
+                active: Some(false),
+                roles: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(myself.code(), Code::FailedPrecondition);
+    let unknown_role = t
+        .client()
+        .update_user(bearer(
+            token,
+            UpdateUserRequest {
+                user_id: ada_id.clone(),
+                active: None,
+                roles: Some(RoleList {
+                    values: vec!["root".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(unknown_role.message().starts_with("roles:"));
+
+    // Ada's API key works until she is disabled; then it is refused at once (no cache delay).
+    let key = t
+        .client()
+        .create_api_key(bearer(
+            &ada.access_token,
+            proto::auth::CreateApiKeyRequest {
+                name: "laptop".into(),
+                scopes: vec!["quota:read".into()],
+                expires_at: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let authenticator = &t.state.credentials.authenticator;
+    authenticator.verify_api_key(&key).await.unwrap();
+    let disabled = t
+        .client()
+        .update_user(bearer(
+            token,
+            UpdateUserRequest {
+                user_id: ada_id.clone(),
+                active: Some(false),
+                roles: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(disabled.status, UserStatus::Disabled as i32);
+    t.client()
+        .refresh(refresh(&ada.refresh_token))
+        .await
+        .unwrap_err();
+    let refused = authenticator.verify_api_key(&key).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    for _ in 0..2 {
+        let deleted = t
+            .client()
+            .delete_user(bearer(
+                token,
+                DeleteUserRequest {
+                    user_id: ada_id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        assert_eq!(deleted.status, UserStatus::Deleted as i32);
+        assert_eq!(
+            (deleted.email.as_str(), deleted.username.as_str()),
+            ("", "")
+        );
+    }
+    let kept = t
+        .client()
+        .get_user(bearer(
+            token,
+            GetUserRequest {
+                user_id: ada_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(kept.status, UserStatus::Deleted as i32);
+    // The email and username are free again; the new account is another user.
+    let again = t.register("ada").await;
+    assert_ne!(again, ada_id);
+
+    let events = t
+        .client()
+        .list_audit_events(bearer(
+            token,
+            ListAuditEventsRequest {
+                subject_user_id: ada_id,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "user.deleted",
+            "user.updated",
+            "api_key.created",
+            "login.succeeded",
+            "user.registered"
+        ]
+    );
+    assert_eq!(events[0].actor_user_id, admin_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_registers_logs_in_and_creates_admins() {
+    let db = kit::testing::TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+    let server = Binary::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_auth-svc")),
+        "AUTH",
+        db.url(),
+        &[
+            ("AUTH_MASTER_KEY", crate::common::MASTER_KEY),
+            ("ARGON2_MEMORY_KIB", "1024"),
+            ("ARGON2_ITERATIONS", "1"),
+        ],
+    );
+    let addr = server.addr.to_string();
+    let call = |method: &str, body: &str| {
+        let output = grpcurl(&[
+            "-plaintext",
+            "-d",
+            body,
+            &addr,
+            &format!("commerce.auth.v1.AuthService/{method}"),
+        ]);
+        assert!(
+            output.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let registered = call(
+        "Register",
+        &serde_json::json!({
+            "email": "linus@example.com",
+            "username": "linus",
+            "password": PASSWORD,
+        })
+        .to_string(),
+    );
+    assert_eq!(registered["user"]["username"], "linus");
+    let login = call(
+        "Login",
+        &serde_json::json!({ "usernameOrEmail": "linus", "password": PASSWORD }).to_string(),
+    );
+    assert_eq!(login["tokenType"], "Bearer");
+    assert!(login["accessToken"].as_str().unwrap().split('.').count() == 3);
+    assert_eq!(login["user"]["userId"], registered["user"]["userId"]);
+
+    // `admin create` (as `just up` runs it), password from the environment, then from stdin.
+    let admin_create = |username: &str, env_password: Option<&str>, stdin: &str| {
+        use std::io::Write;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auth-svc"));
+        command
+            .args(["admin", "create", "--email"])
+            .arg(format!("{username}@localhost"))
+            .args(["--username", username])
+            .env("AUTH_DATABASE_URL", db.url())
+            .env("AUTH_MASTER_KEY", crate::common::MASTER_KEY)
+            .env_remove("ADMIN_PASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(password) = env_password {
+            command.env("ADMIN_PASSWORD", password);
+        }
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let created = admin_create("boss", Some(PASSWORD), "");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let admin_id = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    uuid::Uuid::parse_str(&admin_id).unwrap();
+    let from_stdin = admin_create("boss2", None, &format!("{NEW_PASSWORD}\n"));
+    assert!(
+        from_stdin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_stdin.stderr)
+    );
+    let again = admin_create("boss", Some(PASSWORD), "");
+    assert!(!again.status.success());
+
+    let admin = call(
+        "Login",
+        &serde_json::json!({ "usernameOrEmail": "boss@localhost", "password": PASSWORD })
+            .to_string(),
+    );
+    assert_eq!(admin["user"]["roles"][0], "admin");
+    let bearer = format!(
+        "authorization: Bearer {}",
+        admin["accessToken"].as_str().unwrap()
+    );
+    let output = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &bearer,
+        "-d",
+        r#"{"username": "linus"}"#,
+        &addr,
+        "commerce.auth.v1.AuthService/ListUsers",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let users: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(users["users"][0]["email"], "linus@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_smtp_mail_goes_to_the_outbox_without_its_secret() {
+    let db = kit::testing::TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+    let pool = kit::db::pool(db.url(), SPEC.name, 2, std::time::Duration::from_secs(5)).unwrap();
+    let state = auth_svc::State::new(
+        pool,
+        &args(&[]),
+        std::sync::Arc::new(auth_svc::accounts::clock::SystemClock),
+        None,
+    )
+    .unwrap();
+    let registration = auth_svc::accounts::users::Registration {
+        email: "niklaus@example.com",
+        username: "niklaus",
+        password: PASSWORD,
+        display_name: "",
+    };
+    let client = auth_svc::accounts::ClientInfo::default();
+    auth_svc::accounts::users::register(&state, &client, &registration)
+        .await
+        .unwrap();
+    let mut conn = db.connect(SPEC.name).await;
+    for _ in 0..100 {
+        let rows: Vec<Dump> =
+            sql_query("SELECT recipient || ' ' || subject || ' ' || body AS dump FROM outbox")
+                .load(&mut conn)
+                .await
+                .unwrap();
+        if let Some(row) = rows.into_iter().next() {
+            assert!(
+                row.dump.starts_with("niklaus@example.com Confirm"),
+                "{}",
+                row.dump
+            );
+            assert!(!row.dump.contains("token="), "{}", row.dump);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no outbox row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_at_full_argon2_cost_do_not_starve_a_small_pool() {
+    // One pooled connection: a login that held it while argon2 runs would make the others wait
+    // past the acquire timeout and fail with UNAVAILABLE.
+    let t = TestServer::with_pool_size(production_args(), 1).await;
+    t.register("ada").await;
+    let logins = (0..12).map(|_| t.login("ada", PASSWORD));
+    for result in futures::future::join_all(logins).await {
+        let login = result.unwrap_or_else(|status| panic!("login failed: {status:?}"));
+        assert!(!login.access_token.is_empty());
+    }
+}

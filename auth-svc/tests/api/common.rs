@@ -1,0 +1,245 @@
+//! Shared test helpers: a server on a fresh database with a clock the test moves and a mailer
+//! that keeps the mail, and signing up users through the API.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use auth_svc::{
+    AuthArgs, MIGRATIONS, SPEC, State,
+    accounts::clock::Clock,
+    error::Error,
+    mailer::{Mail, Mailer},
+};
+use chrono::{DateTime, Utc};
+use kit::testing::{InProcess, TestDb};
+use proto::auth::{
+    LoginRequest, LoginResponse, RegisterRequest, auth_service_client::AuthServiceClient,
+};
+use tonic::{Request, transport::Channel};
+
+pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// Strong enough for the default strength floor.
+pub const PASSWORD: &str = "correct horse battery staple 42";
+
+#[derive(clap::Parser)]
+struct TestArgs {
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// auth-svc's settings for tests: cheap argon2 so tests stay quick, plus `extra` flags.
+pub fn args(extra: &[&str]) -> AuthArgs {
+    let mut argv = vec![
+        "test",
+        "--master-key",
+        MASTER_KEY,
+        "--argon2-memory-kib",
+        "1024",
+        "--argon2-iterations",
+        "1",
+    ];
+    argv.extend_from_slice(extra);
+    <TestArgs as clap::Parser>::try_parse_from(argv)
+        .unwrap()
+        .auth
+}
+
+/// auth-svc's production settings (full argon2 cost) with the test master key.
+pub fn production_args() -> AuthArgs {
+    <TestArgs as clap::Parser>::try_parse_from(["test", "--master-key", MASTER_KEY])
+        .unwrap()
+        .auth
+}
+
+/// Real time plus an offset the test advances.
+#[derive(Debug, Default)]
+pub struct TestClock {
+    offset: Mutex<chrono::Duration>,
+}
+
+impl TestClock {
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.offset.lock().unwrap() += by;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.offset.lock().unwrap()
+    }
+}
+
+/// Keeps every mail "sent".
+#[derive(Debug, Default)]
+pub struct RecordingMailer {
+    sent: Mutex<Vec<Mail>>,
+}
+
+#[tonic::async_trait]
+impl Mailer for RecordingMailer {
+    async fn send(&self, mail: Mail) -> Result<(), Error> {
+        self.sent.lock().unwrap().push(mail);
+        Ok(())
+    }
+}
+
+impl RecordingMailer {
+    /// The token of the `n`th (0-based) mail to `to` whose subject contains `subject`, waiting
+    /// briefly for it (mail is sent in the background).
+    pub async fn token(&self, to: &str, subject: &str, n: usize) -> String {
+        for _ in 0..100 {
+            let found = self
+                .sent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|mail| mail.to == to && mail.subject.contains(subject))
+                .nth(n)
+                .map(|mail| mail.link.clone());
+            if let Some(link) = found {
+                let (_, token) = link.split_once("token=").unwrap();
+                return token.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no mail {n} to {to} about {subject:?}");
+    }
+}
+
+/// The state of a server on `db`.
+pub fn state(
+    db: &TestDb,
+    args: &AuthArgs,
+    clock: Arc<TestClock>,
+    mailer: Arc<RecordingMailer>,
+) -> State {
+    state_with_pool(db, args, clock, mailer, 4)
+}
+
+fn state_with_pool(
+    db: &TestDb,
+    args: &AuthArgs,
+    clock: Arc<TestClock>,
+    mailer: Arc<RecordingMailer>,
+    pool_size: usize,
+) -> State {
+    let pool = kit::db::pool(db.url(), SPEC.name, pool_size, Duration::from_secs(1)).unwrap();
+    State::new(pool, args, clock, Some(mailer)).unwrap()
+}
+
+/// An in-process auth-svc on a fresh database.
+pub struct TestServer {
+    pub db: TestDb,
+    pub server: InProcess,
+    pub clock: Arc<TestClock>,
+    pub mailer: Arc<RecordingMailer>,
+    pub state: State,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_args(args(&[])).await
+    }
+
+    pub async fn with_args(args: AuthArgs) -> Self {
+        Self::with_pool_size(args, 4).await
+    }
+
+    /// A server whose pool holds `pool_size` connections, waited for at most a second.
+    pub async fn with_pool_size(args: AuthArgs, pool_size: usize) -> Self {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        let clock = Arc::new(TestClock::default());
+        let mailer = Arc::new(RecordingMailer::default());
+        let state = state_with_pool(
+            &db,
+            &args,
+            Arc::clone(&clock),
+            Arc::clone(&mailer),
+            pool_size,
+        );
+        let routes_state = state.clone();
+        let server = InProcess::start(
+            SPEC,
+            db.url(),
+            MIGRATIONS,
+            |_| {},
+            move |_| Ok(auth_svc::routes(routes_state)),
+        )
+        .await;
+        Self {
+            db,
+            server,
+            clock,
+            mailer,
+            state,
+        }
+    }
+
+    pub fn client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.server.channel.clone())
+    }
+
+    /// Registers `name` (email `<name>@example.com`) with [`PASSWORD`]; returns the user id.
+    pub async fn register(&self, name: &str) -> String {
+        self.client()
+            .register(RegisterRequest {
+                email: format!("{name}@example.com"),
+                username: name.to_owned(),
+                password: PASSWORD.to_owned(),
+                display_name: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap()
+            .user_id
+    }
+
+    pub async fn login(&self, name: &str, password: &str) -> Result<LoginResponse, tonic::Status> {
+        self.client()
+            .login(LoginRequest {
+                username_or_email: name.to_owned(),
+                password: password.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Registers and signs in `name`; returns the user id and the login.
+    pub async fn signup(&self, name: &str) -> (String, LoginResponse) {
+        let user_id = self.register(name).await;
+        (user_id, self.login(name, PASSWORD).await.unwrap())
+    }
+
+    /// An administrator created as `auth-svc admin create` does, signed in.
+    pub async fn admin(&self, name: &str) -> (String, LoginResponse) {
+        let mut conn = self.db.connect(SPEC.name).await;
+        let user = auth_svc::accounts::admin::create_admin(
+            &mut conn,
+            &self.state.config,
+            &format!("{name}@example.com"),
+            name,
+            None,
+            PASSWORD,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        (
+            user.id.to_string(),
+            self.login(name, PASSWORD).await.unwrap(),
+        )
+    }
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}

@@ -1,0 +1,352 @@
+//! Load generator for quota-svc: Consume calls per second and p50/p99 latency for one hot
+//! (subject, metric) and for 10,000 subjects, at 1, 64 and 512 concurrent calls, for the batched
+//! path and the one-transaction-per-call path (`QUOTA_BATCHING=false`), measured in the same run
+//! against the same PostgreSQL, plus their ratio.
+//!
+//! Self-contained: it creates a fresh database (cloned from the migrated quota template), serves
+//! JWKS/VerifyApiKey from kit's test issuer for the service key, and starts the release
+//! quota-svc binary twice (batched, then per call) on free ports. Writes a Markdown section to
+//! `bench/results/quota.md`.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use bench::{Stats, Table, ms, rate, run_concurrent, run_items, write_section};
+use clap::Parser;
+use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health};
+use proto::quota::{
+    ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, MetricLimit,
+    quota_service_client::QuotaServiceClient,
+};
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
+use uuid::Uuid;
+
+/// quota-svc benchmark (see the module documentation).
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// The quota-svc binary to start (build it with `cargo build --release -p quota-svc`).
+    #[arg(long, env = "QUOTA_BIN", default_value = "target/release/quota-svc")]
+    quota_bin: PathBuf,
+    /// Seconds each timed case runs.
+    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
+    duration_secs: u64,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Distinct subjects of the many-keys case.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Consume batches in flight in the batched quota-svc (QUOTA_BATCH_WORKERS).
+    #[arg(long, default_value_t = 4)]
+    batch_workers: usize,
+    /// Database connections of each quota-svc (DB_POOL_SIZE).
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
+    /// Where the Markdown section goes.
+    #[arg(long, default_value = "bench/results/quota.md")]
+    output: PathBuf,
+}
+
+const METRIC: &str = "bench.calls";
+const CONCURRENCY: [usize; 3] = [1, 64, 512];
+/// Large enough that no case runs out: every call is a real consume.
+const LIMIT: i64 = 1_000_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Batched,
+    PerCall,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Batched => "batched",
+            Mode::PerCall => "per-call transaction",
+        }
+    }
+}
+
+/// One measured case.
+struct Case {
+    keys: &'static str,
+    concurrency: usize,
+    mode: Mode,
+    stats: Stats,
+}
+
+struct Target {
+    /// The first connection (health checks).
+    channel: Channel,
+    clients: Vec<QuotaServiceClient<Channel>>,
+    key: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Target {
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("x-api-key", self.key.clone());
+        request
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.quota_bin.exists(),
+        "{} not found: build it with `cargo build --release -p quota-svc`",
+        args.quota_bin.display()
+    );
+    let db = TestDb::new(&[(quota_svc::SPEC.name, quota_svc::MIGRATIONS)]).await;
+    let issuer = Arc::new(TestIssuer::new());
+    let auth = AuthServer::start(issuer.clone()).await;
+    let own_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
+    let bench_key = issuer.add_api_key(
+        Uuid::now_v7(),
+        &["service", "quota:consume", "quota:read"],
+        &["service"],
+    );
+    let duration = Duration::from_secs(args.duration_secs);
+    let mut cases = Vec::new();
+    for mode in [Mode::Batched, Mode::PerCall] {
+        let batching = (mode == Mode::Batched).to_string();
+        let pool_size = args.pool_size.to_string();
+        let workers = args.batch_workers.to_string();
+        let auth_url = auth.url();
+        let mut server = Binary::start(
+            &args.quota_bin,
+            "QUOTA",
+            db.url(),
+            &[
+                ("AUTH_URL", &auth_url),
+                ("QUOTA_SERVICE_API_KEY", &own_key),
+                ("QUOTA_BATCHING", &batching),
+                ("DB_POOL_SIZE", &pool_size),
+                ("QUOTA_BATCH_WORKERS", &workers),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        let target = connect(&server, args.connections, &bench_key).await?;
+        wait_for_health(
+            &target.channel,
+            ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await;
+        cases.extend(run_mode(&target, mode, &args, duration).await?);
+        server.terminate(Duration::from_secs(20));
+    }
+    let body = report(&cases, &args);
+    write_section(&args.output, "quota-svc", &body)?;
+    eprintln!("{body}\nwritten to {}", args.output.display());
+    Ok(())
+}
+
+async fn connect(server: &Binary, connections: usize, key: &str) -> anyhow::Result<Target> {
+    let url = format!("http://{}", server.addr);
+    let channels: Vec<Channel> = (0..connections.max(1))
+        .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
+        .collect::<Result<_, _>>()?;
+    Ok(Target {
+        channel: channels[0].clone(),
+        clients: channels.into_iter().map(QuotaServiceClient::new).collect(),
+        key: key.parse().context("the API key is not header text")?,
+    })
+}
+
+/// Sets up fresh subjects for `mode` and measures every case.
+async fn run_mode(
+    target: &Target,
+    mode: Mode,
+    args: &Args,
+    duration: Duration,
+) -> anyhow::Result<Vec<Case>> {
+    let mut admin = target.clients[0].clone();
+    let now = chrono::Utc::now();
+    let limit = || MetricLimit {
+        metric: METRIC.to_owned(),
+        limit: LIMIT,
+        unlimited: false,
+    };
+    let hot = Uuid::now_v7();
+    admin
+        .apply_entitlements(target.request(ApplyEntitlementsRequest {
+            subject: hot.to_string(),
+            plan_code: "bench".to_owned(),
+            limits: vec![limit()],
+            period_start: Some(timestamp(now - chrono::TimeDelta::days(1))),
+            period_end: Some(timestamp(now + chrono::TimeDelta::days(30))),
+            version: 1,
+        }))
+        .await?;
+    // The many subjects use the default tier; their counters are created before measuring.
+    admin
+        .apply_default_entitlements(target.request(ApplyDefaultEntitlementsRequest {
+            limits: vec![limit()],
+            version: 1,
+        }))
+        .await?;
+    let many: Arc<Vec<Uuid>> = Arc::new((0..args.keys).map(|_| Uuid::now_v7()).collect());
+    let shared = Arc::new(Shared {
+        clients: target.clients.clone(),
+        key: target.key.clone(),
+        next_key: AtomicU64::new(0),
+        run: Uuid::now_v7().simple().to_string(),
+    });
+    let warm = shared.clone();
+    let (warmed, error) = run_items(256, many.to_vec(), move |subject| {
+        let shared = warm.clone();
+        async move { shared.consume(subject, 0).await }
+    })
+    .await;
+    if let Some(error) = error {
+        anyhow::bail!(
+            "creating the counters of {} subjects: {error}",
+            warmed.errors
+        );
+    }
+    let mut cases = Vec::new();
+    for (keys, subjects) in [
+        ("one hot key", Arc::new(vec![hot])),
+        ("10,000 keys", many.clone()),
+    ] {
+        for concurrency in CONCURRENCY {
+            let shared = shared.clone();
+            let subjects = subjects.clone();
+            let (stats, error) = run_concurrent(concurrency, duration, move |task| {
+                let shared = shared.clone();
+                let subjects = subjects.clone();
+                async move {
+                    let n = shared.next_key.fetch_add(1, Ordering::Relaxed);
+                    let subject = subjects[usize::try_from(n).unwrap_or(0) % subjects.len()];
+                    shared.consume(subject, task).await
+                }
+            })
+            .await;
+            if let Some(error) = error {
+                eprintln!(
+                    "{} / {keys} / {concurrency}: {} errors, first: {error}",
+                    mode.name(),
+                    stats.errors
+                );
+            }
+            eprintln!(
+                "{:>20} | {keys:>11} | {concurrency:>3} | {} | p50 {} | p99 {}",
+                mode.name(),
+                rate(stats.per_second()),
+                ms(stats.latency.p50()),
+                ms(stats.latency.p99())
+            );
+            cases.push(Case {
+                keys,
+                concurrency,
+                mode,
+                stats,
+            });
+        }
+    }
+    Ok(cases)
+}
+
+/// What the calling tasks share.
+struct Shared {
+    clients: Vec<QuotaServiceClient<Channel>>,
+    key: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    next_key: AtomicU64,
+    /// Makes this run's idempotency keys unique.
+    run: String,
+}
+
+impl Shared {
+    /// One Consume of 1 with a fresh idempotency key; an error unless allowed.
+    async fn consume(&self, subject: Uuid, task: usize) -> Result<(), String> {
+        let n = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut request = Request::new(ConsumeRequest {
+            metric: METRIC.to_owned(),
+            subject: subject.to_string(),
+            amount: None,
+            idempotency_key: format!("{}-{n}", self.run),
+            attributes: None,
+        });
+        request.metadata_mut().insert("x-api-key", self.key.clone());
+        let mut client = self.clients[task % self.clients.len()].clone();
+        match client.consume(request).await {
+            Ok(response) if response.get_ref().allowed => Ok(()),
+            Ok(response) => Err(format!("denied: {:?}", response.get_ref())),
+            Err(status) => Err(status.to_string()),
+        }
+    }
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: 0,
+    }
+}
+
+/// The Markdown section: every case, then the batched/per-call ratios.
+fn report(cases: &[Case], args: &Args) -> String {
+    let mut table = Table::new(&[
+        "keys",
+        "concurrency",
+        "path",
+        "consumes/s",
+        "p50",
+        "p99",
+        "errors",
+    ]);
+    for case in cases {
+        table.row(vec![
+            case.keys.to_owned(),
+            case.concurrency.to_string(),
+            case.mode.name().to_owned(),
+            rate(case.stats.per_second()),
+            ms(case.stats.latency.p50()),
+            ms(case.stats.latency.p99()),
+            case.stats.errors.to_string(),
+        ]);
+    }
+    let mut ratios = Table::new(&["keys", "concurrency", "batched / per-call throughput"]);
+    for batched in cases.iter().filter(|case| case.mode == Mode::Batched) {
+        if let Some(per_call) = cases.iter().find(|case| {
+            case.mode == Mode::PerCall
+                && case.keys == batched.keys
+                && case.concurrency == batched.concurrency
+        }) {
+            ratios.row(vec![
+                batched.keys.to_owned(),
+                batched.concurrency.to_string(),
+                format!(
+                    "{:.1}×",
+                    batched.stats.per_second() / per_call.stats.per_second().max(f64::EPSILON)
+                ),
+            ]);
+        }
+    }
+    format!(
+        "Consume of 1 unit with a fresh idempotency key per call, {} s per case, over {} HTTP/2 \
+         connections; quota-svc release build with DB_POOL_SIZE={} and QUOTA_BATCH_WORKERS={} on this machine's \
+         PostgreSQL ({} cores). Batched = concurrent calls coalesced into one transaction per \
+         batch (default); per-call = QUOTA_BATCHING=false, one transaction per call. \
+         Run: {}.\n\n{}\n{}",
+        args.duration_secs,
+        args.connections,
+        args.pool_size,
+        args.batch_workers,
+        std::thread::available_parallelism().map_or(0, usize::from),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        table.render(),
+        ratios.render()
+    )
+}

@@ -1,0 +1,267 @@
+//! Shared helpers of the load generators in `src/bin/`: latency recording, a concurrent call
+//! loop and the Markdown written to `bench/results/`.
+
+use std::{
+    future::Future,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+/// Latencies in microseconds, 1 µs to 60 s at three significant digits.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Latency {
+    pub fn new() -> Self {
+        // The bounds are constants that hdrhistogram accepts; a failure here is a programming error.
+        match Histogram::new_with_bounds(1, 60_000_000, 3) {
+            Ok(histogram) => Self(histogram),
+            Err(err) => panic!("histogram bounds: {err}"),
+        }
+    }
+
+    pub fn record(&mut self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(micros.max(1));
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides, so adding cannot fail; saturate rather than panic regardless.
+        let _ = self.0.add(&other.0);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn quantile(&self, quantile: f64) -> Duration {
+        Duration::from_micros(self.0.value_at_quantile(quantile))
+    }
+
+    pub fn p50(&self) -> Duration {
+        self.quantile(0.50)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.quantile(0.99)
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.0.max())
+    }
+}
+
+/// The outcome of a load run.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub calls: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency: Latency,
+}
+
+impl Stats {
+    /// Successful calls per second.
+    pub fn per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+}
+
+/// Runs `concurrency` tasks, each calling `call(task_index)` back to back for `duration`, and
+/// records the latency of every successful call. The first error is returned too, so a
+/// misconfigured run is visible instead of reporting a fast stream of failures.
+pub async fn run_concurrent<F, Fut, E>(
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> (Stats, Option<E>)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
+{
+    let deadline = Instant::now() + duration;
+    run_tasks(concurrency, move |index| {
+        (Instant::now() < deadline).then(|| call(index))
+    })
+    .await
+}
+
+/// Runs `concurrency` tasks that share `items`, calling `call(item)` once per item until none is
+/// left, and records latencies as [`run_concurrent`] does.
+pub async fn run_items<T, F, Fut, E>(
+    concurrency: usize,
+    items: Vec<T>,
+    call: F,
+) -> (Stats, Option<E>)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
+{
+    let items = Arc::new(Mutex::new(items.into_iter()));
+    run_tasks(concurrency, move |_| {
+        let item = items.lock().ok()?.next()?;
+        Some(call(item))
+    })
+    .await
+}
+
+/// The loop shared by the runners: each task asks `next_call` for its next call until `None`.
+async fn run_tasks<N, Fut, E>(concurrency: usize, next_call: N) -> (Stats, Option<E>)
+where
+    N: Fn(usize) -> Option<Fut> + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|index| {
+            let next_call = next_call.clone();
+            tokio::spawn(async move {
+                let mut stats = Stats::default();
+                let mut first_error = None;
+                while let Some(call) = next_call(index) {
+                    let begun = Instant::now();
+                    match call.await {
+                        Ok(()) => {
+                            stats.latency.record(begun.elapsed());
+                            stats.calls += 1;
+                        }
+                        Err(err) => {
+                            stats.errors += 1;
+                            first_error.get_or_insert(err);
+                        }
+                    }
+                }
+                (stats, first_error)
+            })
+        })
+        .collect();
+    let mut total = Stats::default();
+    let mut first_error = None;
+    for task in tasks {
+        if let Ok((stats, error)) = task.await {
+            total.calls += stats.calls;
+            total.errors += stats.errors;
+            total.latency.merge(&stats.latency);
+            if first_error.is_none() {
+                first_error = error;
+            }
+        }
+    }
+    total.elapsed = started.elapsed();
+    (total, first_error)
+}
+
+/// A Markdown table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|cell| (*cell).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut out = line(&self.header);
+        out.push_str(&line(&vec!["---".to_owned(); self.header.len()]));
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+/// A duration as milliseconds with three decimals, e.g. `0.412 ms`.
+pub fn ms(duration: Duration) -> String {
+    format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// A rate rounded to whole calls per second, e.g. `21,345/s`.
+pub fn rate(per_second: f64) -> String {
+    let whole = per_second.round() as u64;
+    let digits = whole.to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("{grouped}/s")
+}
+
+/// Writes `## title` and `body` to `path` (replacing it), creating the directory.
+pub fn write_section(path: &Path, title: &str, body: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("## {title}\n\n{body}\n"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let mut table = Table::new(&["case", "rate"]);
+        table.row(vec!["hot".into(), rate(21_345.4)]);
+        assert_eq!(
+            table.render(),
+            "| case | rate |\n| --- | --- |\n| hot | 21,345/s |\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_item_is_called_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let (stats, error) = run_items(3, (0..10).collect(), move |item: u32| {
+            let record = Arc::clone(&record);
+            async move {
+                record.lock().map_err(|_| "poisoned")?.push(item);
+                if item == 7 { Err("seven") } else { Ok(()) }
+            }
+        })
+        .await;
+        assert_eq!((stats.calls, stats.errors, error), (9, 1, Some("seven")));
+        let mut seen = seen.lock().map(|seen| seen.clone()).unwrap_or_default();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn latency_quantiles_follow_the_recorded_values() {
+        let mut latency = Latency::new();
+        for micros in 1..=100 {
+            latency.record(Duration::from_micros(micros));
+        }
+        assert_eq!(latency.count(), 100);
+        assert_eq!(latency.p50(), Duration::from_micros(50));
+        assert_eq!(latency.p99(), Duration::from_micros(99));
+    }
+}

@@ -1,0 +1,233 @@
+//! JSON ⇄ protobuf for one call: the request message is assembled from the JSON body, the path
+//! variables and the query string (proto3 JSON rules, unknown fields refused), and the response is
+//! written as proto3 JSON (or raw bytes for `google.api.HttpBody`). gRPC status codes map to HTTP
+//! statuses as in Google's API design guide.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    SerializeOptions, Value,
+};
+use serde_json::{Map, Value as Json};
+
+use crate::routes::Route;
+
+const HTTP_BODY: &str = "google.api.HttpBody";
+
+/// A request the client got wrong: HTTP 400 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+/// Builds the RPC's request message.
+pub fn request_message(
+    route: &Route,
+    variables: Vec<(String, String)>,
+    query: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<DynamicMessage, BadRequest> {
+    let input = route.method.input();
+    let mut object = Map::new();
+    match route.body.as_str() {
+        "" => {}
+        "*" => {
+            if let Json::Object(fields) = parse_body(body)? {
+                object = fields;
+            } else {
+                return Err(BadRequest(
+                    "the request body must be a JSON object".to_owned(),
+                ));
+            }
+        }
+        field_name => {
+            let field = input
+                .get_field_by_name(field_name)
+                .ok_or_else(|| BadRequest(format!("unknown body field {field_name}")))?;
+            let value = match field.kind() {
+                Kind::Message(message) if message.full_name() == HTTP_BODY => serde_json::json!({
+                    "contentType": content_type.unwrap_or("application/octet-stream"),
+                    "data": STANDARD.encode(body),
+                }),
+                _ => parse_body(body)?,
+            };
+            object.insert(field.json_name().to_owned(), value);
+        }
+    }
+    // Query parameters bind the fields the body does not (none when the body is `*`).
+    if route.body != "*" {
+        for (name, raw) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            insert_text(&input, &mut object, &name, &raw, true)?;
+        }
+    }
+    for (name, raw) in variables {
+        insert_text(&input, &mut object, &name, &raw, false)?;
+    }
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    DynamicMessage::deserialize_with_options(input, Json::Object(object), &options)
+        .map_err(|err| BadRequest(format!("invalid request: {err}")))
+}
+
+fn parse_body(body: &[u8]) -> Result<Json, BadRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Json::Object(Map::new()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| BadRequest(format!("the request body is not valid JSON: {err}")))
+}
+
+/// Sets the (possibly dotted) field `path` from its text form, typed by the field's kind.
+fn insert_text(
+    message: &MessageDescriptor,
+    object: &mut Map<String, Json>,
+    path: &str,
+    raw: &str,
+    repeatable: bool,
+) -> Result<(), BadRequest> {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    let field = field_named(message, head)
+        .ok_or_else(|| BadRequest(format!("unknown parameter {path}")))?;
+    let key = field.json_name().to_owned();
+    match (rest, field.kind()) {
+        (Some(rest), Kind::Message(inner)) if !is_well_known(&inner) => {
+            let entry = object
+                .entry(key)
+                .or_insert_with(|| Json::Object(Map::new()));
+            let Json::Object(nested) = entry else {
+                return Err(BadRequest(format!(
+                    "parameter {path} conflicts with the body"
+                )));
+            };
+            insert_text(&inner, nested, rest, raw, repeatable)
+        }
+        (Some(_), _) => Err(BadRequest(format!("unknown parameter {path}"))),
+        (None, kind) => {
+            let value = typed(&field, &kind, raw)?;
+            if field.is_list() && repeatable {
+                match object.entry(key).or_insert_with(|| Json::Array(Vec::new())) {
+                    Json::Array(values) => values.push(value),
+                    _ => {
+                        return Err(BadRequest(format!(
+                            "parameter {path} conflicts with the body"
+                        )));
+                    }
+                }
+            } else {
+                object.insert(key, value);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn field_named(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_name(name)
+        .or_else(|| message.get_field_by_json_name(name))
+}
+
+fn is_well_known(message: &MessageDescriptor) -> bool {
+    message.full_name().starts_with("google.protobuf.")
+}
+
+/// Text from a URL as the JSON value proto3 JSON expects: booleans as literals, everything else
+/// (numbers, enums by name, timestamps, field masks) as strings, which proto3 JSON accepts.
+fn typed(field: &FieldDescriptor, kind: &Kind, raw: &str) -> Result<Json, BadRequest> {
+    match kind {
+        Kind::Bool => match raw {
+            "true" => Ok(Json::Bool(true)),
+            "false" => Ok(Json::Bool(false)),
+            _ => Err(BadRequest(format!(
+                "{}: expected true or false",
+                field.name()
+            ))),
+        },
+        _ => Ok(Json::String(raw.to_owned())),
+    }
+}
+
+/// The response body and its content type.
+pub fn response_body(message: &DynamicMessage) -> Result<(String, Vec<u8>), serde_json::Error> {
+    if message.descriptor().full_name() == HTTP_BODY {
+        let text = |name: &str| match message.get_field_by_name(name).as_deref() {
+            Some(Value::String(value)) => value.clone(),
+            _ => String::new(),
+        };
+        let data = match message.get_field_by_name("data").as_deref() {
+            Some(Value::Bytes(bytes)) => bytes.to_vec(),
+            _ => Vec::new(),
+        };
+        let content_type = Some(text("content_type")).filter(|value| !value.is_empty());
+        return Ok((
+            content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+            data,
+        ));
+    }
+    // Defaults are written out: `"allowed": false` must be visible to a browser.
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let mut serializer = serde_json::Serializer::new(Vec::new());
+    message.serialize_with_options(&mut serializer, &options)?;
+    Ok(("application/json".to_owned(), serializer.into_inner()))
+}
+
+/// The HTTP status for a gRPC code (google.rpc.Code mapping).
+pub fn http_status(code: tonic::Code) -> http::StatusCode {
+    use http::StatusCode as Http;
+    use tonic::Code;
+    match code {
+        Code::Ok => Http::OK,
+        Code::Cancelled => Http::from_u16(499).unwrap_or(Http::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => Http::BAD_REQUEST,
+        Code::DeadlineExceeded => Http::GATEWAY_TIMEOUT,
+        Code::NotFound => Http::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => Http::CONFLICT,
+        Code::PermissionDenied => Http::FORBIDDEN,
+        Code::Unauthenticated => Http::UNAUTHORIZED,
+        Code::ResourceExhausted => Http::TOO_MANY_REQUESTS,
+        Code::Unimplemented => Http::NOT_IMPLEMENTED,
+        Code::Unavailable => Http::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => Http::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The JSON error body: `{"code": 3, "status": "INVALID_ARGUMENT", "message": "..."}`.
+pub fn error_body(code: tonic::Code, message: &str) -> Vec<u8> {
+    let status = format!("{code:?}");
+    let mut name = String::new();
+    for (index, ch) in status.chars().enumerate() {
+        if ch.is_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(ch.to_ascii_uppercase());
+    }
+    serde_json::json!({ "code": code as i32, "status": name, "message": message })
+        .to_string()
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn errors_use_google_status_names() {
+        let body: Json =
+            serde_json::from_slice(&error_body(tonic::Code::InvalidArgument, "email: empty"))
+                .unwrap();
+        assert_eq!(body["status"], "INVALID_ARGUMENT");
+        assert_eq!(body["code"], 3);
+        assert_eq!(
+            http_status(tonic::Code::ResourceExhausted),
+            http::StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            http_status(tonic::Code::Unauthenticated),
+            http::StatusCode::UNAUTHORIZED
+        );
+    }
+}

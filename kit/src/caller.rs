@@ -1,0 +1,678 @@
+//! Who is calling: authentication of a caller from request metadata, shared by every service.
+//!
+//! - `authorization: Bearer <jwt>`: an access token from auth-svc, verified locally against the
+//!   JWKS (fetched from auth-svc, cached, refetched on an unknown `kid`). The algorithm is pinned to
+//!   EdDSA, so `alg: none` and HS256-with-the-public-key tokens are refused.
+//! - `x-api-key: <key>`, `authorization: ApiKey <key>` or `authorization: Bearer cmk_…`: an API key,
+//!   verified through auth-svc's `VerifyApiKey` and cached for [`AuthConfig::api_key_cache_ttl`]
+//!   (at most [`MAX_API_KEY_CACHE_TTL`]): that is the longest a revoked key keeps working in
+//!   another process. The process that revokes a key forgets it at once ([`Authenticator::forget_api_keys`]).
+//!
+//! Each RPC then states what it requires with [`Caller::require_scope`], [`Caller::require_admin`]
+//! or [`Caller::require_service`].
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status, metadata::MetadataMap, transport::Channel};
+use uuid::Uuid;
+
+/// Scopes a credential can carry.
+pub mod scope {
+    /// Consume quota (`Consume`, `Refund`).
+    pub const QUOTA_CONSUME: &str = "quota:consume";
+    /// Read quotas and usage.
+    pub const QUOTA_READ: &str = "quota:read";
+    /// Read plans, subscriptions and payments.
+    pub const BILLING_READ: &str = "billing:read";
+    /// Subscribe, pay, cancel.
+    pub const BILLING_WRITE: &str = "billing:write";
+    /// Administer the mesh (requires the owner's `admin` role).
+    pub const ADMIN: &str = "admin";
+    /// Internal RPCs between services (requires the owner's `service` role).
+    pub const SERVICE: &str = "service";
+    /// Every scope, in a stable order.
+    pub const ALL: [&str; 6] = [
+        QUOTA_CONSUME,
+        QUOTA_READ,
+        BILLING_READ,
+        BILLING_WRITE,
+        ADMIN,
+        SERVICE,
+    ];
+}
+
+/// Roles a user can hold.
+pub mod role {
+    /// Administrators: the admin RPCs, and the `admin` scope on their keys.
+    pub const ADMIN: &str = "admin";
+    /// Service accounts: the internal RPCs, and the `service` scope on their keys.
+    pub const SERVICE: &str = "service";
+    /// Every role.
+    pub const ALL: [&str; 2] = [ADMIN, SERVICE];
+}
+
+/// The prefix that makes an API key recognisable (e.g. to secret scanners).
+pub const API_KEY_PREFIX: &str = "cmk_";
+/// The longest a verified API key is trusted without asking auth-svc again.
+pub const MAX_API_KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// The user id.
+    pub sub: String,
+    /// The session id (one per login).
+    pub sid: String,
+    /// The user's roles when the token was issued.
+    pub roles: Vec<String>,
+    pub iss: String,
+    pub aud: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Expires at, seconds since the epoch.
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// The scopes the roles grant: the user scopes always, `admin`/`service` with the role of that name.
+pub fn scopes_of_roles<S: AsRef<str>>(roles: &[S]) -> BTreeSet<String> {
+    let mut scopes: BTreeSet<String> = [
+        scope::QUOTA_CONSUME,
+        scope::QUOTA_READ,
+        scope::BILLING_READ,
+        scope::BILLING_WRITE,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for role in roles {
+        match role.as_ref() {
+            role::ADMIN => scopes.insert(scope::ADMIN.to_owned()),
+            role::SERVICE => scopes.insert(scope::SERVICE.to_owned()),
+            _ => false,
+        };
+    }
+    scopes
+}
+
+/// SHA-256 of an API key: what auth-svc stores and what caches are keyed by.
+pub fn hash_api_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An access token of a login session.
+    Session { session_id: Uuid },
+    /// An API key.
+    ApiKey { key_id: Uuid },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub credential: Credential,
+    pub roles: Vec<String>,
+    /// What the caller may do: a session has the scopes of its roles; a key has its own scopes,
+    /// limited to what its owner's roles allow.
+    pub scopes: BTreeSet<String>,
+}
+
+impl Caller {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_scope(scope::ADMIN)
+    }
+
+    /// `PERMISSION_DENIED` unless the caller holds `scope` (admins hold every user scope).
+    pub fn require_scope(&self, scope: &str) -> Result<(), Status> {
+        if self.has_scope(scope) || (self.is_admin() && scope != scope::SERVICE) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "this call requires the `{scope}` scope"
+            )))
+        }
+    }
+
+    /// `PERMISSION_DENIED` unless the caller is an administrator.
+    pub fn require_admin(&self) -> Result<(), Status> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("this call is for administrators"))
+        }
+    }
+
+    /// `PERMISSION_DENIED` unless the caller is a service of the mesh (internal RPCs).
+    pub fn require_service(&self) -> Result<(), Status> {
+        if self.has_scope(scope::SERVICE) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "this internal call requires the `service` scope",
+            ))
+        }
+    }
+
+    /// The session of a signed-in user; `PERMISSION_DENIED` for API keys.
+    pub fn require_session(&self) -> Result<Uuid, Status> {
+        match self.credential {
+            Credential::Session { session_id } => Ok(session_id),
+            Credential::ApiKey { .. } => Err(Status::permission_denied(
+                "this call needs a signed-in user, not an API key",
+            )),
+        }
+    }
+}
+
+/// What auth-svc says of a valid API key.
+#[derive(Debug, Clone)]
+pub struct VerifiedKey {
+    pub user_id: Uuid,
+    pub key_id: Uuid,
+    pub scopes: Vec<String>,
+    pub owner_roles: Vec<String>,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl VerifiedKey {
+    fn caller(&self) -> Caller {
+        let allowed = scopes_of_roles(&self.owner_roles);
+        Caller {
+            user_id: self.user_id,
+            credential: Credential::ApiKey {
+                key_id: self.key_id,
+            },
+            roles: self.owner_roles.clone(),
+            scopes: self
+                .scopes
+                .iter()
+                .filter(|scope| allowed.contains(*scope))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Where verification material comes from: auth-svc over gRPC ([`RemoteAuth`]), or auth-svc's own
+/// store when the authenticator runs inside auth-svc.
+#[tonic::async_trait]
+pub trait CredentialSource: Send + Sync + 'static {
+    /// The current JWKS.
+    async fn jwks(&self) -> Result<Vec<proto::auth::Jwk>, Status>;
+    /// The key's owner and scopes; `UNAUTHENTICATED` for an unknown, revoked or expired key.
+    async fn verify_api_key(&self, key: &str) -> Result<VerifiedKey, Status>;
+}
+
+/// Token and cache settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Expected `iss` of access tokens.
+    pub issuer: String,
+    /// Expected `aud` of access tokens.
+    pub audience: String,
+    /// How long a verified API key is trusted (clamped to [`MAX_API_KEY_CACHE_TTL`]).
+    pub api_key_cache_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "commerce-mesh".to_owned(),
+            audience: "commerce-mesh".to_owned(),
+            api_key_cache_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A refused key is remembered briefly so a flood of bad keys does not reach auth-svc each time.
+const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(2);
+/// An unknown `kid` refetches the JWKS at most this often.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Entries kept before expired ones are swept.
+const API_KEY_CACHE_SWEEP_AT: usize = 100_000;
+
+struct CachedKey {
+    checked_at: Instant,
+    verdict: Option<VerifiedKey>,
+}
+
+/// Authenticates callers; see the module documentation.
+pub struct Authenticator {
+    config: AuthConfig,
+    validation: Validation,
+    source: Arc<dyn CredentialSource>,
+    signing_keys: RwLock<HashMap<String, DecodingKey>>,
+    last_jwks_fetch: tokio::sync::Mutex<Option<Instant>>,
+    api_keys: Mutex<HashMap<[u8; 32], CachedKey>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(mut config: AuthConfig, source: Arc<dyn CredentialSource>) -> Self {
+        config.api_key_cache_ttl = config.api_key_cache_ttl.min(MAX_API_KEY_CACHE_TTL);
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Self {
+            config,
+            validation,
+            source,
+            signing_keys: RwLock::new(HashMap::new()),
+            last_jwks_fetch: tokio::sync::Mutex::new(None),
+            api_keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The caller of `request`, or `UNAUTHENTICATED`.
+    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.authenticate_metadata(request.metadata()).await
+    }
+
+    /// The caller presenting `metadata`, or `UNAUTHENTICATED`.
+    pub async fn authenticate_metadata(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        match presented_credential(metadata)? {
+            Presented::Token(token) => self.verify_token(token).await,
+            Presented::ApiKey(key) => self.verify_api_key(key).await,
+        }
+    }
+
+    /// Verifies an access token and returns its caller.
+    pub async fn verify_token(&self, token: &str) -> Result<Caller, Status> {
+        let header = decode_header(token).map_err(|_| invalid_token())?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid_token());
+        }
+        let kid = header.kid.ok_or_else(invalid_token)?;
+        let key = match self.signing_key(&kid) {
+            Some(key) => key,
+            None => {
+                self.refetch_jwks().await?;
+                self.signing_key(&kid).ok_or_else(invalid_token)?
+            }
+        };
+        let claims = decode::<AccessClaims>(token, &key, &self.validation)
+            .map_err(|err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    Status::unauthenticated("the access token has expired")
+                }
+                _ => invalid_token(),
+            })?
+            .claims;
+        let user_id = Uuid::parse_str(&claims.sub).map_err(|_| invalid_token())?;
+        let session_id = Uuid::parse_str(&claims.sid).map_err(|_| invalid_token())?;
+        Ok(Caller {
+            user_id,
+            credential: Credential::Session { session_id },
+            scopes: scopes_of_roles(&claims.roles),
+            roles: claims.roles,
+        })
+    }
+
+    fn signing_key(&self, kid: &str) -> Option<DecodingKey> {
+        self.signing_keys.read().ok()?.get(kid).cloned()
+    }
+
+    async fn refetch_jwks(&self) -> Result<(), Status> {
+        let mut last = self.last_jwks_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < JWKS_REFETCH_INTERVAL) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let jwks = self.source.jwks().await?;
+        let mut keys = HashMap::with_capacity(jwks.len());
+        for jwk in jwks {
+            if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
+                continue;
+            }
+            match DecodingKey::from_ed_components(&jwk.x) {
+                Ok(key) => {
+                    keys.insert(jwk.kid, key);
+                }
+                Err(err) => tracing::warn!(kid = %jwk.kid, %err, "skipping an unusable JWK"),
+            }
+        }
+        if let Ok(mut current) = self.signing_keys.write() {
+            *current = keys;
+        }
+        Ok(())
+    }
+
+    /// Verifies an API key (through the cache) and returns its caller.
+    pub async fn verify_api_key(&self, key: &str) -> Result<Caller, Status> {
+        if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
+            return Err(invalid_api_key());
+        }
+        let hash = hash_api_key(key);
+        let verified = match self.cached(&hash) {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = match self.source.verify_api_key(key).await {
+                    Ok(verified) => Some(verified),
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => None,
+                    Err(status) => return Err(status),
+                };
+                self.remember(hash, verdict.clone());
+                verdict
+            }
+        };
+        let verified = verified.ok_or_else(invalid_api_key)?;
+        if verified
+            .expires_at
+            .is_some_and(|expires_at| expires_at <= SystemTime::now())
+        {
+            return Err(Status::unauthenticated("the API key has expired"));
+        }
+        Ok(verified.caller())
+    }
+
+    fn cached(&self, hash: &[u8; 32]) -> Option<Option<VerifiedKey>> {
+        let cache = self.api_keys.lock().ok()?;
+        let entry = cache.get(hash)?;
+        let ttl = if entry.verdict.is_some() {
+            self.config.api_key_cache_ttl
+        } else {
+            NEGATIVE_CACHE_TTL
+        };
+        (entry.checked_at.elapsed() < ttl).then(|| entry.verdict.clone())
+    }
+
+    fn remember(&self, hash: [u8; 32], verdict: Option<VerifiedKey>) {
+        let Ok(mut cache) = self.api_keys.lock() else {
+            return;
+        };
+        if cache.len() >= API_KEY_CACHE_SWEEP_AT {
+            let ttl = self.config.api_key_cache_ttl;
+            cache.retain(|_, entry| entry.checked_at.elapsed() < ttl);
+        }
+        cache.insert(
+            hash,
+            CachedKey {
+                checked_at: Instant::now(),
+                verdict,
+            },
+        );
+    }
+
+    /// Forgets cached keys matching `revoked` (call it when revoking keys, disabling or deleting a
+    /// user), so this process refuses them at once.
+    pub fn forget_api_keys(&self, revoked: impl Fn(&VerifiedKey) -> bool) {
+        if let Ok(mut cache) = self.api_keys.lock() {
+            cache.retain(|_, entry| !entry.verdict.as_ref().is_some_and(&revoked));
+        }
+    }
+}
+
+fn invalid_token() -> Status {
+    Status::unauthenticated("invalid access token")
+}
+
+fn invalid_api_key() -> Status {
+    Status::unauthenticated("invalid API key")
+}
+
+enum Presented<'a> {
+    Token(&'a str),
+    ApiKey(&'a str),
+}
+
+fn presented_credential(metadata: &MetadataMap) -> Result<Presented<'_>, Status> {
+    if let Some(value) = metadata.get("authorization") {
+        let value = value
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not valid text"))?;
+        let (kind, credential) = value.split_once(' ').ok_or_else(|| {
+            Status::unauthenticated("expected `authorization: Bearer <token>` or `ApiKey <key>`")
+        })?;
+        let credential = credential.trim();
+        return if kind.eq_ignore_ascii_case("bearer") {
+            Ok(if credential.starts_with(API_KEY_PREFIX) {
+                Presented::ApiKey(credential)
+            } else {
+                Presented::Token(credential)
+            })
+        } else if kind.eq_ignore_ascii_case("apikey") {
+            Ok(Presented::ApiKey(credential))
+        } else {
+            Err(Status::unauthenticated(
+                "expected `authorization: Bearer <token>` or `ApiKey <key>`",
+            ))
+        };
+    }
+    if let Some(value) = metadata.get("x-api-key") {
+        let key = value.to_str().map_err(|_| invalid_api_key())?;
+        return Ok(Presented::ApiKey(key.trim()));
+    }
+    Err(Status::unauthenticated(
+        "missing credentials: send `authorization: Bearer <access token>` or `x-api-key: <API key>`",
+    ))
+}
+
+/// auth-svc reached over gRPC with this service's own API key (which holds the `service` scope).
+#[derive(Debug, Clone)]
+pub struct RemoteAuth {
+    client: proto::auth::auth_service_client::AuthServiceClient<Channel>,
+    service_key: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl RemoteAuth {
+    /// Connects lazily to auth-svc at `url` (e.g. `http://127.0.0.1:9001`).
+    pub fn new(url: &str, service_key: &str) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Self {
+            client: proto::auth::auth_service_client::AuthServiceClient::new(channel),
+            service_key: service_key
+                .parse()
+                .map_err(|_| anyhow::anyhow!("the service API key is not valid header text"))?,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("x-api-key", self.service_key.clone());
+        request
+    }
+}
+
+fn unavailable_auth(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Unauthenticated => status,
+        _ => {
+            tracing::warn!(%status, "auth-svc could not verify a credential");
+            Status::unavailable("authentication is unavailable; retry later")
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialSource for RemoteAuth {
+    async fn jwks(&self) -> Result<Vec<proto::auth::Jwk>, Status> {
+        let mut client = self.client.clone();
+        let response = client
+            .get_jwks(Request::new(proto::auth::GetJwksRequest {}))
+            .await
+            .map_err(unavailable_auth)?;
+        Ok(response.into_inner().keys)
+    }
+
+    async fn verify_api_key(&self, key: &str) -> Result<VerifiedKey, Status> {
+        let mut client = self.client.clone();
+        let response = client
+            .verify_api_key(self.request(proto::auth::VerifyApiKeyRequest {
+                key: key.to_owned(),
+            }))
+            .await
+            .map_err(unavailable_auth)?
+            .into_inner();
+        let parse = |id: &str| {
+            Uuid::parse_str(id).map_err(|_| Status::internal("auth-svc returned a malformed id"))
+        };
+        Ok(VerifiedKey {
+            user_id: parse(&response.user_id)?,
+            key_id: parse(&response.key_id)?,
+            scopes: response.scopes,
+            owner_roles: response.owner_roles,
+            expires_at: response
+                .expires_at
+                .and_then(|at| SystemTime::try_from(at).ok()),
+        })
+    }
+}
+
+/// Encodes a 32-byte Ed25519 public key as the JWK `x` value.
+pub fn jwk_x(public_key: &[u8; 32]) -> String {
+    URL_SAFE_NO_PAD.encode(public_key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn metadata(pairs: &[(&'static str, &str)]) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        for (key, value) in pairs {
+            map.insert(*key, value.parse().unwrap());
+        }
+        map
+    }
+
+    fn presented(pairs: &[(&'static str, &str)]) -> Result<String, tonic::Code> {
+        let map = metadata(pairs);
+        match presented_credential(&map) {
+            Ok(Presented::Token(token)) => Ok(format!("token:{token}")),
+            Ok(Presented::ApiKey(key)) => Ok(format!("key:{key}")),
+            Err(status) => Err(status.code()),
+        }
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_documented_headers() {
+        assert_eq!(
+            presented(&[("authorization", "Bearer abc.def.ghi")]),
+            Ok("token:abc.def.ghi".into())
+        );
+        assert_eq!(
+            presented(&[("authorization", "bearer cmk_123")]),
+            Ok("key:cmk_123".into())
+        );
+        assert_eq!(
+            presented(&[("authorization", "ApiKey cmk_456")]),
+            Ok("key:cmk_456".into())
+        );
+        assert_eq!(
+            presented(&[("x-api-key", "cmk_789")]),
+            Ok("key:cmk_789".into())
+        );
+        assert_eq!(presented(&[]), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            presented(&[("authorization", "Basic dXNlcjpwdw==")]),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            presented(&[("authorization", "Bearer")]),
+            Err(tonic::Code::Unauthenticated)
+        );
+    }
+
+    fn caller(scopes: &[&str]) -> Caller {
+        Caller {
+            user_id: Uuid::nil(),
+            credential: Credential::ApiKey {
+                key_id: Uuid::nil(),
+            },
+            roles: Vec::new(),
+            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn roles_grant_their_scopes_and_nothing_more() {
+        let plain = scopes_of_roles::<&str>(&[]);
+        assert!(
+            plain.contains(scope::QUOTA_CONSUME)
+                && !plain.contains(scope::ADMIN)
+                && !plain.contains(scope::SERVICE)
+        );
+        let admin = scopes_of_roles(&["admin"]);
+        assert!(admin.contains(scope::ADMIN) && !admin.contains(scope::SERVICE));
+        assert!(scopes_of_roles(&["service"]).contains(scope::SERVICE));
+    }
+
+    #[test]
+    fn requirements_are_enforced() {
+        let reader = caller(&[scope::QUOTA_READ]);
+        assert!(reader.require_scope(scope::QUOTA_READ).is_ok());
+        assert_eq!(
+            reader
+                .require_scope(scope::QUOTA_CONSUME)
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            reader.require_admin().unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            reader.require_service().unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            reader.require_session().unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+
+        let admin = caller(&[scope::ADMIN]);
+        assert!(admin.require_scope(scope::BILLING_WRITE).is_ok());
+        // Administrators are not services: internal RPCs stay closed to them.
+        assert!(admin.require_service().is_err());
+    }
+
+    #[test]
+    fn a_key_keeps_only_the_scopes_its_owner_still_has() {
+        let key = VerifiedKey {
+            user_id: Uuid::nil(),
+            key_id: Uuid::nil(),
+            scopes: vec![scope::ADMIN.into(), scope::QUOTA_READ.into()],
+            owner_roles: Vec::new(),
+            expires_at: None,
+        };
+        let scopes = key.caller().scopes;
+        assert!(scopes.contains(scope::QUOTA_READ));
+        assert!(
+            !scopes.contains(scope::ADMIN),
+            "the owner lost the admin role"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Configuration shared by every server, read once at start from flags or environment variables.
+//!
+//! Each service names itself with a [`ServiceSpec`]; the service-specific variables are then
+//! `<SVC>_LISTEN_ADDR`, `<SVC>_ADMIN_ADDR` and `<SVC>_DATABASE_URL` (falling back to `DATABASE_URL`),
+//! so one shell can run the whole mesh. `--help` on each binary lists every variable and default.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches};
+
+/// The default database: the local PostgreSQL that `just up` starts.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/commerce";
+
+/// What distinguishes one server of the mesh from another.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSpec {
+    /// Short name, also the PostgreSQL schema the service owns (`auth`, `billing`, `quota`).
+    pub name: &'static str,
+    /// Fully qualified gRPC service name, reported by tonic-health.
+    pub grpc_service: &'static str,
+    /// Default gRPC port.
+    pub port: u16,
+    /// Default port of the admin HTTP listener (Prometheus metrics).
+    pub admin_port: u16,
+}
+
+impl ServiceSpec {
+    /// Prefix of this service's environment variables, e.g. `AUTH`.
+    pub fn env_prefix(&self) -> String {
+        self.name.to_ascii_uppercase()
+    }
+}
+
+/// Settings every gRPC server of the mesh takes.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// gRPC listen address [default: 0.0.0.0:<the service's port>].
+    #[arg(long, global = true)]
+    pub listen_addr: Option<SocketAddr>,
+
+    /// Admin HTTP listen address serving `/metrics` [default: 127.0.0.1:<the service's port + 100>].
+    #[arg(long, global = true)]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// PostgreSQL URL; falls back to $DATABASE_URL, then postgres://postgres@127.0.0.1:5432/commerce.
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+
+    /// Maximum number of pooled database connections.
+    #[arg(long, global = true, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// How long a request waits for a pooled database connection, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Per-RPC deadline in milliseconds (a shorter `grpc-timeout` from the client wins).
+    #[arg(long, global = true, env = "RPC_TIMEOUT_MS", default_value_t = 10_000)]
+    pub rpc_timeout_ms: u64,
+
+    /// RPCs served at once across all connections; more wait for a slot.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_CONCURRENT_RPCS",
+        default_value_t = 2_048
+    )]
+    pub max_concurrent_rpcs: usize,
+
+    /// How long in-flight RPCs may finish after SIGTERM/SIGINT, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTDOWN_GRACE_MS",
+        default_value_t = 3_000
+    )]
+    pub shutdown_grace_ms: u64,
+
+    /// How often the database is probed for the health status, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "HEALTH_CHECK_INTERVAL_MS",
+        default_value_t = 2_000
+    )]
+    pub health_check_interval_ms: u64,
+}
+
+impl ServerArgs {
+    /// The gRPC address to bind.
+    pub fn listen_addr(&self, spec: &ServiceSpec) -> SocketAddr {
+        self.listen_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], spec.port)))
+    }
+
+    /// The admin HTTP address to bind.
+    pub fn admin_addr(&self, spec: &ServiceSpec) -> SocketAddr {
+        self.admin_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], spec.admin_port)))
+    }
+
+    /// The database URL after the documented fallbacks.
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+}
+
+/// Parses the command line of a server binary whose clap type flattens [`ServerArgs`], binding the
+/// service-specific environment variables (`<SVC>_LISTEN_ADDR`, `<SVC>_ADMIN_ADDR`,
+/// `<SVC>_DATABASE_URL` with the `DATABASE_URL` fallback).
+pub fn parse<C: CommandFactory + FromArgMatches>(spec: &ServiceSpec) -> C {
+    let prefix = spec.env_prefix();
+    let command = C::command()
+        .mut_arg("listen_addr", |arg| {
+            arg.env(format!("{prefix}_LISTEN_ADDR"))
+        })
+        .mut_arg("admin_addr", |arg| arg.env(format!("{prefix}_ADMIN_ADDR")))
+        .mut_arg("database_url", |arg| {
+            let arg = arg.env(format!("{prefix}_DATABASE_URL"));
+            match std::env::var("DATABASE_URL") {
+                Ok(fallback) if !fallback.is_empty() => arg.default_value(fallback),
+                _ => arg,
+            }
+        });
+    let matches: ArgMatches = command.get_matches();
+    C::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}

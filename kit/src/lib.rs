@@ -1,0 +1,30 @@
+//! What every commerce-mesh server shares: configuration ([`cli`]), the database pool and
+//! migrations ([`db`]), the server bootstrap ([`server`]), per-RPC observability ([`observe`]),
+//! logging and metrics ([`telemetry`]), shutdown ([`shutdown`]), error mapping ([`error`]), the
+//! quota client for backends ([`metering`]) and, behind the `testing` feature, the test harness
+//! ([`testing`]).
+
+pub mod caller;
+pub mod cli;
+pub mod db;
+pub mod error;
+pub mod metering;
+pub mod observe;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cli::{ServerArgs, ServiceSpec};
+
+/// Logs a failed command and turns its outcome into the process exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

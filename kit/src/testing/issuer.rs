@@ -1,0 +1,256 @@
+//! A token and API key issuer for tests of services that authenticate callers before auth-svc
+//! is involved: it mints real EdDSA JWTs with its own Ed25519 key, keeps API keys registered in
+//! it, and is a [`CredentialSource`] (in-process) or serves GetJwks/VerifyApiKey over gRPC
+//! ([`AuthServer`]) for real binaries started with `AUTH_URL` pointing at it.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ed25519_dalek::{SigningKey, pkcs8::EncodePrivateKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proto::auth::{
+    GetJwksRequest, GetJwksResponse, Jwk, VerifyApiKeyRequest, VerifyApiKeyResponse,
+    auth_service_server::{AuthService, AuthServiceServer},
+};
+use tokio::{net::TcpListener, sync::oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::caller::{
+    API_KEY_PREFIX, AccessClaims, AuthConfig, Authenticator, CredentialSource, VerifiedKey, jwk_x,
+};
+
+/// Mints access tokens and API keys for tests.
+pub struct TestIssuer {
+    key: SigningKey,
+    encoding: EncodingKey,
+    kid: String,
+    config: AuthConfig,
+    api_keys: Mutex<HashMap<String, VerifiedKey>>,
+}
+
+impl std::fmt::Debug for TestIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestIssuer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestIssuer {
+    /// A fresh key, issuer and audience `commerce-mesh` (the services' defaults).
+    pub fn new() -> Self {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = key
+            .to_pkcs8_der()
+            .unwrap_or_else(|err| panic!("encoding the test key: {err}"));
+        Self {
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            key,
+            kid: format!("test-{}", Uuid::new_v4().simple()),
+            config: AuthConfig::default(),
+            api_keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An authenticator trusting this issuer, as a service would build over auth-svc.
+    pub fn authenticator(self: &Arc<Self>) -> Arc<Authenticator> {
+        Arc::new(Authenticator::new(self.config.clone(), self.clone()))
+    }
+
+    /// A valid 15-minute access token for `user_id` with `roles`.
+    pub fn token(&self, user_id: Uuid, roles: &[&str]) -> String {
+        self.token_with(
+            user_id,
+            roles,
+            &self.config.audience,
+            Duration::from_secs(900),
+            false,
+        )
+    }
+
+    /// A token that expired a minute ago (beyond the verifier's leeway).
+    pub fn expired_token(&self, user_id: Uuid) -> String {
+        self.token_with(
+            user_id,
+            &[],
+            &self.config.audience,
+            Duration::from_secs(60),
+            true,
+        )
+    }
+
+    /// A valid token for another audience.
+    pub fn other_audience_token(&self, user_id: Uuid) -> String {
+        self.token_with(
+            user_id,
+            &[],
+            "someone-else",
+            Duration::from_secs(900),
+            false,
+        )
+    }
+
+    fn token_with(
+        &self,
+        user_id: Uuid,
+        roles: &[&str],
+        audience: &str,
+        lifetime: Duration,
+        expired: bool,
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        let (iat, exp) = if expired {
+            (now - 2 * lifetime, now - lifetime)
+        } else {
+            (now, now + lifetime)
+        };
+        let claims = AccessClaims {
+            sub: user_id.to_string(),
+            sid: Uuid::new_v4().to_string(),
+            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+            iss: self.config.issuer.clone(),
+            aud: audience.to_owned(),
+            iat,
+            exp,
+            jti: Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .unwrap_or_else(|err| panic!("signing a test token: {err}"))
+    }
+
+    /// Registers a new API key of `user_id` (whose roles are `owner_roles`) with `scopes`;
+    /// returns the key.
+    pub fn add_api_key(&self, user_id: Uuid, scopes: &[&str], owner_roles: &[&str]) -> String {
+        let key = format!("{API_KEY_PREFIX}{}", Uuid::new_v4().simple());
+        let verified = VerifiedKey {
+            user_id,
+            key_id: Uuid::new_v4(),
+            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+            owner_roles: owner_roles.iter().map(|role| (*role).to_owned()).collect(),
+            expires_at: None,
+        };
+        if let Ok(mut keys) = self.api_keys.lock() {
+            keys.insert(key.clone(), verified);
+        }
+        key
+    }
+
+    fn jwk(&self) -> Jwk {
+        Jwk {
+            kty: "OKP".to_owned(),
+            crv: "Ed25519".to_owned(),
+            x: jwk_x(self.key.verifying_key().as_bytes()),
+            kid: self.kid.clone(),
+            alg: "EdDSA".to_owned(),
+            r#use: "sig".to_owned(),
+        }
+    }
+
+    fn verified(&self, key: &str) -> Result<VerifiedKey, Status> {
+        self.api_keys
+            .lock()
+            .ok()
+            .and_then(|keys| keys.get(key).cloned())
+            .ok_or_else(|| Status::unauthenticated("invalid API key"))
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialSource for TestIssuer {
+    async fn jwks(&self) -> Result<Vec<Jwk>, Status> {
+        Ok(vec![self.jwk()])
+    }
+
+    async fn verify_api_key(&self, key: &str) -> Result<VerifiedKey, Status> {
+        self.verified(key)
+    }
+}
+
+/// GetJwks and VerifyApiKey of a [`TestIssuer`] served over gRPC on an ephemeral port (every
+/// other auth RPC is UNIMPLEMENTED); stopped when dropped.
+#[derive(Debug)]
+pub struct AuthServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl AuthServer {
+    pub async fn start(issuer: Arc<TestIssuer>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|err| panic!("binding the test auth server: {err}"));
+        let addr = listener.local_addr().unwrap_or_else(|err| panic!("{err}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthServiceServer::new(IssuerService(issuer)))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stopped.await;
+                }),
+        );
+        Self {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    /// The URL to give a service as `AUTH_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct IssuerService(Arc<TestIssuer>);
+
+#[tonic::async_trait]
+impl AuthService for IssuerService {
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(GetJwksResponse {
+            keys: vec![self.0.jwk()],
+        }))
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<VerifyApiKeyRequest>,
+    ) -> Result<Response<VerifyApiKeyResponse>, Status> {
+        let verified = self.0.verified(&request.get_ref().key)?;
+        Ok(Response::new(VerifyApiKeyResponse {
+            user_id: verified.user_id.to_string(),
+            key_id: verified.key_id.to_string(),
+            scopes: verified.scopes,
+            expires_at: None,
+            owner_roles: verified.owner_roles,
+        }))
+    }
+}

@@ -1,0 +1,17 @@
+//! The test harness: a fresh PostgreSQL database per test cloned from a migrated template
+//! ([`TestDb`]), a TCP proxy that can cut the database off ([`TcpProxy`]), a server started
+//! in-process on an ephemeral port ([`InProcess`]), the real binaries ([`Binary`]) and grpcurl.
+
+mod binary;
+mod db;
+mod in_process;
+mod issuer;
+mod proxy;
+mod schema;
+
+pub use binary::{Binary, free_port, grpcurl, workspace_binary};
+pub use db::TestDb;
+pub use in_process::{InProcess, wait_for_health};
+pub use issuer::{AuthServer, TestIssuer};
+pub use proxy::TcpProxy;
+pub use schema::{assert_migrations_revert, assert_schema_rs_matches};

@@ -1,0 +1,436 @@
+//! The tonic implementation of `commerce.quota.v1.QuotaService`: decode, authorize, call the
+//! operation in [`crate::service`], map the result.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kit::caller::{Authenticator, Caller, scope};
+use proto::quota::{self as pb, quota_service_server::QuotaService};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        Counter, Source,
+        batch::{Decision, Request as ConsumeInput},
+        usage::{self, Bucket},
+        validate,
+    },
+    error::Error,
+    json,
+    service::Core,
+    store::{consume::Pending, entitlements::PlanLimits, usage::EventFilter},
+};
+
+/// The quota gRPC service.
+#[derive(Clone)]
+pub struct Quota {
+    pub(crate) core: Arc<Core>,
+    pub(crate) auth: Arc<Authenticator>,
+}
+
+impl Quota {
+    async fn caller<T>(&self, request: &Request<T>, needs: &str) -> Result<Caller, Status> {
+        let caller = self.auth.authenticate(request).await?;
+        caller.require_scope(needs)?;
+        Ok(caller)
+    }
+}
+
+/// The subject a request acts on: the caller unless it names another, which needs admin or
+/// the `service` scope.
+fn subject(caller: &Caller, requested: &str) -> Result<Uuid, Error> {
+    if requested.is_empty() {
+        return Ok(caller.user_id);
+    }
+    let subject = validate::uuid("subject", requested)?;
+    if subject == caller.user_id || caller.is_admin() || caller.has_scope(scope::SERVICE) {
+        Ok(subject)
+    } else {
+        Err(Error::PermissionDenied(
+            "naming another subject requires admin or the `service` scope".to_owned(),
+        ))
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn time(
+    field: &'static str,
+    at: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    at.map(|at| {
+        u32::try_from(at.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
+            .ok_or_else(|| Error::invalid(field, "not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn required_time(
+    field: &'static str,
+    at: Option<&prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, Error> {
+    time(field, at)?.ok_or_else(|| Error::invalid(field, "is required"))
+}
+
+fn quota_state(metric: String, counter: &Counter) -> pb::QuotaState {
+    pb::QuotaState {
+        metric,
+        limit: counter.limit.unwrap_or(0),
+        used: counter.used,
+        remaining: counter.remaining(),
+        unlimited: counter.limit.is_none(),
+        period_start: Some(timestamp(counter.period_start)),
+        period_end: Some(timestamp(counter.period_end)),
+        source: match counter.source {
+            Source::Plan => pb::QuotaSource::Plan,
+            Source::Default => pb::QuotaSource::Default,
+        } as i32,
+    }
+}
+
+fn consume_response(decision: Decision) -> Result<pb::ConsumeResponse, Error> {
+    let answered = |answer: crate::domain::batch::Recorded, replayed| pb::ConsumeResponse {
+        allowed: true,
+        usage_id: answer.usage_id.to_string(),
+        limit: answer.limit.unwrap_or(0),
+        used: answer.used,
+        remaining: answer.limit.map_or(0, |limit| (limit - answer.used).max(0)),
+        unlimited: answer.limit.is_none(),
+        resets_at: Some(timestamp(answer.resets_at)),
+        replayed,
+    };
+    Ok(match decision {
+        Decision::Allowed(answer) => answered(answer, false),
+        Decision::Replayed(answer) => answered(answer, true),
+        Decision::Denied { counter } => pb::ConsumeResponse {
+            allowed: false,
+            limit: counter.as_ref().and_then(|c| c.limit).unwrap_or(0),
+            used: counter.as_ref().map_or(0, |c| c.used),
+            remaining: counter.as_ref().map_or(0, Counter::remaining),
+            resets_at: counter.as_ref().map(|c| timestamp(c.period_end)),
+            ..Default::default()
+        },
+        Decision::KeyReused => return Err(Error::KeyReused),
+    })
+}
+
+fn limits(limits: Vec<pb::MetricLimit>) -> Result<Vec<(String, Option<i64>)>, Error> {
+    let mut seen = std::collections::BTreeSet::new();
+    limits
+        .into_iter()
+        .map(|limit| {
+            validate::metric("limits.metric", &limit.metric)?;
+            if !seen.insert(limit.metric.clone()) {
+                return Err(Error::invalid(
+                    "limits.metric",
+                    format!("{:?} appears twice", limit.metric),
+                ));
+            }
+            if limit.unlimited {
+                Ok((limit.metric, None))
+            } else {
+                validate::limit(limit.limit)?;
+                Ok((limit.metric, Some(limit.limit)))
+            }
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl QuotaService for Quota {
+    #[tracing::instrument(skip_all)]
+    async fn list_quotas(
+        &self,
+        request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        let caller = self.caller(&request, scope::QUOTA_READ).await?;
+        let request = request.into_inner();
+        let subject = subject(&caller, &request.subject)?;
+        let size = usage::page_size(request.page_size)?;
+        let after = (!request.page_token.is_empty())
+            .then(|| usage::parse_metric_token(&request.page_token))
+            .transpose()?;
+        let quotas = self.core.list(subject).await?;
+        let mut page: Vec<pb::QuotaState> = quotas
+            .iter()
+            .filter(|(metric, _)| after.as_ref().is_none_or(|after| *metric > after))
+            .take(size + 1)
+            .map(|(metric, counter)| quota_state(metric.clone(), counter))
+            .collect();
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|q| usage::metric_token(&q.metric))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListQuotasResponse {
+            subject: subject.to_string(),
+            quotas: page,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn check_quota(
+        &self,
+        request: Request<pb::CheckQuotaRequest>,
+    ) -> Result<Response<pb::CheckQuotaResponse>, Status> {
+        let caller = self.caller(&request, scope::QUOTA_READ).await?;
+        let request = request.into_inner();
+        let subject = subject(&caller, &request.subject)?;
+        validate::metric("metric", &request.metric)?;
+        let counter = self.core.check(subject, &request.metric).await?;
+        Ok(Response::new(pb::CheckQuotaResponse {
+            subject: subject.to_string(),
+            quota: Some(quota_state(request.metric, &counter)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn consume(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<pb::ConsumeResponse>, Status> {
+        let caller = self.caller(&request, scope::QUOTA_CONSUME).await?;
+        let request = request.into_inner();
+        let subject = subject(&caller, &request.subject)?;
+        validate::metric("metric", &request.metric)?;
+        let amount = validate::amount(request.amount)?;
+        validate::idempotency_key(&request.idempotency_key)?;
+        let attributes = request
+            .attributes
+            .as_ref()
+            .map(|attributes| json::from_struct(attributes).to_string());
+        if let Some(serialized) = &attributes {
+            validate::attributes(serialized)?;
+        }
+        let decision = self
+            .core
+            .consume(Pending {
+                request: ConsumeInput {
+                    subject,
+                    metric: request.metric,
+                    amount,
+                    idempotency_key: request.idempotency_key,
+                },
+                attributes,
+            })
+            .await?;
+        Ok(Response::new(consume_response(decision)?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let caller = self.caller(&request, scope::QUOTA_CONSUME).await?;
+        let request = request.into_inner();
+        let subject = subject(&caller, &request.subject)?;
+        let (usage_id, key) = match (
+            request.usage_id.is_empty(),
+            request.idempotency_key.is_empty(),
+        ) {
+            (false, true) => (Some(validate::uuid("usage_id", &request.usage_id)?), None),
+            (true, false) => {
+                validate::idempotency_key(&request.idempotency_key)?;
+                (None, Some(request.idempotency_key))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "usage_id",
+                    "set exactly one of usage_id and idempotency_key",
+                )
+                .into());
+            }
+        };
+        let refunded = self.core.refund(subject, usage_id, key).await?;
+        Ok(Response::new(pb::RefundResponse {
+            usage_id: refunded.usage_id.to_string(),
+            refunded_amount: refunded.amount,
+            already_refunded: refunded.already_refunded,
+            quota: refunded
+                .counter
+                .as_ref()
+                .map(|counter| quota_state(refunded.metric.clone(), counter)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let caller = self.caller(&request, scope::QUOTA_READ).await?;
+        let request = request.into_inner();
+        let subject = subject(&caller, &request.subject)?;
+        validate::metric("metric", &request.metric)?;
+        let from = required_time("from", request.from.as_ref())?;
+        let to = required_time("to", request.to.as_ref())?;
+        let (bucket, bucket_pb) = match pb::UsageBucket::try_from(request.bucket) {
+            Ok(pb::UsageBucket::Hour) => (Bucket::Hour, pb::UsageBucket::Hour),
+            Ok(pb::UsageBucket::Month) => (Bucket::Month, pb::UsageBucket::Month),
+            Ok(pb::UsageBucket::Day | pb::UsageBucket::Unspecified) => {
+                (Bucket::Day, pb::UsageBucket::Day)
+            }
+            Err(_) => return Err(Error::invalid("bucket", "unknown bucket size").into()),
+        };
+        let sums = self
+            .core
+            .usage(subject, &request.metric, bucket, from, to)
+            .await?;
+        Ok(Response::new(pb::GetUsageResponse {
+            subject: subject.to_string(),
+            metric: request.metric,
+            bucket: bucket_pb as i32,
+            points: sums
+                .into_iter()
+                .map(|sums| pb::UsagePoint {
+                    bucket_start: Some(timestamp(sums.bucket_start)),
+                    consumed: sums.consumed,
+                    refunded: sums.refunded,
+                    net: sums.consumed - sums.refunded,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_usage_events(
+        &self,
+        request: Request<pb::ListUsageEventsRequest>,
+    ) -> Result<Response<pb::ListUsageEventsResponse>, Status> {
+        let caller = self.caller(&request, scope::QUOTA_READ).await?;
+        let request = request.into_inner();
+        let subject = subject(&caller, &request.subject)?;
+        if !request.metric.is_empty() {
+            validate::metric("metric", &request.metric)?;
+        }
+        let size = usage::page_size(request.page_size)?;
+        let filter = EventFilter {
+            subject,
+            metric: (!request.metric.is_empty()).then_some(request.metric),
+            from: time("from", request.from.as_ref())?,
+            to: time("to", request.to.as_ref())?,
+            after: (!request.page_token.is_empty())
+                .then(|| usage::parse_event_token(&request.page_token))
+                .transpose()?,
+        };
+        let mut rows = self.core.events(&filter, size + 1).await?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|row| usage::event_token(row.occurred_at, row.usage_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let events = rows
+            .into_iter()
+            .map(|row| pb::UsageEvent {
+                usage_id: row.usage_id.to_string(),
+                subject: row.subject.to_string(),
+                metric: row.metric,
+                kind: if row.kind == "refund" {
+                    pb::UsageEventKind::Refund
+                } else {
+                    pb::UsageEventKind::Consume
+                } as i32,
+                amount: row.amount,
+                idempotency_key: row.idempotency_key,
+                attributes: row
+                    .attributes
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .and_then(json::to_struct),
+                occurred_at: Some(timestamp(row.occurred_at)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListUsageEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reset_quota(
+        &self,
+        request: Request<pb::ResetQuotaRequest>,
+    ) -> Result<Response<pb::ResetQuotaResponse>, Status> {
+        let caller = self.auth.authenticate(&request).await?;
+        caller.require_admin()?;
+        let request = request.into_inner();
+        if request.subject.is_empty() {
+            return Err(Error::invalid("subject", "is required").into());
+        }
+        let subject = validate::uuid("subject", &request.subject)?;
+        validate::metric("metric", &request.metric)?;
+        let counter = self.core.reset(subject, request.metric.clone()).await?;
+        Ok(Response::new(pb::ResetQuotaResponse {
+            quota: Some(quota_state(request.metric, &counter)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn apply_entitlements(
+        &self,
+        request: Request<pb::ApplyEntitlementsRequest>,
+    ) -> Result<Response<pb::ApplyEntitlementsResponse>, Status> {
+        let caller = self.auth.authenticate(&request).await?;
+        caller.require_service()?;
+        let request = request.into_inner();
+        let subject = validate::uuid("subject", &request.subject)?;
+        validate::version(request.version)?;
+        let limits = limits(request.limits)?;
+        let period = if limits.is_empty() {
+            None
+        } else {
+            let start = required_time("period_start", request.period_start.as_ref())?;
+            let end = required_time("period_end", request.period_end.as_ref())?;
+            if start >= end {
+                return Err(Error::invalid("period_start", "must be before period_end").into());
+            }
+            Some((start, end))
+        };
+        let (applied, version) = self
+            .core
+            .apply_plan(PlanLimits {
+                subject,
+                plan_code: request.plan_code,
+                limits,
+                period,
+                version: request.version,
+            })
+            .await?;
+        Ok(Response::new(pb::ApplyEntitlementsResponse {
+            applied,
+            version,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn apply_default_entitlements(
+        &self,
+        request: Request<pb::ApplyDefaultEntitlementsRequest>,
+    ) -> Result<Response<pb::ApplyDefaultEntitlementsResponse>, Status> {
+        let caller = self.auth.authenticate(&request).await?;
+        caller.require_service()?;
+        let request = request.into_inner();
+        validate::version(request.version)?;
+        let limits = limits(request.limits)?;
+        let (applied, version) = self.core.apply_defaults(limits, request.version).await?;
+        Ok(Response::new(pb::ApplyDefaultEntitlementsResponse {
+            applied,
+            version,
+        }))
+    }
+}

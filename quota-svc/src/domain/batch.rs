@@ -1,0 +1,234 @@
+//! The in-memory application of a batch of consumptions, exactly as if they arrived one by one:
+//! the store locks the counters, this decides every request in arrival order, the store writes
+//! the result back in the same transaction.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Counter;
+
+/// One validated Consume request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub subject: Uuid,
+    pub metric: String,
+    pub amount: i64,
+    pub idempotency_key: String,
+}
+
+/// The answer recorded with an idempotency key: what an allowed consumption returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub metric: String,
+    pub amount: i64,
+    pub usage_id: Uuid,
+    /// `None` is unlimited.
+    pub limit: Option<i64>,
+    pub used: i64,
+    pub resets_at: DateTime<Utc>,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Consumed now; the answer to record.
+    Allowed(Recorded),
+    /// The first answer to the same key, repeated; nothing consumed.
+    Replayed(Recorded),
+    /// Over the limit, or no entitlement for the metric (`counter` is `None`).
+    Denied { counter: Option<Counter> },
+    /// The key was used before with another metric or amount.
+    KeyReused,
+}
+
+/// A counter key.
+pub type CounterKey = (Uuid, String);
+/// An idempotency key.
+pub type IdempotencyKey = (Uuid, String);
+
+/// Decides `requests` in order against `counters` (already locked and rolled over; missing
+/// means no entitlement) and `previous` (answers already recorded for their keys). Updates
+/// `counters`; `new_id` names each allowed consumption.
+pub fn apply(
+    counters: &mut HashMap<CounterKey, Counter>,
+    previous: &HashMap<IdempotencyKey, Recorded>,
+    requests: &[Request],
+    mut new_id: impl FnMut() -> Uuid,
+) -> Vec<Decision> {
+    // Keys allowed earlier in this batch answer later duplicates like keys found in the table.
+    let mut recorded_here: HashMap<IdempotencyKey, Recorded> = HashMap::new();
+    requests
+        .iter()
+        .map(|request| {
+            let key = (request.subject, request.idempotency_key.clone());
+            if let Some(first) = previous.get(&key).or_else(|| recorded_here.get(&key)) {
+                return if first.metric == request.metric && first.amount == request.amount {
+                    Decision::Replayed(first.clone())
+                } else {
+                    Decision::KeyReused
+                };
+            }
+            let Some(counter) = counters.get_mut(&(request.subject, request.metric.clone())) else {
+                return Decision::Denied { counter: None };
+            };
+            let fits = counter
+                .limit
+                .is_none_or(|limit| counter.used.saturating_add(request.amount) <= limit);
+            if !fits {
+                return Decision::Denied {
+                    counter: Some(counter.clone()),
+                };
+            }
+            counter.used += request.amount;
+            let answer = Recorded {
+                metric: request.metric.clone(),
+                amount: request.amount,
+                usage_id: new_id(),
+                limit: counter.limit,
+                used: counter.used,
+                resets_at: counter.period_end,
+            };
+            recorded_here.insert(key, answer.clone());
+            Decision::Allowed(answer)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::Source;
+
+    fn counter(limit: Option<i64>) -> Counter {
+        Counter {
+            limit,
+            used: 0,
+            period_start: "2026-01-01T00:00:00Z".parse().unwrap(),
+            period_end: "2026-02-01T00:00:00Z".parse().unwrap(),
+            source: Source::Plan,
+        }
+    }
+
+    fn ids() -> impl FnMut() -> Uuid {
+        let mut next = 0u128;
+        move || {
+            next += 1;
+            Uuid::from_u128(next)
+        }
+    }
+
+    #[test]
+    fn a_duplicate_key_in_one_batch_replays_the_first_answer() {
+        let subject = Uuid::from_u128(7);
+        let mut counters = HashMap::from([((subject, "m".to_owned()), counter(Some(5)))]);
+        let request = |key: &str, amount| Request {
+            subject,
+            metric: "m".to_owned(),
+            amount,
+            idempotency_key: key.to_owned(),
+        };
+        let decisions = apply(
+            &mut counters,
+            &HashMap::new(),
+            &[
+                request("a", 2),
+                request("a", 2),
+                request("a", 3),
+                request("b", 4),
+            ],
+            ids(),
+        );
+        let Decision::Allowed(first) = &decisions[0] else {
+            panic!("{decisions:?}")
+        };
+        assert_eq!(decisions[1], Decision::Replayed(first.clone()));
+        assert_eq!(decisions[2], Decision::KeyReused);
+        assert!(matches!(
+            decisions[3],
+            Decision::Denied { counter: Some(_) }
+        ));
+        assert_eq!(counters[&(subject, "m".to_owned())].used, 2);
+    }
+
+    #[test]
+    fn unknown_metrics_are_denied() {
+        let decisions = apply(
+            &mut HashMap::new(),
+            &HashMap::new(),
+            &[Request {
+                subject: Uuid::from_u128(1),
+                metric: "nope".to_owned(),
+                amount: 1,
+                idempotency_key: "k".to_owned(),
+            }],
+            ids(),
+        );
+        assert_eq!(decisions, vec![Decision::Denied { counter: None }]);
+    }
+
+    fn requests() -> impl Strategy<Value = Vec<Request>> {
+        prop::collection::vec((0u128..3, 0usize..3, 1i64..6, 0u8..12), 0..60).prop_map(|raw| {
+            raw.into_iter()
+                .map(|(subject, metric, amount, key)| Request {
+                    subject: Uuid::from_u128(subject),
+                    metric: ["a", "b", "c"][metric].to_owned(),
+                    amount,
+                    idempotency_key: format!("k{key}"),
+                })
+                .collect()
+        })
+    }
+
+    fn counters(limits: &[Option<i64>]) -> HashMap<CounterKey, Counter> {
+        let mut counters = HashMap::new();
+        for subject in 0..3u128 {
+            // Metric "c" has no entitlement.
+            for (metric, limit) in ["a", "b"].iter().zip(limits) {
+                counters.insert(
+                    (Uuid::from_u128(subject), (*metric).to_owned()),
+                    counter(*limit),
+                );
+            }
+        }
+        counters
+    }
+
+    proptest! {
+        #[test]
+        fn a_batch_equals_one_by_one_and_never_exceeds_the_limit(
+            requests in requests(),
+            limit_a in prop::option::of(0i64..20),
+            limit_b in prop::option::of(0i64..20),
+        ) {
+            let limits = [limit_a, limit_b];
+            let mut batched = counters(&limits);
+            let batch = apply(&mut batched, &HashMap::new(), &requests, ids());
+
+            let mut sequential = counters(&limits);
+            let mut recorded = HashMap::new();
+            let mut new_id = ids();
+            let mut one_by_one = Vec::new();
+            for request in &requests {
+                let decision = apply(&mut sequential, &recorded, std::slice::from_ref(request), &mut new_id).remove(0);
+                if let Decision::Allowed(answer) = &decision {
+                    recorded.insert((request.subject, request.idempotency_key.clone()), answer.clone());
+                }
+                one_by_one.push(decision);
+            }
+            prop_assert_eq!(&batch, &one_by_one);
+            prop_assert_eq!(&batched, &sequential);
+            for counter in batched.values() {
+                prop_assert!(counter.limit.is_none_or(|limit| counter.used <= limit));
+            }
+            let granted: i64 = batch.iter().map(|d| match d { Decision::Allowed(a) => a.amount, _ => 0 }).sum();
+            let used: i64 = batched.values().map(|c| c.used).sum();
+            prop_assert_eq!(granted, used);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Input validation; every failure names the field.
+
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// Longest idempotency key, in characters.
+pub const MAX_KEY_CHARS: usize = 128;
+/// Largest `attributes`, as serialized JSON.
+pub const MAX_ATTRIBUTES_BYTES: usize = 4096;
+
+/// 1–64 characters of `a-z`, `0-9`, `_`, `.`, `:` and `-`.
+pub fn metric(field: &'static str, metric: &str) -> Result<(), Error> {
+    if metric.is_empty() || metric.len() > 64 {
+        return Err(Error::invalid(field, "must be 1 to 64 characters"));
+    }
+    if !metric.bytes().all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b':' | b'-')
+    }) {
+        return Err(Error::invalid(
+            field,
+            "may hold only a-z, 0-9, `_`, `.`, `:` and `-`",
+        ));
+    }
+    Ok(())
+}
+
+/// Absent means 1; otherwise at least 1.
+pub fn amount(amount: Option<i64>) -> Result<i64, Error> {
+    match amount {
+        None => Ok(1),
+        Some(n) if n >= 1 => Ok(n),
+        Some(_) => Err(Error::invalid("amount", "must be at least 1")),
+    }
+}
+
+/// 1–128 characters.
+pub fn idempotency_key(key: &str) -> Result<(), Error> {
+    match key.chars().count() {
+        0 => Err(Error::invalid("idempotency_key", "is required")),
+        n if n > MAX_KEY_CHARS => Err(Error::invalid(
+            "idempotency_key",
+            format!("must be at most {MAX_KEY_CHARS} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// At most 4 KiB of serialized JSON.
+pub fn attributes(serialized: &str) -> Result<(), Error> {
+    if serialized.len() > MAX_ATTRIBUTES_BYTES {
+        return Err(Error::invalid(
+            "attributes",
+            format!("must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON"),
+        ));
+    }
+    Ok(())
+}
+
+/// A UUID (the subject, a usage id).
+pub fn uuid(field: &'static str, text: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(text).map_err(|_| Error::invalid(field, "must be a UUID"))
+}
+
+/// A limit is ≥ 0.
+pub fn limit(limit: i64) -> Result<(), Error> {
+    if limit < 0 {
+        return Err(Error::invalid("limits.limit", "must not be negative"));
+    }
+    Ok(())
+}
+
+/// A version is ≥ 1.
+pub fn version(version: i64) -> Result<(), Error> {
+    if version < 1 {
+        return Err(Error::invalid("version", "must be at least 1"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_input_naming_the_field() {
+        assert!(metric("metric", "api.calls:v1-x_y").is_ok());
+        for bad in ["", "API", "a b", &"m".repeat(65)] {
+            let err = metric("metric", bad).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.starts_with("metric:")), "{bad}");
+        }
+        assert_eq!(amount(None).ok(), Some(1));
+        assert!(amount(Some(0)).is_err() && amount(Some(-3)).is_err());
+        assert!(idempotency_key("").is_err());
+        assert!(idempotency_key(&"k".repeat(128)).is_ok());
+        assert!(idempotency_key(&"k".repeat(129)).is_err());
+        assert!(attributes(&"x".repeat(4097)).is_err());
+        assert!(uuid("subject", "nope").is_err());
+    }
+}

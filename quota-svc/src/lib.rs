@@ -1,0 +1,172 @@
+//! quota-svc: exact, idempotent check-and-consume of per-period quotas, refunds, usage logs and
+//! period rollover, on PostgreSQL (schema `quota`).
+//!
+//! Concurrent Consume calls are coalesced into one transaction per batch ([`batcher`]); every
+//! decision stays exact across replicas because the locked counter row is the check.
+
+pub mod api;
+pub mod batcher;
+pub mod clock;
+pub mod domain;
+pub mod error;
+pub mod json;
+pub mod service;
+pub mod store;
+
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use kit::{
+    ServiceSpec,
+    caller::{AuthConfig, Authenticator, RemoteAuth},
+    db::{Migrations, PgPool},
+};
+use proto::quota::quota_service_server::QuotaServiceServer;
+use tonic::service::Routes;
+
+use crate::{api::Quota, clock::Clock, service::Core};
+
+/// How quota-svc presents itself to the mesh.
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "quota",
+    grpc_service: "commerce.quota.v1.QuotaService",
+    port: 9003,
+    admin_port: 9103,
+};
+
+/// The `quota` schema's migrations, embedded in the binary.
+pub const MIGRATIONS: Migrations = Migrations(&EMBEDDED);
+const EMBEDDED: EmbeddedMigrations = embed_migrations!("../migrations/quota");
+
+/// A secret from the environment; `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// quota-svc's own settings (beyond the common server flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct QuotaArgs {
+    /// auth-svc gRPC URL, for the JWKS and API key verification.
+    #[arg(long, env = "AUTH_URL", default_value = "http://127.0.0.1:9001")]
+    pub auth_url: String,
+
+    /// quota-svc's own API key (scope `service`), sent to auth-svc to verify callers' API keys.
+    #[arg(long, env = "QUOTA_SERVICE_API_KEY", hide_env_values = true)]
+    pub service_api_key: Option<Secret>,
+
+    /// Expected `iss` of access tokens.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "commerce-mesh")]
+    pub auth_issuer: String,
+
+    /// Expected `aud` of access tokens.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "commerce-mesh")]
+    pub auth_audience: String,
+
+    /// Seconds a verified API key is trusted before auth-svc is asked again (at most 30).
+    #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
+    pub api_key_cache_ttl_secs: u64,
+
+    /// Coalesce concurrent Consume calls into one transaction per batch; `false` commits each
+    /// call in its own transaction (for benchmark comparison).
+    #[arg(long, env = "QUOTA_BATCHING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub batching: bool,
+
+    /// Consume batch shards (by subject), each with one batch in flight holding one database
+    /// connection while it commits.
+    #[arg(long, env = "QUOTA_BATCH_WORKERS", default_value_t = 4)]
+    pub batch_workers: usize,
+}
+
+impl QuotaArgs {
+    /// The caller authentication settings.
+    pub fn auth_config(&self) -> AuthConfig {
+        AuthConfig {
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
+        }
+    }
+
+    /// Authenticates callers through auth-svc with quota-svc's own API key.
+    pub fn remote_authenticator(&self) -> anyhow::Result<Arc<Authenticator>> {
+        let key = self.service_api_key.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("QUOTA_SERVICE_API_KEY is required to verify callers with auth-svc")
+        })?;
+        let source = RemoteAuth::new(&self.auth_url, key.expose())?;
+        Ok(Arc::new(Authenticator::new(
+            self.auth_config(),
+            Arc::new(source),
+        )))
+    }
+
+    /// Batch workers, or 0 when batching is off.
+    pub fn workers(&self) -> usize {
+        if self.batching {
+            self.batch_workers.max(1)
+        } else {
+            0
+        }
+    }
+}
+
+/// The tonic routes quota-svc serves. Starts the consume batch workers (`batch_workers` = 0:
+/// one transaction per call) and the maintenance task, so it needs a tokio runtime.
+pub fn routes(
+    pool: PgPool,
+    authenticator: Arc<Authenticator>,
+    clock: Arc<dyn Clock>,
+    batch_workers: usize,
+) -> anyhow::Result<Routes> {
+    let core = Core::start(pool, clock, batch_workers);
+    Ok(Routes::new(QuotaServiceServer::new(Quota {
+        core,
+        auth: authenticator,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        quota: QuotaArgs,
+    }
+
+    #[test]
+    fn the_service_key_never_shows_and_batching_can_be_switched_off() {
+        let cli = Cli::try_parse_from([
+            "quota-svc",
+            "--service-api-key",
+            "cmk_secret",
+            "--batching=false",
+        ])
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert!(!format!("{cli:?}").contains("cmk_secret"));
+        assert_eq!(cli.quota.workers(), 0);
+        let cli = Cli::try_parse_from(["quota-svc"]).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(cli.quota.workers(), 4);
+        assert!(cli.quota.remote_authenticator().is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! The quota operations the handlers call: each validates nothing of the wire format (api.rs
+//! does), decides with the domain rules and runs its transaction in the store.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use kit::db::{DbError, PgPool, PooledConn};
+use uuid::Uuid;
+
+use crate::{
+    batcher::{self, Batcher},
+    clock::Clock,
+    domain::{self, Counter, batch::Decision, usage::Bucket},
+    error::Error,
+    store::{
+        consume::Pending,
+        entitlements::{self, PlanLimits},
+        usage::{self, BucketSums, EventFilter, EventRow},
+    },
+};
+
+/// How often partitions are created ahead and expired keys deleted (and the retry delay when
+/// the database is not ready yet).
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+const MAINTENANCE_RETRY: Duration = Duration::from_secs(5);
+
+/// Shared state of the quota operations.
+pub struct Core {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    /// `None`: one transaction per Consume call (the benchmark's comparison path).
+    batcher: Option<Batcher>,
+}
+
+/// The result of a refund.
+#[derive(Debug)]
+pub struct Refunded {
+    pub usage_id: Uuid,
+    pub amount: i64,
+    pub already_refunded: bool,
+    pub metric: String,
+    /// The metric's counter after the refund; `None` if the metric no longer exists.
+    pub counter: Option<Counter>,
+}
+
+impl Core {
+    /// Starts the batch workers (when `batch_workers > 0`) and the maintenance task.
+    pub fn start(pool: PgPool, clock: Arc<dyn Clock>, batch_workers: usize) -> Arc<Self> {
+        let batcher =
+            (batch_workers > 0).then(|| Batcher::start(pool.clone(), clock.clone(), batch_workers));
+        let core = Arc::new(Self {
+            pool,
+            clock,
+            batcher,
+        });
+        tokio::spawn(maintain(Arc::downgrade(&core)));
+        core
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    async fn conn(&self) -> Result<PooledConn, Error> {
+        Ok(self.pool.get().await.map_err(DbError::from)?)
+    }
+
+    /// Checks and consumes: batched with concurrent calls, or alone when batching is off.
+    pub async fn consume(&self, pending: Pending) -> Result<Decision, Error> {
+        match &self.batcher {
+            Some(batcher) => batcher.consume(pending).await,
+            None => {
+                let mut decisions =
+                    batcher::run_batch(&self.pool, self.clock.as_ref(), &[pending]).await?;
+                decisions
+                    .pop()
+                    .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))
+            }
+        }
+    }
+
+    /// Gives a consumption back once.
+    pub async fn refund(
+        &self,
+        subject: Uuid,
+        usage_id: Option<Uuid>,
+        idempotency_key: Option<String>,
+    ) -> Result<Refunded, Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        conn.transaction(async |conn| {
+            refund_inner(conn, subject, usage_id, idempotency_key.as_deref(), now).await
+        })
+        .await
+    }
+
+    /// The subject's quota for one metric; `NotFound` if the metric does not exist for it.
+    pub async fn check(&self, subject: Uuid, metric: &str) -> Result<Counter, Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let own = entitlements::counters_of(&mut conn, subject).await?;
+        let defaults = entitlements::defaults(&mut conn).await?;
+        domain::effective_quotas(own, &defaults, now)
+            .remove(metric)
+            .ok_or_else(|| metric_not_found(metric))
+    }
+
+    /// Every quota of the subject, by metric.
+    pub async fn list(&self, subject: Uuid) -> Result<BTreeMap<String, Counter>, Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let own = entitlements::counters_of(&mut conn, subject).await?;
+        let defaults = entitlements::defaults(&mut conn).await?;
+        Ok(domain::effective_quotas(own, &defaults, now))
+    }
+
+    /// Usage per bucket over `[from, to)`, every bucket present, oldest first.
+    pub async fn usage(
+        &self,
+        subject: Uuid,
+        metric: &str,
+        bucket: Bucket,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<BucketSums>, Error> {
+        let starts = bucket.starts(from, to)?;
+        let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.conn().await?;
+        let sums = usage::series(
+            &mut conn,
+            subject,
+            metric,
+            bucket.unit(),
+            *first,
+            bucket.next(*last),
+        )
+        .await?;
+        let mut by_start: BTreeMap<DateTime<Utc>, BucketSums> = sums
+            .into_iter()
+            .map(|sums| (sums.bucket_start, sums))
+            .collect();
+        Ok(starts
+            .into_iter()
+            .map(|start| {
+                by_start.remove(&start).unwrap_or(BucketSums {
+                    bucket_start: start,
+                    consumed: 0,
+                    refunded: 0,
+                })
+            })
+            .collect())
+    }
+
+    /// A page of events, newest first.
+    pub async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<EventRow>, Error> {
+        let mut conn = self.conn().await?;
+        Ok(usage::events(&mut conn, filter, i64::try_from(limit).unwrap_or(i64::MAX)).await?)
+    }
+
+    /// Sets `used` to 0 for the current period.
+    pub async fn reset(&self, subject: Uuid, metric: String) -> Result<Counter, Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        conn.transaction(async |conn| {
+            let mut counter = entitlements::lock_counter(conn, subject, &metric, now)
+                .await?
+                .ok_or_else(|| metric_not_found(&metric))?;
+            counter.used = 0;
+            entitlements::update_counter(conn, subject, &metric, &counter, now).await?;
+            Ok(counter)
+        })
+        .await
+    }
+
+    /// Replaces a subject's plan limits if the version is newer.
+    pub async fn apply_plan(&self, plan: PlanLimits) -> Result<(bool, i64), Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        conn.transaction(async |conn| Ok(entitlements::apply_plan(conn, &plan, now).await?))
+            .await
+    }
+
+    /// Replaces the default tier if the version is newer.
+    pub async fn apply_defaults(
+        &self,
+        limits: Vec<(String, Option<i64>)>,
+        version: i64,
+    ) -> Result<(bool, i64), Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        conn.transaction(async |conn| {
+            Ok(entitlements::apply_defaults(conn, &limits, version, now).await?)
+        })
+        .await
+    }
+
+    /// Creates the usage partitions ahead and deletes expired idempotency keys.
+    pub async fn maintain_once(&self) -> Result<(), Error> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        usage::ensure_partitions(&mut conn, now).await?;
+        let deleted = usage::delete_expired_keys(&mut conn, now).await?;
+        tracing::debug!(deleted, "quota maintenance done");
+        Ok(())
+    }
+}
+
+/// Runs [`Core::maintain_once`] at start and then hourly, until the core is dropped.
+async fn maintain(core: std::sync::Weak<Core>) {
+    loop {
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        let wait = match strong.maintain_once().await {
+            Ok(()) => MAINTENANCE_EVERY,
+            Err(err) => {
+                tracing::warn!(%err, "quota maintenance failed; retrying");
+                MAINTENANCE_RETRY
+            }
+        };
+        drop(strong);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn refund_inner(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    usage_id: Option<Uuid>,
+    idempotency_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Refunded, Error> {
+    let consumption = entitlements::lock_consumption(conn, subject, usage_id, idempotency_key)
+        .await?
+        .ok_or_else(|| Error::NotFound("no such consumption of the subject".to_owned()))?;
+    let mut counter = entitlements::lock_counter(conn, subject, &consumption.metric, now).await?;
+    let already_refunded = consumption.refunded_at.is_some();
+    if !already_refunded {
+        if let Some(counter) = counter.as_mut() {
+            // Only a consumption of the current period still counts in `used`.
+            if counter.period_end == consumption.resets_at {
+                counter.used = (counter.used - consumption.amount).max(0);
+            }
+            entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;
+        }
+        entitlements::record_refund(conn, subject, &consumption, now).await?;
+    }
+    Ok(Refunded {
+        usage_id: consumption.usage_id,
+        amount: consumption.amount,
+        already_refunded,
+        metric: consumption.metric,
+        counter,
+    })
+}
+
+fn metric_not_found(metric: &str) -> Error {
+    Error::NotFound(format!("metric {metric:?} does not exist for the subject"))
+}

@@ -1,0 +1,359 @@
+//! The consume batch transaction: one transaction decides and records a whole batch of
+//! Consume requests (look up their idempotency keys, lock the distinct counters in a fixed
+//! order, create default-tier counters, roll periods over, decide in memory, write every counter,
+//! usage event and key with one statement).
+//!
+//! Lookups join the request keys LATERAL to the tables so each is an index probe: a plain join
+//! lets the planner hash-join against a sequential scan of a mid-sized table on every batch. The
+//! counter UPDATE finds its rows by the `ctid` the lock returned (stable: we hold the lock).
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    QueryableByName, sql_query,
+    sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::domain::{
+    Counter, Source,
+    batch::{self, CounterKey, Decision, IdempotencyKey, Recorded, Request},
+    period,
+};
+
+/// A Consume request with its serialized attributes.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub request: Request,
+    /// JSON text, or `None` without attributes.
+    pub attributes: Option<String>,
+}
+
+/// Why a batch transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    /// Another transaction recorded one of the batch's keys first; a retry replays it.
+    #[error("an idempotency key was recorded concurrently")]
+    KeyRace,
+}
+
+#[derive(QueryableByName)]
+struct RecordedRow {
+    #[diesel(sql_type = SqlUuid)]
+    subject: Uuid,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+    #[diesel(sql_type = Text)]
+    metric: String,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+    #[diesel(sql_type = SqlUuid)]
+    usage_id: Uuid,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    quota_limit: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    used: i64,
+    #[diesel(sql_type = Timestamptz)]
+    resets_at: DateTime<Utc>,
+}
+
+/// A key the batch recorded (only counted: fewer than the batch's means another won a race).
+#[derive(QueryableByName)]
+struct InsertedKey {
+    #[diesel(sql_type = SqlUuid)]
+    #[expect(dead_code, reason = "only the number of rows matters")]
+    usage_id: Uuid,
+}
+
+/// Decides and records `batch` at `now` in one transaction; the decisions are in request order.
+pub async fn consume_batch(
+    conn: &mut AsyncPgConnection,
+    batch: &[Pending],
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, BatchError> {
+    conn.transaction(async |conn| consume_inner(conn, batch, now).await)
+        .await
+}
+
+async fn consume_inner(
+    conn: &mut AsyncPgConnection,
+    batch: &[Pending],
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, BatchError> {
+    let previous = recorded_answers(conn, batch).await?;
+    let wanted: BTreeSet<CounterKey> = batch
+        .iter()
+        .map(|pending| &pending.request)
+        .filter(|request| {
+            !previous.contains_key(&(request.subject, request.idempotency_key.clone()))
+        })
+        .map(|request| (request.subject, request.metric.clone()))
+        .collect();
+    let mut locked = lock_counters(conn, &wanted).await?;
+    let missing: BTreeSet<CounterKey> = wanted
+        .into_iter()
+        .filter(|key| !locked.contains_key(key))
+        .collect();
+    if !missing.is_empty() {
+        create_default_counters(conn, &missing, now).await?;
+        locked.extend(lock_counters(conn, &missing).await?);
+    }
+    let mut tids = HashMap::with_capacity(locked.len());
+    let mut counters = HashMap::with_capacity(locked.len());
+    for (key, Locked { mut counter, tid }) in locked {
+        counter.roll_over(now);
+        tids.insert(key.clone(), tid);
+        counters.insert(key, counter);
+    }
+    let requests: Vec<Request> = batch
+        .iter()
+        .map(|pending| pending.request.clone())
+        .collect();
+    let decisions = batch::apply(&mut counters, &previous, &requests, Uuid::now_v7);
+    write(conn, batch, &decisions, &counters, &tids, now).await?;
+    Ok(decisions)
+}
+
+/// The answers already recorded for the batch's keys.
+async fn recorded_answers(
+    conn: &mut AsyncPgConnection,
+    batch: &[Pending],
+) -> Result<HashMap<IdempotencyKey, Recorded>, BatchError> {
+    let (subjects, keys): (Vec<Uuid>, Vec<String>) = batch
+        .iter()
+        .map(|pending| {
+            (
+                pending.request.subject,
+                pending.request.idempotency_key.clone(),
+            )
+        })
+        .unzip();
+    let rows: Vec<RecordedRow> = sql_query(
+        "SELECT i.subject, i.idempotency_key, i.metric, i.amount, i.usage_id, i.quota_limit, \
+                i.used, i.resets_at \
+         FROM unnest($1::uuid[], $2::text[]) AS k(subject, idempotency_key), \
+         LATERAL (SELECT * FROM idempotency_keys i \
+                  WHERE i.subject = k.subject AND i.idempotency_key = k.idempotency_key) i",
+    )
+    .bind::<Array<SqlUuid>, _>(&subjects)
+    .bind::<Array<Text>, _>(&keys)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                (row.subject, row.idempotency_key),
+                Recorded {
+                    metric: row.metric,
+                    amount: row.amount,
+                    usage_id: row.usage_id,
+                    limit: row.quota_limit,
+                    used: row.used,
+                    resets_at: row.resets_at,
+                },
+            )
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct LockedRow {
+    #[diesel(sql_type = SqlUuid)]
+    subject: Uuid,
+    #[diesel(sql_type = Text)]
+    metric: String,
+    #[diesel(sql_type = Text)]
+    source: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    quota_limit: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    used: i64,
+    #[diesel(sql_type = Timestamptz)]
+    period_start: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    period_end: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    tid: String,
+}
+
+/// A locked counter and where its row is (`ctid`).
+#[derive(Debug, Clone)]
+pub struct Locked {
+    pub counter: Counter,
+    tid: String,
+}
+
+/// Locks the existing counters of `keys` in the set's order (the nested loop follows the
+/// array), so concurrent batches and replicas always lock in the same order and cannot
+/// deadlock on them.
+pub async fn lock_counters(
+    conn: &mut AsyncPgConnection,
+    keys: &BTreeSet<CounterKey>,
+) -> Result<HashMap<CounterKey, Locked>, diesel::result::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (subjects, metrics): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows: Vec<LockedRow> = sql_query(
+        "SELECT e.subject, e.metric, e.source, e.quota_limit, e.used, e.period_start, \
+                e.period_end, e.tid \
+         FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric), \
+         LATERAL (SELECT *, ctid::text AS tid FROM entitlements e \
+                  WHERE e.subject = k.subject AND e.metric = k.metric FOR UPDATE) e",
+    )
+    .bind::<Array<SqlUuid>, _>(&subjects)
+    .bind::<Array<Text>, _>(&metrics)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let counter = Counter {
+                limit: row.quota_limit,
+                used: row.used,
+                period_start: row.period_start,
+                period_end: row.period_end,
+                source: Source::parse(&row.source),
+            };
+            (
+                (row.subject, row.metric),
+                Locked {
+                    counter,
+                    tid: row.tid,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Creates default-tier counters (this calendar month) for the `keys` whose metric has a
+/// default; a counter another replica created meanwhile is kept.
+pub async fn create_default_counters(
+    conn: &mut AsyncPgConnection,
+    keys: &BTreeSet<CounterKey>,
+    now: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    let (subjects, metrics): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
+    let (start, end) = period::month_of(now);
+    sql_query(
+        "INSERT INTO entitlements \
+           (subject, metric, source, quota_limit, used, period_start, period_end, updated_at) \
+         SELECT k.subject, k.metric, 'default', d.quota_limit, 0, $3, $4, $5 \
+         FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric) \
+         JOIN default_entitlements d ON d.metric = k.metric \
+         ORDER BY k.subject, k.metric \
+         ON CONFLICT (subject, metric) DO NOTHING",
+    )
+    .bind::<Array<SqlUuid>, _>(&subjects)
+    .bind::<Array<Text>, _>(&metrics)
+    .bind::<Timestamptz, _>(start)
+    .bind::<Timestamptz, _>(end)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes every locked counter, the usage events and the idempotency keys of the allowed
+/// requests in one statement. A key another transaction recorded first aborts the batch.
+async fn write(
+    conn: &mut AsyncPgConnection,
+    batch: &[Pending],
+    decisions: &[Decision],
+    counters: &HashMap<CounterKey, Counter>,
+    tids: &HashMap<CounterKey, String>,
+    now: DateTime<Utc>,
+) -> Result<(), BatchError> {
+    let mut c_tids = Vec::with_capacity(counters.len());
+    let mut c_used = Vec::with_capacity(counters.len());
+    let mut c_starts = Vec::with_capacity(counters.len());
+    let mut c_ends = Vec::with_capacity(counters.len());
+    for (key, counter) in counters {
+        let Some(tid) = tids.get(key) else {
+            continue;
+        };
+        c_tids.push(tid.clone());
+        c_used.push(counter.used);
+        c_starts.push(counter.period_start);
+        c_ends.push(counter.period_end);
+    }
+    let mut ids = Vec::new();
+    let mut subjects = Vec::new();
+    let mut metrics = Vec::new();
+    let mut amounts = Vec::new();
+    let mut keys = Vec::new();
+    let mut attributes = Vec::new();
+    let mut limits = Vec::new();
+    let mut used = Vec::new();
+    let mut resets = Vec::new();
+    for (pending, decision) in batch.iter().zip(decisions) {
+        if let Decision::Allowed(answer) = decision {
+            ids.push(answer.usage_id);
+            subjects.push(pending.request.subject);
+            metrics.push(answer.metric.clone());
+            amounts.push(answer.amount);
+            keys.push(pending.request.idempotency_key.clone());
+            attributes.push(pending.attributes.clone());
+            limits.push(answer.limit);
+            used.push(answer.used);
+            resets.push(answer.resets_at);
+        }
+    }
+    let inserted: Vec<InsertedKey> = sql_query(
+        "WITH counters AS ( \
+           UPDATE entitlements e \
+           SET used = c.used, period_start = c.period_start, period_end = c.period_end, \
+               updated_at = $14 \
+           FROM unnest($1::tid[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) \
+             AS c(tid, used, period_start, period_end) \
+           WHERE e.ctid = c.tid \
+         ), events AS ( \
+           INSERT INTO usage_events \
+             (occurred_at, usage_id, kind, subject, metric, amount, idempotency_key, attributes) \
+           SELECT $14, u.usage_id, 'consume', u.subject, u.metric, u.amount, u.idempotency_key, \
+                  u.attributes::jsonb \
+           FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], $10::text[]) \
+             AS u(usage_id, subject, metric, amount, idempotency_key, attributes) \
+         ) \
+         INSERT INTO idempotency_keys \
+           (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, resets_at, \
+            created_at) \
+         SELECT u.subject, u.idempotency_key, u.usage_id, u.metric, u.amount, u.quota_limit, \
+                u.used, u.resets_at, $14 \
+         FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], \
+                     $11::int8[], $12::int8[], $13::timestamptz[]) \
+           AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at) \
+         ON CONFLICT (subject, idempotency_key) DO NOTHING \
+         RETURNING usage_id",
+    )
+    .bind::<Array<Text>, _>(&c_tids)
+    .bind::<Array<BigInt>, _>(&c_used)
+    .bind::<Array<Timestamptz>, _>(&c_starts)
+    .bind::<Array<Timestamptz>, _>(&c_ends)
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<SqlUuid>, _>(&subjects)
+    .bind::<Array<Text>, _>(&metrics)
+    .bind::<Array<BigInt>, _>(&amounts)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Nullable<Text>>, _>(&attributes)
+    .bind::<Array<Nullable<BigInt>>, _>(&limits)
+    .bind::<Array<BigInt>, _>(&used)
+    .bind::<Array<Timestamptz>, _>(&resets)
+    .bind::<Timestamptz, _>(now)
+    .load(conn)
+    .await?;
+    if inserted.len() == ids.len() {
+        Ok(())
+    } else {
+        tracing::debug!(
+            raced = ids.len() - inserted.len(),
+            "idempotency keys recorded concurrently; retrying the batch"
+        );
+        Err(BatchError::KeyRace)
+    }
+}

@@ -1,0 +1,329 @@
+//! Entitlements and single-counter transactions: reads for CheckQuota/ListQuotas, ResetQuota,
+//! Refund, ApplyEntitlements and ApplyDefaultEntitlements.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    OptionalExtension, QueryableByName, sql_query,
+    sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{
+    COUNTER_COLUMNS, CounterRow,
+    consume::{create_default_counters, lock_counters},
+};
+use crate::domain::Counter;
+
+/// The subject's own counters, by metric.
+pub async fn counters_of(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+) -> Result<Vec<(String, Counter)>, diesel::result::Error> {
+    let rows: Vec<CounterRow> = sql_query(format!(
+        "SELECT {COUNTER_COLUMNS} FROM entitlements e WHERE e.subject = $1 ORDER BY e.metric"
+    ))
+    .bind::<SqlUuid, _>(subject)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let counter = row.counter();
+            (row.metric, counter)
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct DefaultRow {
+    #[diesel(sql_type = Text)]
+    metric: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    quota_limit: Option<i64>,
+}
+
+/// The default tier: (metric, limit) by metric; `None` is unlimited.
+pub async fn defaults(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<(String, Option<i64>)>, diesel::result::Error> {
+    let rows: Vec<DefaultRow> =
+        sql_query("SELECT metric, quota_limit FROM default_entitlements ORDER BY metric")
+            .load(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.metric, row.quota_limit))
+        .collect())
+}
+
+/// Locks the subject's counter of `metric`, creating it from the default tier if needed, and
+/// rolls its period over. `None` when the metric does not exist for the subject.
+pub async fn lock_counter(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    metric: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Counter>, diesel::result::Error> {
+    let key = BTreeSet::from([(subject, metric.to_owned())]);
+    let mut counters = lock_counters(conn, &key).await?;
+    if counters.is_empty() {
+        create_default_counters(conn, &key, now).await?;
+        counters = lock_counters(conn, &key).await?;
+    }
+    Ok(counters.into_values().next().map(|locked| {
+        let mut counter = locked.counter;
+        counter.roll_over(now);
+        counter
+    }))
+}
+
+/// Stores a counter's `used` and period.
+pub async fn update_counter(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    metric: &str,
+    counter: &Counter,
+    now: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    sql_query(
+        "UPDATE entitlements SET used = $3, period_start = $4, period_end = $5, updated_at = $6 \
+         WHERE subject = $1 AND metric = $2",
+    )
+    .bind::<SqlUuid, _>(subject)
+    .bind::<Text, _>(metric)
+    .bind::<BigInt, _>(counter.used)
+    .bind::<Timestamptz, _>(counter.period_start)
+    .bind::<Timestamptz, _>(counter.period_end)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A consumption as recorded with its idempotency key.
+#[derive(Debug, QueryableByName)]
+pub struct Consumption {
+    #[diesel(sql_type = SqlUuid)]
+    pub usage_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub metric: String,
+    #[diesel(sql_type = BigInt)]
+    pub amount: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub resets_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// Locks the subject's consumption found by usage id or idempotency key.
+pub async fn lock_consumption(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    usage_id: Option<Uuid>,
+    idempotency_key: Option<&str>,
+) -> Result<Option<Consumption>, diesel::result::Error> {
+    sql_query(
+        "SELECT usage_id, metric, amount, resets_at, created_at, refunded_at \
+         FROM idempotency_keys \
+         WHERE subject = $1 AND (usage_id = $2 OR idempotency_key = $3) FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(subject)
+    .bind::<Nullable<SqlUuid>, _>(usage_id)
+    .bind::<Nullable<Text>, _>(idempotency_key)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Marks a consumption refunded and logs the refund (with the consumption's attributes).
+pub async fn record_refund(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    consumption: &Consumption,
+    now: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    sql_query(
+        "WITH marked AS ( \
+           UPDATE idempotency_keys SET refunded_at = $3 WHERE subject = $1 AND usage_id = $2 \
+           RETURNING idempotency_key \
+         ) \
+         INSERT INTO usage_events \
+           (occurred_at, usage_id, kind, subject, metric, amount, idempotency_key, attributes) \
+         SELECT $3, $2, 'refund', $1, $4, $5, marked.idempotency_key, \
+                (SELECT attributes FROM usage_events \
+                 WHERE subject = $1 AND occurred_at = $6 AND usage_id = $2 \
+                   AND kind = 'consume') \
+         FROM marked",
+    )
+    .bind::<SqlUuid, _>(subject)
+    .bind::<SqlUuid, _>(consumption.usage_id)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(&consumption.metric)
+    .bind::<BigInt, _>(consumption.amount)
+    .bind::<Timestamptz, _>(consumption.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+/// Plan limits for one subject, as ApplyEntitlements sends them.
+#[derive(Debug, Clone)]
+pub struct PlanLimits {
+    pub subject: Uuid,
+    pub plan_code: String,
+    /// (metric, limit); `None` is unlimited.
+    pub limits: Vec<(String, Option<i64>)>,
+    pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub version: i64,
+}
+
+/// Replaces the subject's plan counters if `version` is newer than the stored one. Returns
+/// whether it applied and the stored version. A counter keeps its `used` when the period is
+/// the same (a plan change mid-period), clamped to a lowered limit; otherwise it starts at 0.
+pub async fn apply_plan(
+    conn: &mut AsyncPgConnection,
+    plan: &PlanLimits,
+    now: DateTime<Utc>,
+) -> Result<(bool, i64), diesel::result::Error> {
+    let applied: Option<Version> = sql_query(
+        "INSERT INTO subject_versions (subject, version, plan_code, updated_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (subject) DO UPDATE \
+           SET version = EXCLUDED.version, plan_code = EXCLUDED.plan_code, \
+               updated_at = EXCLUDED.updated_at \
+           WHERE subject_versions.version < EXCLUDED.version \
+         RETURNING version",
+    )
+    .bind::<SqlUuid, _>(plan.subject)
+    .bind::<BigInt, _>(plan.version)
+    .bind::<Text, _>(&plan.plan_code)
+    .bind::<Timestamptz, _>(now)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(applied) = applied else {
+        let stored: Version = sql_query("SELECT version FROM subject_versions WHERE subject = $1")
+            .bind::<SqlUuid, _>(plan.subject)
+            .get_result(conn)
+            .await?;
+        return Ok((false, stored.version));
+    };
+    let (metrics, limits): (Vec<String>, Vec<Option<i64>>) = plan.limits.iter().cloned().unzip();
+    sql_query(
+        "DELETE FROM entitlements \
+         WHERE subject = $1 AND source = 'plan' AND NOT (metric = ANY($2::text[]))",
+    )
+    .bind::<SqlUuid, _>(plan.subject)
+    .bind::<Array<Text>, _>(&metrics)
+    .execute(conn)
+    .await?;
+    if let Some((start, end)) = plan.period {
+        sql_query(
+            "INSERT INTO entitlements AS e \
+               (subject, metric, source, quota_limit, used, period_start, period_end, plan_code, \
+                updated_at) \
+             SELECT $1, l.metric, 'plan', l.quota_limit, 0, $4, $5, $6, $7 \
+             FROM unnest($2::text[], $3::int8[]) AS l(metric, quota_limit) \
+             ON CONFLICT (subject, metric) DO UPDATE SET \
+               used = CASE \
+                 WHEN e.source = 'plan' AND e.period_start = EXCLUDED.period_start \
+                   THEN LEAST(e.used, COALESCE(EXCLUDED.quota_limit, e.used)) \
+                 ELSE 0 END, \
+               source = 'plan', quota_limit = EXCLUDED.quota_limit, \
+               period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, \
+               plan_code = EXCLUDED.plan_code, updated_at = EXCLUDED.updated_at",
+        )
+        .bind::<SqlUuid, _>(plan.subject)
+        .bind::<Array<Text>, _>(&metrics)
+        .bind::<Array<Nullable<BigInt>>, _>(&limits)
+        .bind::<Timestamptz, _>(start)
+        .bind::<Timestamptz, _>(end)
+        .bind::<Text, _>(&plan.plan_code)
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)
+        .await?;
+    }
+    Ok((true, applied.version))
+}
+
+/// Replaces the default tier if `version` is newer than the stored one, and brings existing
+/// default-tier counters to the new limits (clamping `used`; dropping removed metrics).
+pub async fn apply_defaults(
+    conn: &mut AsyncPgConnection,
+    limits: &[(String, Option<i64>)],
+    version: i64,
+    now: DateTime<Utc>,
+) -> Result<(bool, i64), diesel::result::Error> {
+    let applied: Option<Version> = sql_query(
+        "INSERT INTO default_version (singleton, version, updated_at) VALUES (true, $1, $2) \
+         ON CONFLICT (singleton) DO UPDATE \
+           SET version = EXCLUDED.version, updated_at = EXCLUDED.updated_at \
+           WHERE default_version.version < EXCLUDED.version \
+         RETURNING version",
+    )
+    .bind::<BigInt, _>(version)
+    .bind::<Timestamptz, _>(now)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(applied) = applied else {
+        let stored: Version = sql_query("SELECT version FROM default_version")
+            .get_result(conn)
+            .await?;
+        return Ok((false, stored.version));
+    };
+    let (metrics, limits): (Vec<String>, Vec<Option<i64>>) = limits.iter().cloned().unzip();
+    sql_query("DELETE FROM default_entitlements")
+        .execute(conn)
+        .await?;
+    sql_query(
+        "INSERT INTO default_entitlements (metric, quota_limit) \
+         SELECT * FROM unnest($1::text[], $2::int8[])",
+    )
+    .bind::<Array<Text>, _>(&metrics)
+    .bind::<Array<Nullable<BigInt>>, _>(&limits)
+    .execute(conn)
+    .await?;
+    sql_query(
+        "DELETE FROM entitlements \
+         WHERE source = 'default' AND NOT (metric = ANY($1::text[]))",
+    )
+    .bind::<Array<Text>, _>(&metrics)
+    .execute(conn)
+    .await?;
+    sql_query(
+        "UPDATE entitlements e \
+         SET quota_limit = d.quota_limit, used = LEAST(e.used, COALESCE(d.quota_limit, e.used)), \
+             updated_at = $1 \
+         FROM default_entitlements d \
+         WHERE e.source = 'default' AND e.metric = d.metric \
+           AND e.quota_limit IS DISTINCT FROM d.quota_limit",
+    )
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
+    Ok((true, applied.version))
+}
+
+/// The default-tier counter `metric` would get at `now`, if the default tier defines it.
+pub fn default_counter(
+    defaults: &[(String, Option<i64>)],
+    metric: &str,
+    now: DateTime<Utc>,
+) -> Option<Counter> {
+    defaults
+        .iter()
+        .find(|(name, _)| name == metric)
+        .map(|(_, limit)| Counter::default_tier(*limit, now))
+}

@@ -1,0 +1,52 @@
+//! Storage of quota-svc in the `quota` schema: the consume batch transaction, entitlements,
+//! refunds, the usage log and its maintenance. Functions take `&mut AsyncPgConnection` so the
+//! caller decides the transaction (the batch transaction is built here as a whole).
+
+pub mod consume;
+pub mod entitlements;
+pub mod schema;
+pub mod usage;
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+};
+use uuid::Uuid;
+
+use crate::domain::{Counter, Source};
+
+/// A locked or read counter row.
+#[derive(Debug, QueryableByName)]
+pub struct CounterRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub subject: Uuid,
+    #[diesel(sql_type = Text)]
+    pub metric: String,
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub quota_limit: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    pub used: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub period_start: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub period_end: DateTime<Utc>,
+}
+
+impl CounterRow {
+    pub fn counter(&self) -> Counter {
+        Counter {
+            limit: self.quota_limit,
+            used: self.used,
+            period_start: self.period_start,
+            period_end: self.period_end,
+            source: Source::parse(&self.source),
+        }
+    }
+}
+
+/// The columns of [`CounterRow`].
+const COUNTER_COLUMNS: &str =
+    "e.subject, e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end";

@@ -1,0 +1,181 @@
+//! The real quota-svc binary: two replicas on one database, grpcurl, and a Python client.
+
+use std::{process::Command, sync::Arc};
+
+use futures::future::join_all;
+use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl};
+use proto::quota::{
+    ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
+};
+use quota_svc::{MIGRATIONS, SPEC};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::harness::{metric_limits, ts, with_key};
+
+struct Replicas {
+    db: TestDb,
+    _auth: AuthServer,
+    binaries: Vec<Binary>,
+    service_key: String,
+}
+
+impl Replicas {
+    async fn start(count: usize) -> Self {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        let issuer = Arc::new(TestIssuer::new());
+        let auth = AuthServer::start(issuer.clone()).await;
+        let own_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
+        let service_key = issuer.add_api_key(
+            Uuid::now_v7(),
+            &["service", "quota:consume", "quota:read"],
+            &["service"],
+        );
+        let auth_url = auth.url();
+        let binaries = (0..count)
+            .map(|_| {
+                Binary::start(
+                    std::path::Path::new(env!("CARGO_BIN_EXE_quota-svc")),
+                    "QUOTA",
+                    db.url(),
+                    &[("AUTH_URL", &auth_url), ("QUOTA_SERVICE_API_KEY", &own_key)],
+                )
+            })
+            .collect();
+        let replicas = Self {
+            db,
+            _auth: auth,
+            binaries,
+            service_key,
+        };
+        for binary in &replicas.binaries {
+            kit::testing::wait_for_health(
+                &replicas.channel(binary),
+                tonic_health_serving(),
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        }
+        replicas
+    }
+
+    fn channel(&self, binary: &Binary) -> Channel {
+        Channel::from_shared(format!("http://{}", binary.addr))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    async fn plan(&self, subject: Uuid, limit: i64) {
+        let now = chrono::Utc::now();
+        let request = ApplyEntitlementsRequest {
+            subject: subject.to_string(),
+            plan_code: "pro".to_owned(),
+            limits: metric_limits(&[("api.calls", Some(limit))]),
+            period_start: Some(ts(now - chrono::TimeDelta::days(1))),
+            period_end: Some(ts(now + chrono::TimeDelta::days(30))),
+            version: 1,
+        };
+        QuotaServiceClient::new(self.channel(&self.binaries[0]))
+            .apply_entitlements(with_key(request, &self.service_key))
+            .await
+            .unwrap();
+    }
+}
+
+fn tonic_health_serving() -> tonic_health::pb::health_check_response::ServingStatus {
+    tonic_health::pb::health_check_response::ServingStatus::Serving
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_grant_exactly_the_limit() {
+    let replicas = Replicas::start(2).await;
+    let subject = Uuid::now_v7();
+    replicas.plan(subject, 100).await;
+    let clients: Vec<_> = replicas
+        .binaries
+        .iter()
+        .map(|binary| QuotaServiceClient::new(replicas.channel(binary)))
+        .collect();
+    let results = join_all((0..500).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = with_key(
+            ConsumeRequest {
+                metric: "api.calls".to_owned(),
+                subject: subject.to_string(),
+                amount: None,
+                idempotency_key: format!("k{i}"),
+                attributes: None,
+            },
+            &replicas.service_key,
+        );
+        async move { client.consume(request).await.unwrap().into_inner().allowed }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|allowed| **allowed).count(), 100);
+    let mut conn = replicas.db.connect("quota").await;
+    #[derive(diesel::QueryableByName)]
+    struct Used {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        used: i64,
+    }
+    let used: Used = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT used FROM entitlements"),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    assert_eq!(used.used, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_and_a_python_backend_consume_from_the_binary() {
+    let replicas = Replicas::start(1).await;
+    let subject = Uuid::now_v7();
+    replicas.plan(subject, 2).await;
+    let addr = replicas.binaries[0].addr.to_string();
+    let key_header = format!("x-api-key: {}", replicas.service_key);
+    let body = format!(
+        r#"{{"metric":"api.calls","subject":"{subject}","amount":"1","idempotencyKey":"curl-1"}}"#
+    );
+    let output = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &key_header,
+        "-d",
+        &body,
+        &addr,
+        "commerce.quota.v1.QuotaService/Consume",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["allowed"], true);
+    assert_eq!(answer["used"], "1");
+
+    // The Python client expects a fresh subject with a limit of 2.
+    let python_subject = Uuid::now_v7();
+    replicas.plan(python_subject, 2).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/consume_client.py"
+    );
+    let output = Command::new("python3")
+        .args([
+            script,
+            &addr,
+            &replicas.service_key,
+            &python_subject.to_string(),
+            "api.calls",
+        ])
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

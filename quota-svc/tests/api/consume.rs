@@ -1,0 +1,619 @@
+//! Consume, Refund, rollover, entitlements, validation and permissions.
+
+use chrono::{Datelike, TimeDelta};
+use futures::future::join_all;
+use proto::quota::{
+    ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest, RefundRequest, ResetQuotaRequest,
+};
+use tonic::Code;
+use uuid::Uuid;
+
+use super::harness::{Mesh, metric_limits, with_key};
+
+async fn grant_concurrently(mesh: &Mesh, subject: Uuid, calls: usize) -> usize {
+    let results = join_all((0..calls).map(|i| {
+        let client = mesh.client();
+        let request = mesh.as_service(ConsumeRequest {
+            metric: "api.calls".to_owned(),
+            subject: subject.to_string(),
+            amount: None,
+            idempotency_key: format!("call-{i}"),
+            attributes: None,
+        });
+        async move {
+            let mut client = client;
+            client.consume(request).await.unwrap().into_inner().allowed
+        }
+    }))
+    .await;
+    results.into_iter().filter(|allowed| *allowed).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_consumes_grant_exactly_the_limit() {
+    for workers in [4, 0] {
+        let mesh = Mesh::start_with(workers).await;
+        let subject = Uuid::now_v7();
+        mesh.plan(subject, &[("api.calls", Some(100))], 1).await;
+        assert_eq!(
+            grant_concurrently(&mesh, subject, 500).await,
+            100,
+            "workers {workers}"
+        );
+        assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 100);
+        assert_eq!(
+            mesh.count("SELECT count(*) AS n FROM usage_events").await,
+            100
+        );
+        assert_eq!(
+            mesh.count("SELECT count(*) AS n FROM idempotency_keys")
+                .await,
+            100
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_the_same_key_consume_once() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    let first = mesh
+        .consume(subject, "api.calls", 3, "order-1")
+        .await
+        .unwrap();
+    assert!(first.allowed && !first.replayed);
+    assert_eq!((first.used, first.remaining, first.limit), (3, 7, 10));
+    // Sequential and concurrent retries replay the first answer.
+    let again = mesh
+        .consume(subject, "api.calls", 3, "order-1")
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        (again.usage_id.as_str(), again.used),
+        (first.usage_id.as_str(), 3)
+    );
+    let concurrent =
+        join_all((0..50).map(|_| mesh.consume(subject, "api.calls", 2, "order-2"))).await;
+    let ids: std::collections::BTreeSet<String> = concurrent
+        .into_iter()
+        .map(|r| r.unwrap().usage_id)
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 5);
+    // Another amount or metric with a used key is refused.
+    let reused = mesh
+        .consume(subject, "api.calls", 4, "order-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert!(reused.message().starts_with("idempotency_key"));
+    // The same key for another subject is another request.
+    let other = Uuid::now_v7();
+    mesh.plan(other, &[("api.calls", Some(10))], 1).await;
+    assert!(
+        !mesh
+            .consume(other, "api.calls", 3, "order-1")
+            .await
+            .unwrap()
+            .replayed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_limit_and_unknown_metrics_are_denied_not_errors() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(2)), ("storage", None)], 1)
+        .await;
+    assert!(
+        mesh.consume(subject, "api.calls", 2, "a")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let denied = mesh.consume(subject, "api.calls", 1, "b").await.unwrap();
+    assert!(!denied.allowed && denied.usage_id.is_empty());
+    assert_eq!((denied.used, denied.remaining), (2, 0));
+    assert!(denied.resets_at.is_some());
+    // A denied key is not remembered: the same key may succeed after a refund.
+    let unlimited = mesh
+        .consume(subject, "storage", 1_000_000, "c")
+        .await
+        .unwrap();
+    assert!(unlimited.allowed && unlimited.unlimited);
+    let unknown = mesh.consume(subject, "nothing.here", 1, "d").await.unwrap();
+    assert!(!unknown.allowed);
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_give_back_once() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    let consumed = mesh
+        .consume(subject, "api.calls", 4, "job-1")
+        .await
+        .unwrap();
+    mesh.consume(subject, "api.calls", 1, "job-2")
+        .await
+        .unwrap();
+    let by_id = RefundRequest {
+        usage_id: consumed.usage_id.clone(),
+        subject: subject.to_string(),
+        ..Default::default()
+    };
+    let refunded = mesh
+        .client()
+        .refund(mesh.as_service(by_id.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!refunded.already_refunded);
+    assert_eq!(refunded.refunded_amount, 4);
+    assert_eq!(refunded.quota.unwrap().used, 1);
+    let by_key = RefundRequest {
+        idempotency_key: "job-1".to_owned(),
+        subject: subject.to_string(),
+        ..Default::default()
+    };
+    let twice = mesh
+        .client()
+        .refund(mesh.as_service(by_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(twice.already_refunded);
+    assert_eq!(twice.quota.unwrap().used, 1);
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM usage_events WHERE kind = 'refund'")
+            .await,
+        1
+    );
+    let missing = RefundRequest {
+        usage_id: Uuid::now_v7().to_string(),
+        subject: subject.to_string(),
+        ..Default::default()
+    };
+    let status = mesh
+        .client()
+        .refund(mesh.as_service(missing))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let both = RefundRequest {
+        idempotency_key: "job-2".to_owned(),
+        ..by_id
+    };
+    let status = mesh
+        .client()
+        .refund(mesh.as_service(both))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periods_roll_over_on_the_first_call_after_their_end() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    // A two-day plan period around now.
+    mesh.plan(subject, &[("api.calls", Some(3))], 1).await;
+    assert!(
+        mesh.consume(subject, "api.calls", 3, "a")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !mesh
+            .consume(subject, "api.calls", 1, "b")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let first_end = mesh
+        .consume(subject, "api.calls", 1, "b")
+        .await
+        .unwrap()
+        .resets_at
+        .unwrap();
+    // Seven days later (periods of two days): one call starts the period containing now,
+    // four periods after the first.
+    mesh.clock.advance(TimeDelta::days(7));
+    let rolled = mesh.consume(subject, "api.calls", 1, "b").await.unwrap();
+    assert!(rolled.allowed);
+    assert_eq!(rolled.used, 1);
+    assert_eq!(
+        rolled.resets_at.unwrap().seconds - first_end.seconds,
+        8 * 86_400
+    );
+
+    // Default tier: calendar months.
+    mesh.defaults(&[("free.calls", Some(2))], 1).await;
+    let free = Uuid::now_v7();
+    assert!(
+        mesh.consume(free, "free.calls", 2, "x")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !mesh
+            .consume(free, "free.calls", 1, "y")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let now = mesh.clock_now();
+    let next_month = quota_svc::domain::period::month_of(now).1;
+    mesh.clock.set(next_month + TimeDelta::hours(1));
+    let renewed = mesh.consume(free, "free.calls", 1, "y").await.unwrap();
+    assert!(renewed.allowed);
+    let resets = chrono::DateTime::from_timestamp(renewed.resets_at.unwrap().seconds, 0).unwrap();
+    assert_eq!(resets.day(), 1);
+    assert_eq!(resets, quota_svc::domain::period::month_of(next_month).1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entitlement_versions_are_ignored() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(100))], 5).await;
+    let now = mesh.clock_now();
+    let stale = ApplyEntitlementsRequest {
+        subject: subject.to_string(),
+        plan_code: "old".to_owned(),
+        limits: metric_limits(&[("api.calls", Some(1))]),
+        period_start: Some(super::harness::ts(now)),
+        period_end: Some(super::harness::ts(now + TimeDelta::days(30))),
+        version: 4,
+    };
+    let response = mesh
+        .client()
+        .apply_entitlements(mesh.as_service(stale.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.applied);
+    assert_eq!(response.version, 5);
+    let check = CheckQuotaRequest {
+        metric: "api.calls".to_owned(),
+        subject: subject.to_string(),
+    };
+    let quota = mesh
+        .client()
+        .check_quota(mesh.as_service(check.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(quota.quota.unwrap().limit, 100);
+    // A newer version applies; removing the plan falls back to the defaults (none: NOT_FOUND).
+    let newer = ApplyEntitlementsRequest {
+        version: 6,
+        ..stale
+    };
+    assert!(
+        mesh.client()
+            .apply_entitlements(mesh.as_service(newer))
+            .await
+            .unwrap()
+            .into_inner()
+            .applied
+    );
+    let quota = mesh
+        .client()
+        .check_quota(mesh.as_service(check.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(quota.quota.unwrap().limit, 1);
+    let removed = ApplyEntitlementsRequest {
+        subject: subject.to_string(),
+        version: 7,
+        ..Default::default()
+    };
+    mesh.client()
+        .apply_entitlements(mesh.as_service(removed))
+        .await
+        .unwrap();
+    let status = mesh
+        .client()
+        .check_quota(mesh.as_service(check))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_and_changes_nothing() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(100))], 1).await;
+    let good = ConsumeRequest {
+        metric: "api.calls".to_owned(),
+        subject: subject.to_string(),
+        amount: Some(1),
+        idempotency_key: "k".to_owned(),
+        attributes: None,
+    };
+    let huge = prost_types::Struct {
+        fields: [(
+            "blob".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("x".repeat(5000))),
+            },
+        )]
+        .into(),
+    };
+    let cases = [
+        (
+            "amount",
+            ConsumeRequest {
+                amount: Some(0),
+                ..good.clone()
+            },
+        ),
+        (
+            "amount",
+            ConsumeRequest {
+                amount: Some(-5),
+                ..good.clone()
+            },
+        ),
+        (
+            "metric",
+            ConsumeRequest {
+                metric: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "metric",
+            ConsumeRequest {
+                metric: "Bad Metric".to_owned(),
+                ..good.clone()
+            },
+        ),
+        (
+            "idempotency_key",
+            ConsumeRequest {
+                idempotency_key: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "idempotency_key",
+            ConsumeRequest {
+                idempotency_key: "k".repeat(129),
+                ..good.clone()
+            },
+        ),
+        (
+            "attributes",
+            ConsumeRequest {
+                attributes: Some(huge),
+                ..good.clone()
+            },
+        ),
+        (
+            "subject",
+            ConsumeRequest {
+                subject: "not-a-uuid".to_owned(),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        let status = mesh
+            .client()
+            .consume(mesh.as_service(request))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 0);
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        0
+    );
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM idempotency_keys")
+            .await,
+        0
+    );
+    assert!(
+        mesh.client()
+            .consume(mesh.as_service(good))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_and_services_name_other_subjects() {
+    let mesh = Mesh::start().await;
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    mesh.plan(alice, &[("api.calls", Some(10))], 1).await;
+    mesh.plan(bob, &[("api.calls", Some(10))], 1).await;
+    let request = |subject: &str| ConsumeRequest {
+        metric: "api.calls".to_owned(),
+        subject: subject.to_owned(),
+        amount: None,
+        idempotency_key: Uuid::now_v7().to_string(),
+        attributes: None,
+    };
+    // A user consumes its own quota (empty subject or its own id), not another's.
+    assert!(
+        mesh.client()
+            .consume(mesh.as_user(alice, request("")))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    let status = mesh
+        .client()
+        .consume(mesh.as_user(alice, request(&bob.to_string())))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // An admin may.
+    let admin = mesh.issuer.token(Uuid::now_v7(), &["admin"]);
+    let mut as_admin = tonic::Request::new(request(&bob.to_string()));
+    as_admin
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    assert!(
+        mesh.client()
+            .consume(as_admin)
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // An API key without `quota:consume` may not consume; a plain user key not for others.
+    let reader = mesh.issuer.add_api_key(alice, &["quota:read"], &[]);
+    let status = mesh
+        .client()
+        .consume(with_key(request(""), &reader))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let consumer = mesh.issuer.add_api_key(alice, &["quota:consume"], &[]);
+    let status = mesh
+        .client()
+        .consume(with_key(request(&bob.to_string()), &consumer))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Entitlements are for services, resets for admins; no credentials is UNAUTHENTICATED.
+    let apply = ApplyEntitlementsRequest {
+        subject: alice.to_string(),
+        version: 9,
+        ..Default::default()
+    };
+    let status = mesh
+        .client()
+        .apply_entitlements(mesh.as_user(alice, apply))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let reset = ResetQuotaRequest {
+        metric: "api.calls".to_owned(),
+        subject: alice.to_string(),
+    };
+    let status = mesh
+        .client()
+        .reset_quota(mesh.as_service(reset.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut as_admin = tonic::Request::new(reset);
+    as_admin
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    assert_eq!(
+        mesh.client()
+            .reset_quota(as_admin)
+            .await
+            .unwrap()
+            .into_inner()
+            .quota
+            .unwrap()
+            .used,
+        0
+    );
+    let status = mesh.client().consume(request("")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let expired = mesh.issuer.expired_token(alice);
+    let mut late = tonic::Request::new(request(""));
+    late.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {expired}").parse().unwrap(),
+    );
+    assert_eq!(
+        mesh.client().consume(late).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_the_batch_with_unavailable() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    // Terminating the service's connections makes the next batch fail mid-flight.
+    let mut conn = mesh.db.connect("quota").await;
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let results = join_all(
+        keys.iter()
+            .map(|key| mesh.consume(subject, "api.calls", 1, key)),
+    )
+    .await;
+    for result in &results {
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        }
+    }
+    let granted = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.allowed))
+        .count();
+    assert_eq!(
+        mesh.count("SELECT used AS n FROM entitlements").await,
+        i64::try_from(granted).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire_after_a_day_and_the_end_of_their_period() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    // The plan period ends one day from now.
+    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    mesh.consume(subject, "api.calls", 1, "old").await.unwrap();
+    let start = mesh.clock_now();
+    let mut conn = mesh.db.connect("quota").await;
+    let expire = quota_svc::store::usage::delete_expired_keys;
+    // 23 hours later: younger than the retention.
+    assert_eq!(
+        expire(&mut conn, start + TimeDelta::hours(23))
+            .await
+            .unwrap(),
+        0
+    );
+    // 25 hours later: old enough and its period (ending at +24 h) is over.
+    assert_eq!(
+        expire(&mut conn, start + TimeDelta::hours(25))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM idempotency_keys")
+            .await,
+        0
+    );
+}

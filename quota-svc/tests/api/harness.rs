@@ -1,0 +1,171 @@
+//! A quota-svc in-process over a fresh database, a test issuer and a manual clock.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use diesel::{QueryableByName, sql_query, sql_types::BigInt};
+use diesel_async::RunQueryDsl;
+use kit::testing::{InProcess, TestDb, TestIssuer};
+use proto::quota::{
+    ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, ConsumeResponse,
+    MetricLimit, quota_service_client::QuotaServiceClient,
+};
+use quota_svc::{MIGRATIONS, SPEC, clock::ManualClock, routes};
+use tonic::{Request, Status, transport::Channel};
+use uuid::Uuid;
+
+pub struct Mesh {
+    pub db: TestDb,
+    pub issuer: Arc<TestIssuer>,
+    pub clock: Arc<ManualClock>,
+    pub server: InProcess,
+    /// An API key with the `service` scope (what billing-svc and backends use).
+    pub service_key: String,
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        Self::start_with(4).await
+    }
+
+    /// `batch_workers` = 0: one transaction per Consume.
+    pub async fn start_with(batch_workers: usize) -> Self {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        let issuer = Arc::new(TestIssuer::new());
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let authenticator = issuer.authenticator();
+        let server_clock = clock.clone();
+        let server = InProcess::start(
+            SPEC,
+            db.url(),
+            MIGRATIONS,
+            |_| {},
+            move |pool| routes(pool, authenticator, server_clock, batch_workers),
+        )
+        .await;
+        let service_key = issuer.add_api_key(
+            Uuid::now_v7(),
+            &["service", "quota:consume", "quota:read"],
+            &["service"],
+        );
+        Self {
+            db,
+            issuer,
+            clock,
+            server,
+            service_key,
+        }
+    }
+
+    pub fn client(&self) -> QuotaServiceClient<Channel> {
+        QuotaServiceClient::new(self.server.channel.clone())
+    }
+
+    /// A request carrying the service API key.
+    pub fn as_service<T>(&self, message: T) -> Request<T> {
+        with_key(message, &self.service_key)
+    }
+
+    /// A request carrying a user's access token.
+    pub fn as_user<T>(&self, user: Uuid, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let token = self.issuer.token(user, &[]);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+
+    /// Gives `subject` a plan with `limits` for the period around now (one day each side).
+    pub async fn plan(&self, subject: Uuid, limits: &[(&str, Option<i64>)], version: i64) {
+        let now = self.clock_now();
+        let request = ApplyEntitlementsRequest {
+            subject: subject.to_string(),
+            plan_code: "pro".to_owned(),
+            limits: metric_limits(limits),
+            period_start: Some(ts(now - chrono::TimeDelta::days(1))),
+            period_end: Some(ts(now + chrono::TimeDelta::days(1))),
+            version,
+        };
+        let response = self
+            .client()
+            .apply_entitlements(self.as_service(request))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(response.applied);
+    }
+
+    pub async fn defaults(&self, limits: &[(&str, Option<i64>)], version: i64) {
+        let request = ApplyDefaultEntitlementsRequest {
+            limits: metric_limits(limits),
+            version,
+        };
+        self.client()
+            .apply_default_entitlements(self.as_service(request))
+            .await
+            .unwrap();
+    }
+
+    /// Consumes `amount` of `metric` for `subject` with the service key.
+    pub async fn consume(
+        &self,
+        subject: Uuid,
+        metric: &str,
+        amount: i64,
+        key: &str,
+    ) -> Result<ConsumeResponse, Status> {
+        self.client()
+            .consume(self.as_service(ConsumeRequest {
+                metric: metric.to_owned(),
+                subject: subject.to_string(),
+                amount: Some(amount),
+                idempotency_key: key.to_owned(),
+                attributes: None,
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub fn clock_now(&self) -> chrono::DateTime<Utc> {
+        quota_svc::clock::Clock::now(self.clock.as_ref())
+    }
+
+    /// `SELECT count(*)`-style checks on the quota schema.
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.db.connect(SPEC.name).await;
+        let row: Count = sql_query(sql).get_result(&mut conn).await.unwrap();
+        row.n
+    }
+}
+
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    request
+}
+
+pub fn metric_limits(limits: &[(&str, Option<i64>)]) -> Vec<MetricLimit> {
+    limits
+        .iter()
+        .map(|(metric, limit)| MetricLimit {
+            metric: (*metric).to_owned(),
+            limit: limit.unwrap_or(0),
+            unlimited: limit.is_none(),
+        })
+        .collect()
+}
+
+pub fn ts(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap(),
+    }
+}

@@ -1,0 +1,102 @@
+"""Calls quota-svc's Consume the way an existing Python backend does.
+
+Stubs are generated from the project's protos into a temporary directory at run time
+(grpcio-tools), so the script needs no generated code in the repository.
+
+Usage: consume_client.py ADDR API_KEY SUBJECT METRIC
+The subject must have a limit of exactly 2 on METRIC and nothing consumed yet.
+"""
+
+import importlib
+import pathlib
+import sys
+import tempfile
+import uuid
+
+import grpc
+from grpc_tools import protoc
+
+PROTO_ROOT = pathlib.Path(__file__).resolve().parents[3] / "proto"
+
+
+def load_stubs(out_dir):
+    include = pathlib.Path(protoc.__file__).parent / "_proto"
+    protos = [
+        "commerce/quota/v1/quota.proto",
+        "google/api/annotations.proto",
+        "google/api/http.proto",
+    ]
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{include}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            *protos,
+        ]
+    )
+    if status != 0:
+        raise SystemExit(f"protoc failed with {status}")
+    sys.path.insert(0, out_dir)
+    messages = importlib.import_module("commerce.quota.v1.quota_pb2")
+    services = importlib.import_module("commerce.quota.v1.quota_pb2_grpc")
+    return messages, services
+
+
+def main():
+    addr, api_key, subject, metric = sys.argv[1:5]
+    with tempfile.TemporaryDirectory() as out_dir:
+        pb, rpc = load_stubs(out_dir)
+        with grpc.insecure_channel(addr) as channel:
+            quota = rpc.QuotaServiceStub(channel)
+            metadata = [("x-api-key", api_key)]
+
+            def consume(key, amount=1):
+                request = pb.ConsumeRequest(
+                    metric=metric, subject=subject, amount=amount, idempotency_key=key
+                )
+                request.attributes.update({"endpoint": "/v1/analyze", "client": "python"})
+                return quota.Consume(request, metadata=metadata, timeout=10)
+
+            first_key = f"req-{uuid.uuid4()}"
+            first = consume(first_key)
+            assert first.allowed and not first.replayed, first
+            assert (first.limit, first.used, first.remaining) == (2, 1, 1), first
+
+            retry = consume(first_key)
+            assert retry.replayed and retry.usage_id == first.usage_id, retry
+
+            second = consume(f"req-{uuid.uuid4()}")
+            assert second.allowed and second.remaining == 0, second
+            denied = consume(f"req-{uuid.uuid4()}")
+            assert not denied.allowed and denied.HasField("resets_at"), denied
+
+            # The backend's work failed: give the units back, once.
+            refund = quota.Refund(
+                pb.RefundRequest(idempotency_key=first_key, subject=subject),
+                metadata=metadata,
+                timeout=10,
+            )
+            assert refund.refunded_amount == 1 and not refund.already_refunded, refund
+            assert refund.quota.used == 1, refund
+
+            try:
+                consume(f"req-{uuid.uuid4()}", amount=-1)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+                assert err.details().startswith("amount"), err.details()
+            else:
+                raise AssertionError("a negative amount was accepted")
+
+            try:
+                quota.Consume(pb.ConsumeRequest(metric=metric, idempotency_key="x"), timeout=10)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+            else:
+                raise AssertionError("a call without credentials was accepted")
+    print("python client: ok")
+
+
+if __name__ == "__main__":
+    main()
