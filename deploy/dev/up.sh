@@ -44,13 +44,16 @@ stop() {
   echo "stopping the mesh ..." >&2
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
+  exit "$1"
 }
-trap stop INT TERM EXIT
+trap 'stop 0' INT TERM
+trap 'stop $?' EXIT
 
 # Runs one server with its name in front of every log line.
 run() {
   local name="$1"; shift
-  "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  # The prefixer ignores Ctrl-C so the servers' last lines (draining, stopped) still show.
+  "$@" > >(trap '' INT TERM; exec sed -u "s/^/[$name] /") 2>&1 &
   pids+=("$!")
 }
 
@@ -62,3 +65,4 @@ run edge "$bin/edge-proxy"
 echo "mesh up: edge http://localhost:9000, auth :9001, billing :9002, quota :9003 (Ctrl-C stops)" >&2
 wait -n "${pids[@]}" || true
 echo "a server exited; stopping the others" >&2
+exit 1

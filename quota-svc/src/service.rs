@@ -197,25 +197,34 @@ impl Core {
         .await
     }
 
-    /// Creates the usage partitions ahead and deletes expired idempotency keys.
-    pub async fn maintain_once(&self) -> Result<(), Error> {
+    /// Creates the usage partitions ahead and deletes expired idempotency keys. `false`: the
+    /// schema is not migrated yet, nothing done.
+    pub async fn maintain_once(&self) -> Result<bool, Error> {
         let now = self.now();
         let mut conn = self.conn().await?;
+        if !usage::partitions_migrated(&mut conn).await? {
+            return Ok(false);
+        }
         usage::ensure_partitions(&mut conn, now).await?;
         let deleted = usage::delete_expired_keys(&mut conn, now).await?;
         tracing::debug!(deleted, "quota maintenance done");
-        Ok(())
+        Ok(true)
     }
 }
 
-/// Runs [`Core::maintain_once`] at start and then hourly, until the core is dropped.
+/// Runs [`Core::maintain_once`] once migrations have run and then hourly, until the core is
+/// dropped.
 async fn maintain(core: std::sync::Weak<Core>) {
     loop {
         let Some(strong) = core.upgrade() else {
             return;
         };
         let wait = match strong.maintain_once().await {
-            Ok(()) => MAINTENANCE_EVERY,
+            Ok(true) => MAINTENANCE_EVERY,
+            Ok(false) => {
+                tracing::debug!("quota maintenance waits for the migrations");
+                MAINTENANCE_RETRY
+            }
             Err(err) => {
                 tracing::warn!(%err, "quota maintenance failed; retrying");
                 MAINTENANCE_RETRY

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::{
     QueryableByName, sql_query,
-    sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+    sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -113,6 +113,26 @@ pub async fn events(
 pub const PARTITION_MONTHS_AHEAD: i32 = 3;
 /// Idempotency keys are kept at least this long (and until their period ended).
 pub const KEY_RETENTION: TimeDelta = TimeDelta::hours(24);
+
+#[derive(QueryableByName)]
+struct Migrated {
+    #[diesel(sql_type = Bool)]
+    migrated: bool,
+}
+
+/// Whether the migration that brings the partition function has run: kit applies migrations
+/// after the server started, so the first maintenance may come before them.
+pub async fn partitions_migrated(
+    conn: &mut AsyncPgConnection,
+) -> Result<bool, diesel::result::Error> {
+    let row: Migrated = sql_query(
+        "SELECT to_regprocedure('ensure_usage_partitions(timestamptz, integer)') IS NOT NULL \
+           AS migrated",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row.migrated)
+}
 
 /// Creates the usage_events partitions for the month of `now` and the next ones.
 pub async fn ensure_partitions(
