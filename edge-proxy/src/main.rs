@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use edge_proxy::{Upstreams, router};
 
@@ -52,6 +53,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .map_err(|err| anyhow::anyhow!("binding {}: {err}", cli.listen_addr))?;
     tracing::info!(addr = %cli.listen_addr, "edge-proxy serving");
+    // Browsers' small requests and responses must not wait for delayed ACKs (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -241,11 +241,15 @@ async fn run_mode(
                 );
             }
             eprintln!(
-                "{:>20} | {keys:>11} | {concurrency:>3} | {} | p50 {} | p99 {}",
+                "{:>20} | {keys:>11} | {concurrency:>3} | {} | p50 {} | p90 {} | p95 {} | p99 {} | p999 {} | max {}",
                 mode.name(),
                 rate(stats.per_second()),
                 ms(stats.latency.p50()),
-                ms(stats.latency.p99())
+                ms(stats.latency.quantile(0.9)),
+                ms(stats.latency.quantile(0.95)),
+                ms(stats.latency.p99()),
+                ms(stats.latency.quantile(0.999)),
+                ms(stats.latency.max())
             );
             cases.push(Case {
                 keys,

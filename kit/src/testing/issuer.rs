@@ -17,7 +17,6 @@ use proto::auth::{
     auth_service_server::{AuthService, AuthServiceServer},
 };
 use tokio::{net::TcpListener, sync::oneshot};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -203,9 +202,12 @@ impl AuthServer {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(AuthServiceServer::new(IssuerService(issuer)))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         Self {
             addr,
