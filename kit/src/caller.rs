@@ -473,10 +473,21 @@ fn presented_credential(metadata: &MetadataMap) -> Result<Presented<'_>, Status>
 }
 
 /// auth-svc reached over gRPC with this service's own API key (which holds the `service` scope).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteAuth {
     client: proto::auth::auth_service_client::AuthServiceClient<Channel>,
     service_key: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// When auth-svc last judged this service's own key, and whether it accepted it.
+    own_key_checked: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
+}
+
+/// How long a check of this service's own key is trusted (see [`RemoteAuth::own_key_works`]).
+const OWN_KEY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for RemoteAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteAuth").finish_non_exhaustive()
+    }
 }
 
 impl RemoteAuth {
@@ -491,6 +502,7 @@ impl RemoteAuth {
             service_key: service_key
                 .parse()
                 .map_err(|_| anyhow::anyhow!("the service API key is not valid header text"))?,
+            own_key_checked: Arc::default(),
         })
     }
 
@@ -500,6 +512,64 @@ impl RemoteAuth {
             .metadata_mut()
             .insert("x-api-key", self.service_key.clone());
         request
+    }
+
+    async fn call_verify(&self, key: String) -> Result<proto::auth::VerifyApiKeyResponse, Status> {
+        let mut client = self.client.clone();
+        Ok(client
+            .verify_api_key(self.request(proto::auth::VerifyApiKeyRequest { key }))
+            .await?
+            .into_inner())
+    }
+
+    /// Maps a failed VerifyApiKey: a bad presented key is UNAUTHENTICATED; this service's own
+    /// misconfiguration (its key revoked or without the `service` scope) or an outage is
+    /// UNAVAILABLE and logged, so callers are not told their valid keys are invalid.
+    async fn verify_failure(&self, status: Status) -> Status {
+        match status.code() {
+            // A malformed key is the caller's fault, like an unknown one.
+            tonic::Code::InvalidArgument => invalid_api_key(),
+            tonic::Code::Unauthenticated if self.own_key_works().await => status,
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                tracing::error!(
+                    code = ?status.code(),
+                    "auth-svc refuses this service's own API key (revoked, or without the \
+                     `service` scope): issue a new one with `auth-svc service-key issue`"
+                );
+                Status::unavailable("authentication is unavailable; retry later")
+            }
+            _ => unavailable_auth(status),
+        }
+    }
+
+    /// Whether auth-svc accepts this service's own key, asked at most every
+    /// [`OWN_KEY_CHECK_INTERVAL`]: VerifyApiKey answers UNAUTHENTICATED both for a bad presented
+    /// key and for a bad caller key.
+    async fn own_key_works(&self) -> bool {
+        let mut checked = self.own_key_checked.lock().await;
+        if let Some((at, works)) = *checked
+            && at.elapsed() < OWN_KEY_CHECK_INTERVAL
+        {
+            return works;
+        }
+        let Ok(own_key) = self.service_key.to_str() else {
+            return false;
+        };
+        let works = match self.call_verify(own_key.to_owned()).await {
+            Ok(_) => true,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                false
+            }
+            // auth-svc is unreachable: nothing learnt about the key, so nothing remembered.
+            Err(_) => return true,
+        };
+        *checked = Some((Instant::now(), works));
+        works
     }
 }
 
@@ -525,14 +595,10 @@ impl CredentialSource for RemoteAuth {
     }
 
     async fn verify_api_key(&self, key: &str) -> Result<VerifiedKey, Status> {
-        let mut client = self.client.clone();
-        let response = client
-            .verify_api_key(self.request(proto::auth::VerifyApiKeyRequest {
-                key: key.to_owned(),
-            }))
-            .await
-            .map_err(unavailable_auth)?
-            .into_inner();
+        let response = match self.call_verify(key.to_owned()).await {
+            Ok(response) => response,
+            Err(status) => return Err(self.verify_failure(status).await),
+        };
         let parse = |id: &str| {
             Uuid::parse_str(id).map_err(|_| Status::internal("auth-svc returned a malformed id"))
         };

@@ -153,6 +153,13 @@ impl TestIssuer {
         key
     }
 
+    /// Forgets `key`: VerifyApiKey refuses it from now on.
+    pub fn revoke_api_key(&self, key: &str) {
+        if let Ok(mut keys) = self.api_keys.lock() {
+            keys.remove(key);
+        }
+    }
+
     fn jwk(&self) -> Jwk {
         Jwk {
             kty: "OKP".to_owned(),
@@ -246,7 +253,29 @@ impl AuthService for IssuerService {
         &self,
         request: Request<VerifyApiKeyRequest>,
     ) -> Result<Response<VerifyApiKeyResponse>, Status> {
-        let verified = self.0.verified(&request.get_ref().key)?;
+        // Like auth-svc: only callers holding the `service` scope may verify keys.
+        let caller = request
+            .metadata()
+            .get("x-api-key")
+            .and_then(|key| key.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("missing credentials"))?;
+        if !self
+            .0
+            .verified(caller)?
+            .scopes
+            .iter()
+            .any(|scope| scope == "service")
+        {
+            return Err(Status::permission_denied("requires the `service` scope"));
+        }
+        let key = &request.get_ref().key;
+        let well_formed = key.strip_prefix(API_KEY_PREFIX).is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+        if !well_formed {
+            return Err(Status::invalid_argument("key: is not an API key"));
+        }
+        let verified = self.0.verified(key)?;
         Ok(Response::new(VerifyApiKeyResponse {
             user_id: verified.user_id.to_string(),
             key_id: verified.key_id.to_string(),
