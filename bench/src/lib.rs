@@ -194,6 +194,11 @@ impl Table {
     }
 }
 
+/// How a target line reads.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
 /// A duration as milliseconds with three decimals, e.g. `0.412 ms`.
 pub fn ms(duration: Duration) -> String {
     format!("{:.3} ms", duration.as_secs_f64() * 1000.0)

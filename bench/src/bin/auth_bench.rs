@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use bench::{Stats, Table, ms, rate, run_concurrent, run_items, write_section};
+use bench::{Stats, Table, ms, rate, run_concurrent, run_items, verdict, write_section};
 use clap::Parser;
 use kit::caller::{AuthConfig, Authenticator, RemoteAuth};
 use proto::auth::{
@@ -206,7 +206,6 @@ async fn main() -> anyhow::Result<()> {
         &jwt,
     );
 
-    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let targets: String = cached_runs
         .iter()
         .map(|(concurrency, cached)| {

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::Context;
-use bench::{Stats, Table, ms, rate, run_concurrent, run_items, write_section};
+use bench::{Stats, Table, ms, rate, run_concurrent, run_items, verdict, write_section};
 use clap::Parser;
 use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health};
 use proto::quota::{
@@ -338,12 +338,40 @@ fn report(cases: &[Case], args: &Args) -> String {
             ]);
         }
     }
+    let batched_at = |keys: &str, concurrency: usize, mode: Mode| {
+        cases
+            .iter()
+            .find(|case| case.keys == keys && case.concurrency == concurrency && case.mode == mode)
+    };
+    let mut targets = String::new();
+    for (keys, floor) in [("10,000 keys", 20_000.0), ("one hot key", 15_000.0)] {
+        if let Some(case) = batched_at(keys, 512, Mode::Batched) {
+            targets.push_str(&format!(
+                "- {keys}, 512 concurrent, batched: {} (target ≥ {}): {}; p99 {} (target < 25 ms): {}\n",
+                rate(case.stats.per_second()),
+                rate(floor),
+                verdict(case.stats.per_second() >= floor),
+                ms(case.stats.latency.p99()),
+                verdict(case.stats.latency.p99() < Duration::from_millis(25)),
+            ));
+        }
+    }
+    if let (Some(batched), Some(per_call)) = (
+        batched_at("one hot key", 512, Mode::Batched),
+        batched_at("one hot key", 512, Mode::PerCall),
+    ) {
+        let ratio = batched.stats.per_second() / per_call.stats.per_second().max(f64::EPSILON);
+        targets.push_str(&format!(
+            "- one hot key, 512 concurrent: batched / per-call {ratio:.1}× (target ≥ 8×): {}\n",
+            verdict(ratio >= 8.0)
+        ));
+    }
     format!(
         "Consume of 1 unit with a fresh idempotency key per call, {} s per case, over {} HTTP/2 \
          connections; quota-svc release build with DB_POOL_SIZE={} and QUOTA_BATCH_WORKERS={} on this machine's \
          PostgreSQL ({} cores). Batched = concurrent calls coalesced into one transaction per \
          batch (default); per-call = QUOTA_BATCHING=false, one transaction per call. \
-         Run: {}.\n\n{}\n{}",
+         Run: {}.\n\n{}\n{}\n{}",
         args.duration_secs,
         args.connections,
         args.pool_size,
@@ -351,6 +379,7 @@ fn report(cases: &[Case], args: &Args) -> String {
         std::thread::available_parallelism().map_or(0, usize::from),
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         table.render(),
-        ratios.render()
+        ratios.render(),
+        targets
     )
 }
