@@ -210,10 +210,8 @@ impl QuotaService for Quota {
         let attributes = request
             .attributes
             .as_ref()
-            .map(|attributes| json::from_struct(attributes).to_string());
-        if let Some(serialized) = &attributes {
-            validate::attributes(serialized)?;
-        }
+            .map(|attributes| validate::attributes(&json::from_struct(attributes)))
+            .transpose()?;
         let decision = self
             .core
             .consume(Pending {

@@ -1,5 +1,9 @@
 //! Input validation; every failure names the field.
+//!
+//! Strings that reach PostgreSQL must not hold NUL: neither `text` nor `jsonb` can store it, and
+//! as consumes are committed in batches, one such request would fail the whole batch.
 
+use serde_json::Value as Json;
 use uuid::Uuid;
 
 use crate::error::Error;
@@ -34,7 +38,7 @@ pub fn amount(amount: Option<i64>) -> Result<i64, Error> {
     }
 }
 
-/// 1–128 characters.
+/// 1–128 characters, no NUL.
 pub fn idempotency_key(key: &str) -> Result<(), Error> {
     match key.chars().count() {
         0 => Err(Error::invalid("idempotency_key", "is required")),
@@ -42,19 +46,43 @@ pub fn idempotency_key(key: &str) -> Result<(), Error> {
             "idempotency_key",
             format!("must be at most {MAX_KEY_CHARS} characters"),
         )),
+        _ if key.contains('\0') => Err(Error::invalid(
+            "idempotency_key",
+            "must not contain the NUL character",
+        )),
         _ => Ok(()),
     }
 }
 
-/// At most 4 KiB of serialized JSON.
-pub fn attributes(serialized: &str) -> Result<(), Error> {
+/// At most 4 KiB of serialized JSON, no NUL in any key or string. Returns the JSON text.
+pub fn attributes(attributes: &Json) -> Result<String, Error> {
+    let serialized = attributes.to_string();
     if serialized.len() > MAX_ATTRIBUTES_BYTES {
         return Err(Error::invalid(
             "attributes",
             format!("must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON"),
         ));
     }
-    Ok(())
+    if holds_nul(attributes) {
+        return Err(Error::invalid(
+            "attributes",
+            "keys and strings must not contain the NUL character",
+        ));
+    }
+    Ok(serialized)
+}
+
+/// Walks the value rather than searching the text for `\u0000`, which would also match an
+/// escaped backslash followed by `u0000`.
+fn holds_nul(json: &Json) -> bool {
+    match json {
+        Json::String(text) => text.contains('\0'),
+        Json::Array(values) => values.iter().any(holds_nul),
+        Json::Object(fields) => fields
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Json::Null | Json::Bool(_) | Json::Number(_) => false,
+    }
 }
 
 /// A UUID (the subject, a usage id).
@@ -94,7 +122,24 @@ mod tests {
         assert!(idempotency_key("").is_err());
         assert!(idempotency_key(&"k".repeat(128)).is_ok());
         assert!(idempotency_key(&"k".repeat(129)).is_err());
-        assert!(attributes(&"x".repeat(4097)).is_err());
+        assert!(idempotency_key("a\0b").is_err());
+        assert!(metric("metric", "a\0b").is_err());
+        assert!(attributes(&Json::String("x".repeat(4097))).is_err());
         assert!(uuid("subject", "nope").is_err());
+    }
+
+    #[test]
+    fn rejects_nul_anywhere_in_attributes() {
+        let ok = serde_json::json!({"file": "a.pdf", "path": "C:\\u0000", "n": [1, {"k": null}]});
+        assert_eq!(attributes(&ok).ok(), Some(ok.to_string()));
+        for bad in [
+            serde_json::json!({"file": "a\u{0}"}),
+            serde_json::json!({"a\u{0}": 1}),
+            serde_json::json!({"a": {"b": ["x", "\u{0}"]}}),
+            serde_json::json!({"a": [{"b\u{0}": true}]}),
+        ] {
+            let err = attributes(&bad).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.starts_with("attributes:")), "{bad}");
+        }
     }
 }

@@ -351,6 +351,18 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         )]
         .into(),
     };
+    let nul_value = attributes(&[("file", string("a\0.pdf"))]);
+    let nul_key = attributes(&[("fi\0le", string("a.pdf"))]);
+    let nested_nul = attributes(&[(
+        "outer",
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(
+                prost_types::ListValue {
+                    values: vec![string("x"), string("\0")],
+                },
+            )),
+        },
+    )]);
     let cases = [
         (
             "amount",
@@ -408,6 +420,42 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
                 ..good.clone()
             },
         ),
+        // PostgreSQL text and jsonb cannot hold NUL.
+        (
+            "idempotency_key",
+            ConsumeRequest {
+                idempotency_key: "k\0".to_owned(),
+                ..good.clone()
+            },
+        ),
+        (
+            "metric",
+            ConsumeRequest {
+                metric: "api.calls\0".to_owned(),
+                ..good.clone()
+            },
+        ),
+        (
+            "attributes",
+            ConsumeRequest {
+                attributes: Some(nul_value),
+                ..good.clone()
+            },
+        ),
+        (
+            "attributes",
+            ConsumeRequest {
+                attributes: Some(nul_key),
+                ..good.clone()
+            },
+        ),
+        (
+            "attributes",
+            ConsumeRequest {
+                attributes: Some(nested_nul),
+                ..good.clone()
+            },
+        ),
     ];
     for (field, request) in cases {
         let status = mesh
@@ -440,6 +488,68 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
             .into_inner()
             .allowed
     );
+}
+
+fn string(text: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
+    }
+}
+
+fn attributes(fields: &[(&str, prost_types::Value)]) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: fields
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_nul_is_refused_alone_not_with_its_batch() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(1000))], 1).await;
+    let request = |i: usize| ConsumeRequest {
+        metric: "api.calls".to_owned(),
+        subject: subject.to_string(),
+        amount: None,
+        idempotency_key: format!("good-{i}"),
+        attributes: Some(attributes(&[("n", string(&i.to_string()))])),
+    };
+    // The same subject shares a shard, so the bad requests land in the good ones' batches.
+    let bad = [
+        ConsumeRequest {
+            idempotency_key: "bad\0key".to_owned(),
+            ..request(0)
+        },
+        ConsumeRequest {
+            idempotency_key: "bad-attributes".to_owned(),
+            attributes: Some(attributes(&[("file", string("a\0.pdf"))])),
+            ..request(0)
+        },
+    ];
+    let good = (0..300).map(|i| (true, request(i)));
+    let all: Vec<(bool, ConsumeRequest)> = good
+        .clone()
+        .take(150)
+        .chain(bad.into_iter().map(|request| (false, request)))
+        .chain(good.skip(150))
+        .collect();
+    let results = join_all(all.into_iter().map(|(is_good, request)| {
+        let mut client = mesh.client();
+        let request = mesh.as_service(request);
+        async move { (is_good, client.consume(request).await) }
+    }))
+    .await;
+    for (is_good, result) in results {
+        if is_good {
+            assert!(result.unwrap().into_inner().allowed);
+        } else {
+            assert_eq!(result.unwrap_err().code(), Code::InvalidArgument);
+        }
+    }
+    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
