@@ -115,6 +115,8 @@ fn consume_response(decision: Decision) -> Result<pb::ConsumeResponse, Error> {
             limit: counter.as_ref().and_then(|c| c.limit).unwrap_or(0),
             used: counter.as_ref().map_or(0, |c| c.used),
             remaining: counter.as_ref().map_or(0, Counter::remaining),
+            // Denied on an unlimited metric: the sum would pass i64::MAX.
+            unlimited: counter.as_ref().is_some_and(|c| c.limit.is_none()),
             resets_at: counter.as_ref().map(|c| timestamp(c.period_end)),
             ..Default::default()
         },

@@ -8,9 +8,11 @@
 
 use std::{
     hash::{BuildHasher, RandomState},
+    panic::AssertUnwindSafe,
     sync::Arc,
 };
 
+use futures::FutureExt;
 use kit::db::{DbError, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -85,7 +87,15 @@ async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Cl
             }
         }
         let batch: Vec<Pending> = jobs.iter().map(|job| job.pending.clone()).collect();
-        match run_batch(&pool, clock.as_ref(), &batch).await {
+        // A panic (a bug) fails only its batch: unwinding out of the worker would close the
+        // shard's queue and leave its subjects UNAVAILABLE until a restart. Unwind safety: the
+        // batch shares only the pool, which discards a connection left inside a transaction,
+        // and the clock, which it only reads.
+        let result = AssertUnwindSafe(run_batch(&pool, clock.as_ref(), &batch))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(Error::Unavailable("the consume batch panicked".to_owned())));
+        match result {
             Ok(decisions) => {
                 for (job, decision) in jobs.into_iter().zip(decisions) {
                     let _ = job.reply.send(Ok(decision));

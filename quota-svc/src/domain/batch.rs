@@ -73,15 +73,18 @@ pub fn apply(
             let Some(counter) = counters.get_mut(&(request.subject, request.metric.clone())) else {
                 return Decision::Denied { counter: None };
             };
-            let fits = counter
-                .limit
-                .is_none_or(|limit| counter.used.saturating_add(request.amount) <= limit);
-            if !fits {
+            // A sum past i64::MAX (amounts have no upper bound, unlimited metrics no limit) is
+            // denied like one past the limit.
+            let Some(used) = counter
+                .used
+                .checked_add(request.amount)
+                .filter(|used| counter.limit.is_none_or(|limit| *used <= limit))
+            else {
                 return Decision::Denied {
                     counter: Some(counter.clone()),
                 };
-            }
-            counter.used += request.amount;
+            };
+            counter.used = used;
             let answer = Recorded {
                 metric: request.metric.clone(),
                 amount: request.amount,
@@ -172,8 +175,65 @@ mod tests {
         assert_eq!(decisions, vec![Decision::Denied { counter: None }]);
     }
 
+    #[test]
+    fn sums_past_i64_max_are_denied_not_wrapped() {
+        let subject = Uuid::from_u128(1);
+        let request = |metric: &str, amount, key: &str| Request {
+            subject,
+            metric: metric.to_owned(),
+            amount,
+            idempotency_key: key.to_owned(),
+        };
+        let mut counters = HashMap::from([
+            ((subject, "unlimited".to_owned()), counter(None)),
+            ((subject, "max".to_owned()), counter(Some(i64::MAX))),
+        ]);
+        let decisions = apply(
+            &mut counters,
+            &HashMap::new(),
+            &[
+                request("unlimited", i64::MAX - 1, "a"),
+                request("unlimited", 2, "b"),
+                request("unlimited", 1, "c"),
+                request("max", i64::MAX, "d"),
+                request("max", i64::MAX, "e"),
+            ],
+            ids(),
+        );
+        assert!(matches!(decisions[0], Decision::Allowed(_)));
+        let Decision::Denied {
+            counter: Some(unlimited),
+        } = &decisions[1]
+        else {
+            panic!("{decisions:?}")
+        };
+        assert_eq!(unlimited.used, i64::MAX - 1);
+        let Decision::Allowed(last) = &decisions[2] else {
+            panic!("{decisions:?}")
+        };
+        assert_eq!(last.used, i64::MAX);
+        assert!(matches!(decisions[3], Decision::Allowed(_)));
+        assert!(matches!(decisions[4], Decision::Denied { .. }));
+        assert_eq!(counters[&(subject, "unlimited".to_owned())].used, i64::MAX);
+        assert_eq!(counters[&(subject, "max".to_owned())].used, i64::MAX);
+    }
+
+    /// Mostly small amounts, sometimes ones near i64::MAX (so sums overflow).
+    fn amount() -> impl Strategy<Value = i64> {
+        prop_oneof![4 => 1i64..6, 1 => (i64::MAX - 4)..=i64::MAX]
+    }
+
+    /// No limit, a small one, or i64::MAX.
+    fn limit() -> impl Strategy<Value = Option<i64>> {
+        prop_oneof![
+            1 => Just(None),
+            3 => (0i64..20).prop_map(Some),
+            1 => Just(Some(i64::MAX)),
+        ]
+    }
+
     fn requests() -> impl Strategy<Value = Vec<Request>> {
-        prop::collection::vec((0u128..3, 0usize..3, 1i64..6, 0u8..12), 0..60).prop_map(|raw| {
+        prop::collection::vec((0u128..3, 0usize..3, amount(), 0u8..12), 0..60).prop_map(|raw| {
             raw.into_iter()
                 .map(|(subject, metric, amount, key)| Request {
                     subject: Uuid::from_u128(subject),
@@ -203,8 +263,8 @@ mod tests {
         #[test]
         fn a_batch_equals_one_by_one_and_never_exceeds_the_limit(
             requests in requests(),
-            limit_a in prop::option::of(0i64..20),
-            limit_b in prop::option::of(0i64..20),
+            limit_a in limit(),
+            limit_b in limit(),
         ) {
             let limits = [limit_a, limit_b];
             let mut batched = counters(&limits);
@@ -226,8 +286,9 @@ mod tests {
             for counter in batched.values() {
                 prop_assert!(counter.limit.is_none_or(|limit| counter.used <= limit));
             }
-            let granted: i64 = batch.iter().map(|d| match d { Decision::Allowed(a) => a.amount, _ => 0 }).sum();
-            let used: i64 = batched.values().map(|c| c.used).sum();
+            // Summed wider: several counters may each be near i64::MAX.
+            let granted: i128 = batch.iter().map(|d| match d { Decision::Allowed(a) => i128::from(a.amount), _ => 0 }).sum();
+            let used: i128 = batched.values().map(|c| i128::from(c.used)).sum();
             prop_assert_eq!(granted, used);
         }
     }

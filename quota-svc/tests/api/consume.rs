@@ -132,6 +132,41 @@ async fn over_the_limit_and_unknown_metrics_are_denied_not_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sums_past_i64_max_are_denied_and_the_shard_keeps_serving() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("storage", None), ("api.calls", Some(10))], 1)
+        .await;
+    let first = mesh
+        .consume(subject, "storage", i64::MAX - 1, "a")
+        .await
+        .unwrap();
+    assert!(first.allowed && first.unlimited);
+    // The same subject's shard decides these; an overflow used to kill its worker.
+    let over = mesh.consume(subject, "storage", 2, "b").await.unwrap();
+    assert!(!over.allowed && over.unlimited, "{over:?}");
+    assert_eq!(over.used, i64::MAX - 1);
+    let last = mesh.consume(subject, "storage", 1, "c").await.unwrap();
+    assert!(last.allowed);
+    assert_eq!(last.used, i64::MAX);
+    assert!(
+        mesh.consume(subject, "api.calls", 1, "d")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(
+        mesh.count("SELECT used AS n FROM entitlements WHERE metric = 'storage'")
+            .await,
+        i64::MAX
+    );
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_give_back_once() {
     let mesh = Mesh::start().await;
     let subject = Uuid::now_v7();
