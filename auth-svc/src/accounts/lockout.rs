@@ -1,4 +1,4 @@
-//! Brute-force protection: whether password attempts are refused, as a pure function of the
+//! Brute-force protection: whether a password attempt may be checked, as a pure function of the
 //! recent attempts (stored in PostgreSQL, so the rule holds across restarts and replicas).
 
 use chrono::{DateTime, Duration, Utc};
@@ -11,6 +11,9 @@ pub struct Policy {
     pub max_account_failures: usize,
     /// Failures from one client address, whatever the account.
     pub max_address_failures: usize,
+    /// An attempt still being checked after this long was abandoned (its process died or the
+    /// caller went away): it counts as a failure.
+    pub abandoned_after: Duration,
 }
 
 impl Default for Policy {
@@ -19,66 +22,104 @@ impl Default for Policy {
             window: Duration::minutes(15),
             max_account_failures: 5,
             max_address_failures: 20,
+            abandoned_after: Duration::seconds(15),
         }
     }
+}
+
+/// What became of a password attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted before its password is checked, so that concurrent guesses see each other.
+    Checking,
+    Failed,
+    Succeeded,
 }
 
 /// One recorded password attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     pub at: DateTime<Utc>,
-    pub succeeded: bool,
+    pub outcome: Outcome,
 }
 
-/// When attempts may resume, if they are refused at `now`. `account` holds the account's recent
-/// attempts, `address_failures` the client's recent failures (any order, older ones ignored).
-/// Refused attempts are not recorded, so a lock lifts when the oldest counted failure leaves
-/// the window.
-pub fn locked_until(
+/// Whether a new password attempt may be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// The limit is reached only with attempts still being checked: ask again shortly (one of
+    /// them may succeed and reset the account).
+    Wait,
+    /// Refused until then.
+    LockedUntil(DateTime<Utc>),
+}
+
+/// The verdict on a new attempt at `now`. `account` holds the account's recent attempts,
+/// `address` the client's recent unsuccessful ones (any order, older ones ignored). An attempt
+/// still being checked counts towards the limit, so at most the limit is ever checked however
+/// many arrive at once. Refused attempts are not recorded, so a lock lifts when the oldest
+/// counted failure leaves the window.
+pub fn judge(
     policy: &Policy,
     account: &[Attempt],
-    address_failures: &[DateTime<Utc>],
+    address: &[Attempt],
     now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    let since = now - policy.window;
+) -> Verdict {
     let last_success = account
         .iter()
-        .filter(|attempt| attempt.succeeded)
+        .filter(|attempt| attempt.outcome == Outcome::Succeeded)
         .map(|attempt| attempt.at)
         .max();
-    let account_failures: Vec<DateTime<Utc>> = account
+    let since_success: Vec<Attempt> = account
         .iter()
-        .filter(|attempt| !attempt.succeeded && last_success.is_none_or(|ok| attempt.at > ok))
-        .map(|attempt| attempt.at)
+        .copied()
+        .filter(|attempt| last_success.is_none_or(|ok| attempt.at > ok))
         .collect();
-    [
-        unlock_at(
-            policy,
-            &account_failures,
-            policy.max_account_failures,
-            since,
-        ),
-        unlock_at(policy, address_failures, policy.max_address_failures, since),
-    ]
-    .into_iter()
-    .flatten()
-    .max()
+    let verdicts = [
+        limit(policy, &since_success, policy.max_account_failures, now),
+        limit(policy, address, policy.max_address_failures, now),
+    ];
+    let locked_until = verdicts
+        .iter()
+        .filter_map(|verdict| match verdict {
+            Verdict::LockedUntil(until) => Some(*until),
+            Verdict::Allow | Verdict::Wait => None,
+        })
+        .max();
+    match locked_until {
+        Some(until) => Verdict::LockedUntil(until),
+        None if verdicts.contains(&Verdict::Wait) => Verdict::Wait,
+        None => Verdict::Allow,
+    }
 }
 
-fn unlock_at(
-    policy: &Policy,
-    failures: &[DateTime<Utc>],
-    max: usize,
-    since: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    let mut recent: Vec<DateTime<Utc>> =
-        failures.iter().copied().filter(|at| *at > since).collect();
-    if max == 0 || recent.len() < max {
-        return None;
+/// The verdict of one counter: `max` failures within the window lock it (0: no limit).
+fn limit(policy: &Policy, attempts: &[Attempt], max: usize, now: DateTime<Utc>) -> Verdict {
+    let since = now - policy.window;
+    let abandoned = now - policy.abandoned_after;
+    let mut failures = Vec::new();
+    let mut checking = 0;
+    for attempt in attempts.iter().filter(|attempt| attempt.at > since) {
+        match attempt.outcome {
+            Outcome::Failed => failures.push(attempt.at),
+            Outcome::Checking if attempt.at <= abandoned => failures.push(attempt.at),
+            Outcome::Checking => checking += 1,
+            Outcome::Succeeded => {}
+        }
     }
-    recent.sort_unstable();
+    if max == 0 || failures.len() + checking < max {
+        return Verdict::Allow;
+    }
+    failures.sort_unstable();
     // Below the limit again once all but max-1 of the counted failures have left the window.
-    recent.get(recent.len() - max).map(|at| *at + policy.window)
+    match failures
+        .len()
+        .checked_sub(max)
+        .and_then(|oldest_counted| failures.get(oldest_counted))
+    {
+        Some(oldest_counted) => Verdict::LockedUntil(*oldest_counted + policy.window),
+        None => Verdict::Wait,
+    }
 }
 
 /// Whole seconds until `until`, at least 1 (for `retry-after`).
@@ -97,47 +138,101 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default() + Duration::minutes(minute)
     }
 
-    fn failures(minutes: &[i64]) -> Vec<Attempt> {
+    fn attempts(minutes: &[i64], outcome: Outcome) -> Vec<Attempt> {
         minutes
             .iter()
             .map(|m| Attempt {
                 at: at(*m),
-                succeeded: false,
+                outcome,
             })
             .collect()
+    }
+
+    fn failures(minutes: &[i64]) -> Vec<Attempt> {
+        attempts(minutes, Outcome::Failed)
     }
 
     #[test]
     fn five_account_failures_lock_until_the_window_passes() {
         let policy = Policy::default();
         let four = failures(&[0, 1, 2, 3]);
-        assert_eq!(locked_until(&policy, &four, &[], at(4)), None);
+        assert_eq!(judge(&policy, &four, &[], at(4)), Verdict::Allow);
         let five = failures(&[0, 1, 2, 3, 4]);
-        assert_eq!(locked_until(&policy, &five, &[], at(5)), Some(at(15)));
-        assert_eq!(locked_until(&policy, &five, &[], at(14)), Some(at(15)));
-        assert_eq!(locked_until(&policy, &five, &[], at(15)), None);
+        assert_eq!(
+            judge(&policy, &five, &[], at(5)),
+            Verdict::LockedUntil(at(15))
+        );
+        assert_eq!(
+            judge(&policy, &five, &[], at(14)),
+            Verdict::LockedUntil(at(15))
+        );
+        assert_eq!(judge(&policy, &five, &[], at(15)), Verdict::Allow);
         assert_eq!(retry_after_secs(at(15), at(14)), 60);
     }
 
     #[test]
     fn a_success_resets_the_account_but_not_the_address() {
         let policy = Policy::default();
-        let mut attempts = failures(&[0, 1, 2, 3]);
-        attempts.push(Attempt {
-            at: at(4),
-            succeeded: true,
-        });
-        attempts.extend(failures(&[5, 6, 7, 8]));
-        assert_eq!(locked_until(&policy, &attempts, &[], at(9)), None);
-        let address: Vec<DateTime<Utc>> = (0..20).map(|m| at(m / 2)).collect();
-        assert_eq!(locked_until(&policy, &[], &address, at(10)), Some(at(15)));
-        assert_eq!(locked_until(&policy, &[], &address[1..], at(10)), None);
+        let mut account = failures(&[0, 1, 2, 3]);
+        account.extend(attempts(&[4], Outcome::Succeeded));
+        account.extend(failures(&[5, 6, 7, 8]));
+        assert_eq!(judge(&policy, &account, &[], at(9)), Verdict::Allow);
+        let address: Vec<Attempt> = (0..20)
+            .map(|m| Attempt {
+                at: at(m / 2),
+                outcome: Outcome::Failed,
+            })
+            .collect();
+        assert_eq!(
+            judge(&policy, &[], &address, at(10)),
+            Verdict::LockedUntil(at(15))
+        );
+        assert_eq!(judge(&policy, &[], &address[1..], at(10)), Verdict::Allow);
     }
 
     #[test]
     fn failures_outside_the_window_do_not_count() {
         let policy = Policy::default();
         let old = failures(&[0, 1, 2, 20, 21]);
-        assert_eq!(locked_until(&policy, &old, &[], at(22)), None);
+        assert_eq!(judge(&policy, &old, &[], at(22)), Verdict::Allow);
+    }
+
+    #[test]
+    fn attempts_being_checked_count_towards_the_limit_and_make_others_wait() {
+        let policy = Policy::default();
+        let now = at(2);
+        // Five guesses in flight: a sixth waits for them instead of being checked.
+        let checking = attempts(&[2, 2, 2, 2, 2], Outcome::Checking);
+        assert_eq!(judge(&policy, &checking, &[], now), Verdict::Wait);
+        assert_eq!(judge(&policy, &checking[1..], &[], now), Verdict::Allow);
+        let mut mixed = failures(&[0, 1, 1]);
+        mixed.extend(attempts(&[2, 2], Outcome::Checking));
+        assert_eq!(judge(&policy, &mixed, &[], now), Verdict::Wait);
+        // Once settled as failures, they lock.
+        assert_eq!(
+            judge(&policy, &failures(&[0, 1, 1, 2, 2]), &[], now),
+            Verdict::LockedUntil(at(15))
+        );
+        // The same for an address.
+        let address = attempts(&[2; 20], Outcome::Checking);
+        assert_eq!(judge(&policy, &[], &address, now), Verdict::Wait);
+        // A lock wins over waiting.
+        let locked = failures(&[0, 0, 0, 0, 0]);
+        assert_eq!(
+            judge(&policy, &locked, &address, now),
+            Verdict::LockedUntil(at(15))
+        );
+    }
+
+    #[test]
+    fn an_abandoned_check_counts_as_a_failure() {
+        let policy = Policy::default();
+        let mut account = failures(&[0, 0, 0, 0]);
+        account.extend(attempts(&[1], Outcome::Checking));
+        assert_eq!(judge(&policy, &account, &[], at(1)), Verdict::Wait);
+        assert_eq!(
+            judge(&policy, &account, &[], at(2)),
+            Verdict::LockedUntil(at(15))
+        );
     }
 }

@@ -6,7 +6,11 @@ use diesel_async::AsyncConnection;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ClientInfo, UserStatus, lockout, secret, validate};
+use super::{
+    ClientInfo, UserStatus,
+    lockout::{self, Verdict},
+    secret, validate,
+};
 use crate::{
     State,
     error::Error,
@@ -68,36 +72,79 @@ fn account_key(user: Option<&UserRow>, name: &str) -> String {
     user.map_or_else(|| format!("name:{name}"), |user| user.id.to_string())
 }
 
-/// `RESOURCE_EXHAUSTED` if password attempts on `key` from `client` are locked at `now`.
-pub(crate) async fn check_lockout(
+/// How long a password attempt waits before asking again when the limit is full only of
+/// attempts still being checked.
+const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What the lockout rule made of a new password attempt.
+enum Admission {
+    /// Recorded (as a failure until settled); its id.
+    Begun(Uuid),
+    Wait,
+    Locked {
+        retry_after_secs: u64,
+    },
+}
+
+/// Admits a password attempt on `key` from `client` before its password is checked:
+/// `RESOURCE_EXHAUSTED` while locked, else the id of the attempt, recorded as a failure that
+/// [`settle_attempt`] corrects. Deciding and recording are one step under advisory locks on the
+/// account and the address, so concurrent guesses count each other and at most the limit is ever
+/// checked. While the limit is full only of attempts still being checked, it waits for them
+/// (a success among them resets the account).
+pub(crate) async fn begin_attempt(
     state: &State,
-    conn: &mut diesel_async::AsyncPgConnection,
     key: &str,
     subject: Option<Uuid>,
     client: &ClientInfo,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
+) -> Result<Uuid, Error> {
     let policy = state.config.lockout;
-    let since = now - policy.window;
-    let account = store::attempts::of_account(conn, key, since).await?;
-    let address = store::attempts::failures_of_address(conn, &client.address, since).await?;
-    let Some(until) = lockout::locked_until(&policy, &account, &address, now) else {
-        return Ok(());
-    };
-    let retry_after_secs = lockout::retry_after_secs(until, now);
-    store::audit::record(
-        conn,
-        &NewEvent {
-            event_type: "login.locked",
-            actor: None,
-            subject,
-            client_address: &client.address,
-            details: json!({ "retry_after_secs": retry_after_secs }),
-        },
-        now,
-    )
-    .await?;
-    Err(Error::LockedOut { retry_after_secs })
+    loop {
+        let now = state.clock.now();
+        let since = now - policy.window;
+        let mut conn = state.pool.get().await?;
+        let admission = conn
+            .transaction::<_, Error, _>(async |conn| {
+                store::attempts::lock(conn, key, &client.address).await?;
+                let account = store::attempts::of_account(conn, key, since).await?;
+                let address =
+                    store::attempts::unsuccessful_of_address(conn, &client.address, since).await?;
+                match lockout::judge(&policy, &account, &address, now) {
+                    Verdict::Allow => {
+                        let id = store::attempts::begin(conn, key, &client.address, now).await?;
+                        Ok(Admission::Begun(id))
+                    }
+                    Verdict::Wait => Ok(Admission::Wait),
+                    Verdict::LockedUntil(until) => {
+                        let retry_after_secs = lockout::retry_after_secs(until, now);
+                        let event = NewEvent {
+                            event_type: "login.locked",
+                            actor: None,
+                            subject,
+                            client_address: &client.address,
+                            details: json!({ "retry_after_secs": retry_after_secs }),
+                        };
+                        store::audit::record(conn, &event, now).await?;
+                        Ok(Admission::Locked { retry_after_secs })
+                    }
+                }
+            })
+            .await?;
+        drop(conn);
+        match admission {
+            Admission::Begun(id) => return Ok(id),
+            Admission::Wait => tokio::time::sleep(RECHECK_INTERVAL).await,
+            Admission::Locked { retry_after_secs } => {
+                return Err(Error::LockedOut { retry_after_secs });
+            }
+        }
+    }
+}
+
+/// Records whether the password of attempt `id` (from [`begin_attempt`]) was right.
+pub(crate) async fn settle_attempt(state: &State, id: Uuid, succeeded: bool) -> Result<(), Error> {
+    let mut conn = state.pool.get().await?;
+    Ok(store::attempts::settle(&mut conn, id, succeeded).await?)
 }
 
 pub async fn login(
@@ -110,19 +157,20 @@ pub async fn login(
         .trim()
         .to_lowercase();
     validate::required("password", password)?;
-    let now = state.clock.now();
-    let mut conn = state.pool.get().await?;
-    let user = store::users::find_by_login(&mut conn, &name).await?;
+    let user = {
+        let mut conn = state.pool.get().await?;
+        store::users::find_by_login(&mut conn, &name).await?
+    };
     let key = account_key(user.as_ref(), &name);
     let subject = user.as_ref().map(|user| user.id);
-    check_lockout(state, &mut conn, &key, subject, client, now).await?;
+    let attempt = begin_attempt(state, &key, subject, client).await?;
+    let now = state.clock.now();
     // Disabled accounts and service accounts (no password) fail exactly like a wrong password.
     let hash = user
         .as_ref()
         .filter(|user| user.status() == UserStatus::Active)
         .and_then(|user| user.password_hash.clone());
-    // The connection goes back to the pool while argon2 runs, so slow hashes cannot starve it.
-    drop(conn);
+    // No connection is held while argon2 runs, so slow hashes cannot starve the pool.
     let matches = state
         .config
         .hasher
@@ -139,7 +187,7 @@ pub async fn login(
                 Some(_) => "wrong_password",
             };
             conn.transaction::<_, Error, _>(async |conn| {
-                store::attempts::record(conn, &key, &client.address, false, now).await?;
+                store::attempts::settle(conn, attempt, false).await?;
                 let event = NewEvent {
                     event_type: "login.failed",
                     actor: None,
@@ -155,6 +203,7 @@ pub async fn login(
         }
     };
     if state.config.require_verified_email && user.email_verified_at.is_none() {
+        store::attempts::settle(&mut conn, attempt, true).await?;
         return Err(Error::FailedPrecondition(
             "verify your email address before signing in".into(),
         ));
@@ -180,7 +229,7 @@ pub async fn login(
         rotated_at: None,
     };
     conn.transaction::<_, Error, _>(async |conn| {
-        store::attempts::record(conn, &key, &client.address, true, now).await?;
+        store::attempts::settle(conn, attempt, true).await?;
         store::users::set_last_login(conn, user.id, now).await?;
         store::sessions::insert(conn, &session).await?;
         store::sessions::insert_token(conn, &token).await?;

@@ -6,7 +6,11 @@ use diesel_async::AsyncConnection;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ClientInfo, UserStatus, password, secret, sessions::check_lockout, validate};
+use super::{
+    ClientInfo, UserStatus, password, secret,
+    sessions::{begin_attempt, settle_attempt},
+    validate,
+};
 use crate::{
     State,
     error::Error,
@@ -286,24 +290,22 @@ pub async fn change_password(
     new_password: &str,
 ) -> Result<(), Error> {
     validate::required("old_password", old_password)?;
+    let user = {
+        let mut conn = state.pool.get().await?;
+        store::users::find(&mut conn, user_id)
+            .await?
+            .filter(|user| user.status() == UserStatus::Active)
+            .ok_or(Error::Unauthenticated("the account is not active"))?
+    };
+    let attempt = begin_attempt(state, &user.id.to_string(), Some(user.id), client).await?;
     let now = state.clock.now();
-    let mut conn = state.pool.get().await?;
-    let user = store::users::find(&mut conn, user_id)
-        .await?
-        .filter(|user| user.status() == UserStatus::Active)
-        .ok_or(Error::Unauthenticated("the account is not active"))?;
-    let key = user.id.to_string();
-    check_lockout(state, &mut conn, &key, Some(user.id), client, now).await?;
-    let hash = user.password_hash.clone();
-    drop(conn);
     let old_matches = state
         .config
         .hasher
-        .verify(old_password.to_owned(), hash)
+        .verify(old_password.to_owned(), user.password_hash.clone())
         .await?;
-    let mut conn = state.pool.get().await?;
+    settle_attempt(state, attempt, old_matches).await?;
     if !old_matches {
-        store::attempts::record(&mut conn, &key, &client.address, false, now).await?;
         return Err(Error::PermissionDenied(
             "old_password: wrong password".into(),
         ));
@@ -315,7 +317,6 @@ pub async fn change_password(
         &user.email,
         state.config.password_min_strength,
     )?;
-    drop(conn);
     let new_hash = state.config.hasher.hash(new_password.to_owned()).await?;
     let mut conn = state.pool.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {

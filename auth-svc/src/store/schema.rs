@@ -47,6 +47,7 @@ pub mod auth {
             account_key -> Text,
             client_address -> Text,
             succeeded -> Bool,
+            checking -> Bool,
         }
     }
 

@@ -205,6 +205,55 @@ async fn twenty_failures_from_one_address_lock_that_address() {
     assert_eq!(other.code(), Code::Unauthenticated);
 }
 
+/// How many of `results` failed with each code, in the order of `codes`.
+fn count_codes<T>(results: &[Result<T, tonic::Status>], codes: &[Code]) -> Vec<usize> {
+    codes
+        .iter()
+        .map(|code| {
+            results
+                .iter()
+                .filter(|result| result.as_ref().err().map(tonic::Status::code) == Some(*code))
+                .count()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_never_pass_the_limits() {
+    // Full argon2 cost: every guess is still being checked while the others arrive.
+    let t = TestServer::with_args(production_args()).await;
+    t.register("turing").await;
+    let guess = |name: String, address: &'static str| {
+        let mut request = Request::new(proto::auth::LoginRequest {
+            username_or_email: name,
+            password: "not the password 9".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", address.parse().unwrap());
+        let mut client = t.client();
+        async move { client.login(request).await }
+    };
+    let codes = [Code::Unauthenticated, Code::ResourceExhausted];
+
+    // 20 guesses at once on one account (from different addresses): 5 are checked.
+    let addresses = [
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+        "192.0.2.4",
+        "192.0.2.5",
+    ];
+    let at_once = (0..20).map(|n| guess("turing".into(), addresses[n % addresses.len()]));
+    let results = futures::future::join_all(at_once).await;
+    assert_eq!(count_codes(&results, &codes), [5, 15]);
+
+    // 25 guesses at once from one address (on different names): 20 are checked.
+    let at_once = (0..25).map(|n| guess(format!("nobody{n}"), "198.51.100.7"));
+    let results = futures::future::join_all(at_once).await;
+    assert_eq!(count_codes(&results, &codes), [20, 5]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_are_limited_per_client() {
     let t = TestServer::with_args(args(&["--registrations-per-client-hour", "2"])).await;
