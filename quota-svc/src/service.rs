@@ -244,7 +244,14 @@ async fn refund_inner(
 ) -> Result<Refunded, Error> {
     let consumption = entitlements::lock_consumption(conn, subject, usage_id, idempotency_key)
         .await?
-        .ok_or_else(|| Error::NotFound("no such consumption of the subject".to_owned()))?;
+        .ok_or_else(|| {
+            Error::NotFound(
+                "no such consumption of the subject: a consumption can be refunded while its \
+                 idempotency key is kept, at least 24 h and until the end of the period it \
+                 counted in"
+                    .to_owned(),
+            )
+        })?;
     let mut counter = entitlements::lock_counter(conn, subject, &consumption.metric, now).await?;
     let already_refunded = consumption.refunded_at.is_some();
     if !already_refunded {

@@ -738,27 +738,61 @@ async fn idempotency_keys_expire_after_a_day_and_the_end_of_their_period() {
     let subject = Uuid::now_v7();
     // The plan period ends one day from now.
     mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
-    mesh.consume(subject, "api.calls", 1, "old").await.unwrap();
+    let old = mesh.consume(subject, "api.calls", 1, "old").await.unwrap();
+    let kept = mesh.consume(subject, "api.calls", 1, "kept").await.unwrap();
     let start = mesh.clock_now();
     let mut conn = mesh.db.connect("quota").await;
     let expire = quota_svc::store::usage::delete_expired_keys;
-    // 23 hours later: younger than the retention.
+    let refund = |usage_id: String| {
+        let request = mesh.as_service(RefundRequest {
+            usage_id,
+            subject: subject.to_string(),
+            ..Default::default()
+        });
+        let mut client = mesh.client();
+        async move { client.refund(request).await }
+    };
+    // 23 hours later: younger than the retention, so still refundable.
     assert_eq!(
         expire(&mut conn, start + TimeDelta::hours(23))
             .await
             .unwrap(),
         0
     );
-    // 25 hours later: old enough and its period (ending at +24 h) is over.
+    mesh.clock.advance(TimeDelta::hours(23));
+    assert_eq!(
+        refund(kept.usage_id)
+            .await
+            .unwrap()
+            .into_inner()
+            .refunded_amount,
+        1
+    );
+    // 25 hours later: old enough and their period (ending at +24 h) is over.
     assert_eq!(
         expire(&mut conn, start + TimeDelta::hours(25))
             .await
             .unwrap(),
-        1
+        2
     );
     assert_eq!(
         mesh.count("SELECT count(*) AS n FROM idempotency_keys")
             .await,
         0
+    );
+    // The usage record stays in the history, but the refund window has closed, and says so.
+    let status = refund(old.usage_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status
+            .message()
+            .contains("at least 24 h and until the end of the period"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM usage_events WHERE kind = 'consume'")
+            .await,
+        2
     );
 }
