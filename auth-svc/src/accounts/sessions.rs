@@ -67,9 +67,13 @@ pub fn judge_refresh(
 }
 
 /// The lockout key of a sign-in: the account when one matched, else the name tried (so unknown
-/// names lock the same way and lockout reveals nothing either).
+/// names lock the same way and lockout reveals nothing either), hashed: what was typed may be a
+/// password put into the wrong box.
 fn account_key(user: Option<&UserRow>, name: &str) -> String {
-    user.map_or_else(|| format!("name:{name}"), |user| user.id.to_string())
+    user.map_or_else(
+        || format!("name:{}", hex::encode(secret::hash(name))),
+        |user| user.id.to_string(),
+    )
 }
 
 /// How long a password attempt waits before asking again when the limit is full only of

@@ -409,6 +409,12 @@ async fn the_database_never_holds_a_password_or_token_in_clear() {
         .await
         .unwrap()
         .into_inner();
+    // A password typed into the username box: the failed attempt must not keep it.
+    let typo = t
+        .login(" Correct Horse Battery Staple 42", "x")
+        .await
+        .unwrap_err();
+    assert_eq!(typo.code(), Code::Unauthenticated);
 
     let mut conn = t.db.connect(SPEC.name).await;
     let tables: Vec<Dump> = sql_query(
@@ -447,6 +453,9 @@ async fn the_database_never_holds_a_password_or_token_in_clear() {
     // What is stored is the SHA-256 (bytea renders as hex).
     let hash = hex::encode(Sha256::digest(rotated.refresh_token.as_bytes()));
     assert!(everything.contains(&hash));
+    // The attempt on the typed name counts under the SHA-256 of the normalised name.
+    let typed = format!("name:{}", hex::encode(Sha256::digest(PASSWORD.as_bytes())));
+    assert!(everything.contains(&typed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,1 @@
+ALTER TABLE login_attempts DROP CONSTRAINT login_attempts_account_key_form;
