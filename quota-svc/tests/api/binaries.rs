@@ -1,6 +1,7 @@
-//! The real quota-svc binary: two replicas on one database, grpcurl, and a Python client.
+//! The real quota-svc binary: what every server of the mesh promises (reflection, health,
+//! SIGTERM), two replicas on one database, grpcurl, and a Python client.
 
-use std::{process::Command, sync::Arc};
+use std::{process::Command, sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl};
@@ -52,7 +53,7 @@ impl Replicas {
             kit::testing::wait_for_health(
                 &replicas.channel(binary),
                 tonic_health_serving(),
-                std::time::Duration::from_secs(30),
+                Duration::from_secs(30),
             )
             .await;
         }
@@ -84,6 +85,51 @@ impl Replicas {
 
 fn tonic_health_serving() -> tonic_health::pb::health_check_response::ServingStatus {
     tonic_health::pb::health_check_response::ServingStatus::Serving
+}
+
+/// grpcurl's output, asserting it succeeded.
+fn grpcurl_ok(args: &[&str]) -> String {
+    let output = grpcurl(args);
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
+    // Started means the binary already reported SERVING to a health client.
+    let mut replicas = Replicas::start(1).await;
+    let addr = replicas.binaries[0].addr.to_string();
+
+    let listed = grpcurl_ok(&["-plaintext", &addr, "list"]);
+    for service in [
+        "commerce.quota.v1.QuotaService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|line| line == service),
+            "{service} missing from:\n{listed}"
+        );
+    }
+    for body in ["{}", r#"{"service":"commerce.quota.v1.QuotaService"}"#] {
+        let health = grpcurl_ok(&[
+            "-plaintext",
+            "-d",
+            body,
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ]);
+        assert!(health.contains("\"SERVING\""), "{body}: {health}");
+    }
+
+    let (exit, took) = replicas.binaries[0].terminate(Duration::from_secs(5));
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +183,7 @@ async fn grpcurl_and_a_python_backend_consume_from_the_binary() {
     let body = format!(
         r#"{{"metric":"api.calls","subject":"{subject}","amount":"1","idempotencyKey":"curl-1"}}"#
     );
-    let output = grpcurl(&[
+    let output = grpcurl_ok(&[
         "-plaintext",
         "-H",
         &key_header,
@@ -146,12 +192,7 @@ async fn grpcurl_and_a_python_backend_consume_from_the_binary() {
         &addr,
         "commerce.quota.v1.QuotaService/Consume",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(answer["allowed"], true);
     assert_eq!(answer["used"], "1");
 
