@@ -42,7 +42,8 @@ pub fn email(field: &'static str, raw: &str) -> Result<String, Error> {
     }
 }
 
-/// A lower-cased username: 3–32 characters of `a-z`, `0-9`, `_` and `-` (upper case accepted).
+/// A lower-cased username: 3–32 characters of `a-z`, `0-9`, `_`, `.` and `-` (upper case
+/// accepted). Never an `@`, so a login name is either a username or an email.
 pub fn username(raw: &str) -> Result<String, Error> {
     let username = raw.trim().to_ascii_lowercase();
     if username.is_empty() {
@@ -51,11 +52,11 @@ pub fn username(raw: &str) -> Result<String, Error> {
     if !(3..=32).contains(&username.len())
         || !username
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
     {
         return Err(Error::invalid(
             "username",
-            "must be 3–32 characters of a-z, 0-9, _ and -",
+            "must be 3–32 characters of a-z, 0-9, _, . and -",
         ));
     }
     Ok(username)
@@ -127,7 +128,11 @@ mod tests {
     #[test]
     fn usernames_are_lower_cased_and_limited() {
         assert_eq!(username("Ada_L-1").ok().as_deref(), Some("ada_l-1"));
-        for bad in ["", "ab", &"a".repeat(33), "ada lovelace", "ada.l", "adä"] {
+        assert_eq!(
+            username("Ada.Lovelace").ok().as_deref(),
+            Some("ada.lovelace")
+        );
+        for bad in ["", "ab", &"a".repeat(33), "ada lovelace", "ada@l", "adä"] {
             assert_eq!(field_of(username(bad)), "username", "{bad:?}");
         }
     }
