@@ -81,7 +81,7 @@ impl State {
             issuer: args.accounts.issuer.clone(),
             audience: args.accounts.audience.clone(),
             access_token_ttl: args.accounts.access_token_ttl(),
-            master_key: args.keys.master_key()?.clone(),
+            master_key: args.keys.master_key()?,
         };
         let mailer = match mailer {
             Some(mailer) => mailer,

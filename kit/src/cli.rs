@@ -4,7 +4,7 @@
 //! `<SVC>_LISTEN_ADDR`, `<SVC>_ADMIN_ADDR` and `<SVC>_DATABASE_URL` (falling back to `DATABASE_URL`),
 //! so one shell can run the whole mesh. `--help` on each binary lists every variable and default.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches};
 
@@ -28,6 +28,33 @@ impl ServiceSpec {
     /// Prefix of this service's environment variables, e.g. `AUTH`.
     pub fn env_prefix(&self) -> String {
         self.name.to_ascii_uppercase()
+    }
+}
+
+/// A secret setting (a key, a password): taken by clap as an opaque string, so a malformed value
+/// is never echoed in a parse error (check it afterwards with a message that does not quote it),
+/// and `Debug` never shows it. Its argument also needs `hide_env_values = true`, so `--help` does
+/// not print it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
     }
 }
 
@@ -136,10 +163,16 @@ pub fn parse<C: CommandFactory + FromArgMatches>(spec: &ServiceSpec) -> C {
             arg.env(format!("{prefix}_LISTEN_ADDR"))
         })
         .mut_arg("admin_addr", |arg| arg.env(format!("{prefix}_ADMIN_ADDR")))
+        // The URL may hold a password: `--help` shows neither the variable's value nor the
+        // DATABASE_URL fallback.
         .mut_arg("database_url", |arg| {
-            let arg = arg.env(format!("{prefix}_DATABASE_URL"));
+            let arg = arg
+                .env(format!("{prefix}_DATABASE_URL"))
+                .hide_env_values(true);
             match std::env::var("DATABASE_URL") {
-                Ok(fallback) if !fallback.is_empty() => arg.default_value(fallback),
+                Ok(fallback) if !fallback.is_empty() => {
+                    arg.default_value(fallback).hide_default_value(true)
+                }
                 _ => arg,
             }
         });

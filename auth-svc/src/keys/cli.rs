@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use kit::ServerArgs;
+use kit::{ServerArgs, cli::Secret};
 
 use super::MasterKey;
 use crate::{MIGRATIONS, SPEC};
@@ -14,7 +14,7 @@ pub struct KeysArgs {
     /// (e.g. `openssl rand -base64 32`). Required to serve and to rotate keys; keep it secret and
     /// stable across restarts.
     #[arg(long, env = "AUTH_MASTER_KEY", hide_env_values = true)]
-    pub master_key: Option<MasterKey>,
+    pub master_key: Option<Secret>,
     /// How long auth-svc trusts a verified API key without reading the database, in seconds
     /// (0–30; 0 disables the cache). Revoking a key in this process takes effect at once.
     #[arg(
@@ -27,13 +27,14 @@ pub struct KeysArgs {
 }
 
 impl KeysArgs {
-    /// The master key, or an error saying how to provide one.
-    pub fn master_key(&self) -> anyhow::Result<&MasterKey> {
-        self.master_key.as_ref().ok_or_else(|| {
+    /// The master key, or an error saying how to provide one (never quoting what was given).
+    pub fn master_key(&self) -> anyhow::Result<MasterKey> {
+        let text = self.master_key.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "AUTH_MASTER_KEY is not set: give 32 bytes as base64 or hex (e.g. `openssl rand -base64 32`)"
             )
-        })
+        })?;
+        text.expose().parse().map_err(anyhow::Error::msg)
     }
 
     pub fn api_key_cache_ttl(&self) -> std::time::Duration {
@@ -54,7 +55,7 @@ pub async fn connect(server: &ServerArgs) -> anyhow::Result<AsyncPgConnection> {
 pub async fn rotate(server: &ServerArgs, keys: &KeysArgs) -> anyhow::Result<()> {
     let master_key = keys.master_key()?;
     let mut conn = connect(server).await?;
-    let kid = super::rotate(&mut conn, master_key, Utc::now()).await?;
+    let kid = super::rotate(&mut conn, &master_key, Utc::now()).await?;
     tracing::info!(%kid, "rotated the token signing key");
     #[expect(clippy::print_stdout, reason = "the command's output")]
     {
@@ -68,7 +69,7 @@ pub async fn rotate(server: &ServerArgs, keys: &KeysArgs) -> anyhow::Result<()> 
 pub async fn preflight(server: &ServerArgs, keys: &KeysArgs) -> anyhow::Result<()> {
     let master_key = keys.master_key()?;
     let mut conn = connect(server).await?;
-    let kid = super::check_current(&mut conn, master_key, Utc::now())
+    let kid = super::check_current(&mut conn, &master_key, Utc::now())
         .await
         .map_err(|err| anyhow::anyhow!("token signing key: {err}"))?;
     tracing::info!(%kid, "token signing key ready");

@@ -892,6 +892,10 @@ async fn the_binary_refuses_to_start_without_a_valid_master_key() {
     for (master_key, expected) in [
         (None, "AUTH_MASTER_KEY is not set"),
         (Some("c2hvcnQ="), "must be 32 bytes"),
+        (
+            Some("not-base64-S3CRET!"),
+            "must be 32 bytes in base64 or hex",
+        ),
         (Some(other_key.as_str()), "wrong AUTH_MASTER_KEY"),
     ] {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auth-svc"));
@@ -906,5 +910,48 @@ async fn the_binary_refuses_to_start_without_a_valid_master_key() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "started with {master_key:?}");
         assert!(stderr.contains(expected), "{master_key:?}: {stderr}");
+        // Whatever is wrong with it, the key itself is never echoed.
+        if let Some(master_key) = master_key {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(!stderr.contains(master_key), "{stderr}");
+            assert!(!stdout.contains(master_key), "{stdout}");
+        }
+    }
+}
+
+#[test]
+fn help_never_prints_secrets_from_the_environment() {
+    let secrets = [
+        (
+            "AUTH_MASTER_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ),
+        (
+            "AUTH_DATABASE_URL",
+            "postgres://app:db-pass-one@db:5432/commerce",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://app:db-pass-two@db:5432/commerce",
+        ),
+        ("SMTP_URL", "smtps://mailer:smtp-pass@smtp.example.com"),
+    ];
+    for args in [&["--help"][..], &["service-key", "issue", "--help"]] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_auth-svc"));
+        command.args(args);
+        for (name, value) in secrets {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        // The variables are listed, their values are not.
+        assert!(help.contains("AUTH_DATABASE_URL"), "{help}");
+        for (name, value) in secrets {
+            assert!(!help.contains(value), "{args:?} shows {name}: {help}");
+        }
+        for password in ["db-pass-one", "db-pass-two", "smtp-pass"] {
+            assert!(!help.contains(password), "{args:?}: {help}");
+        }
     }
 }
