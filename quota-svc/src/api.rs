@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use kit::caller::{Authenticator, Caller, scope};
+use kit::caller::{Authenticator, Caller, role, scope};
 use proto::quota::{self as pb, quota_service_server::QuotaService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -37,18 +37,24 @@ impl Quota {
     }
 }
 
-/// The subject a request acts on: the caller unless it names another, which needs admin or
-/// the `service` scope.
+/// The subject a request acts on: the caller unless it names another, which needs admin, the
+/// `service` scope, or a service account's key with `quota:consume`: a backend charges its
+/// users with such a key, which (without `service`) cannot call the internal RPCs.
 fn subject(caller: &Caller, requested: &str) -> Result<Uuid, Error> {
     if requested.is_empty() {
         return Ok(caller.user_id);
     }
     let subject = validate::uuid("subject", requested)?;
-    if subject == caller.user_id || caller.is_admin() || caller.has_scope(scope::SERVICE) {
+    let backend = caller.roles.iter().any(|held| held == role::SERVICE)
+        && caller.has_scope(scope::QUOTA_CONSUME);
+    if subject == caller.user_id || caller.is_admin() || caller.has_scope(scope::SERVICE) || backend
+    {
         Ok(subject)
     } else {
         Err(Error::PermissionDenied(
-            "naming another subject requires admin or the `service` scope".to_owned(),
+            "naming another subject requires admin, the `service` scope, or an API key with \
+             `quota:consume` of an owner with the `service` role"
+                .to_owned(),
         ))
     }
 }

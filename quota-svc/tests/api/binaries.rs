@@ -12,13 +12,14 @@ use quota_svc::{MIGRATIONS, SPEC};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::harness::{metric_limits, ts, with_key};
+use super::harness::{backend_key, metric_limits, ts, with_key};
 
 struct Replicas {
     db: TestDb,
     _auth: AuthServer,
     binaries: Vec<Binary>,
     service_key: String,
+    backend_key: String,
 }
 
 impl Replicas {
@@ -32,6 +33,7 @@ impl Replicas {
             &["service", "quota:consume", "quota:read"],
             &["service"],
         );
+        let backend_key = backend_key(&issuer);
         let auth_url = auth.url();
         let binaries = (0..count)
             .map(|_| {
@@ -48,6 +50,7 @@ impl Replicas {
             _auth: auth,
             binaries,
             service_key,
+            backend_key,
         };
         for binary in &replicas.binaries {
             kit::testing::wait_for_health(
@@ -179,7 +182,8 @@ async fn grpcurl_and_a_python_backend_consume_from_the_binary() {
     let subject = Uuid::now_v7();
     replicas.plan(subject, 2).await;
     let addr = replicas.binaries[0].addr.to_string();
-    let key_header = format!("x-api-key: {}", replicas.service_key);
+    // Both consume as a backend does: a service account's key without the `service` scope.
+    let key_header = format!("x-api-key: {}", replicas.backend_key);
     let body = format!(
         r#"{{"metric":"api.calls","subject":"{subject}","amount":"1","idempotencyKey":"curl-1"}}"#
     );
@@ -207,7 +211,7 @@ async fn grpcurl_and_a_python_backend_consume_from_the_binary() {
         .args([
             script,
             &addr,
-            &replicas.service_key,
+            &replicas.backend_key,
             &python_subject.to_string(),
             "api.calls",
         ])

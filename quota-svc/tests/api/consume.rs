@@ -3,7 +3,8 @@
 use chrono::{Datelike, TimeDelta};
 use futures::future::join_all;
 use proto::quota::{
-    ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest, RefundRequest, ResetQuotaRequest,
+    ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
+    RefundRequest, ResetQuotaRequest,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -693,6 +694,93 @@ async fn only_admins_and_services_name_other_subjects() {
         mesh.client().consume(late).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
+    let mesh = Mesh::start().await;
+    let user = Uuid::now_v7();
+    mesh.plan(user, &[("api.calls", Some(10))], 1).await;
+    let backend = &mesh.backend_key;
+    // Role `service` with `quota:consume` (no `service` scope) consumes, refunds and reads
+    // for its users.
+    let consumed = mesh
+        .client()
+        .consume(with_key(
+            ConsumeRequest {
+                metric: "api.calls".to_owned(),
+                subject: user.to_string(),
+                amount: Some(3),
+                idempotency_key: "job-1".to_owned(),
+                attributes: None,
+            },
+            backend,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(consumed.allowed);
+    let refund = RefundRequest {
+        idempotency_key: "job-1".to_owned(),
+        subject: user.to_string(),
+        ..Default::default()
+    };
+    assert_eq!(
+        mesh.client()
+            .refund(with_key(refund, backend))
+            .await
+            .unwrap()
+            .into_inner()
+            .refunded_amount,
+        3
+    );
+    let check = CheckQuotaRequest {
+        metric: "api.calls".to_owned(),
+        subject: user.to_string(),
+    };
+    assert_eq!(
+        mesh.client()
+            .check_quota(with_key(check.clone(), backend))
+            .await
+            .unwrap()
+            .into_inner()
+            .quota
+            .unwrap()
+            .used,
+        0
+    );
+    // The internal RPCs still need the `service` scope.
+    let apply = ApplyEntitlementsRequest {
+        subject: user.to_string(),
+        version: 9,
+        ..Default::default()
+    };
+    let status = mesh
+        .client()
+        .apply_entitlements(with_key(apply, backend))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let defaults = ApplyDefaultEntitlementsRequest {
+        limits: metric_limits(&[("api.calls", Some(1))]),
+        version: 1,
+    };
+    let status = mesh
+        .client()
+        .apply_default_entitlements(with_key(defaults, backend))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // A service account's key without `quota:consume` does not name users.
+    let reader = mesh
+        .issuer
+        .add_api_key(Uuid::now_v7(), &["quota:read"], &["service"]);
+    let status = mesh
+        .client()
+        .check_quota(with_key(check, &reader))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

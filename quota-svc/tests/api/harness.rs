@@ -19,8 +19,11 @@ pub struct Mesh {
     pub issuer: Arc<TestIssuer>,
     pub clock: Arc<ManualClock>,
     pub server: InProcess,
-    /// An API key with the `service` scope (what billing-svc and backends use).
+    /// An API key with the `service` scope (what billing-svc uses).
     pub service_key: String,
+    /// A backend's key: owner with the `service` role, scopes `quota:consume` and `quota:read`
+    /// but not `service`.
+    pub backend_key: String,
 }
 
 impl Mesh {
@@ -48,12 +51,14 @@ impl Mesh {
             &["service", "quota:consume", "quota:read"],
             &["service"],
         );
+        let backend_key = backend_key(&issuer);
         Self {
             db,
             issuer,
             clock,
             server,
             service_key,
+            backend_key,
         }
     }
 
@@ -142,6 +147,15 @@ impl Mesh {
         let row: Count = sql_query(sql).get_result(&mut conn).await.unwrap();
         row.n
     }
+}
+
+/// What `auth-svc service-key issue --scopes quota:consume,quota:read` gives a backend.
+pub fn backend_key(issuer: &TestIssuer) -> String {
+    issuer.add_api_key(
+        Uuid::now_v7(),
+        &["quota:consume", "quota:read"],
+        &["service"],
+    )
 }
 
 pub fn with_key<T>(message: T, key: &str) -> Request<T> {

@@ -10,7 +10,7 @@ async fn a_backend_charges_its_user_and_refunds_failed_work() {
     let mesh = Mesh::start().await;
     let user = Uuid::now_v7();
     mesh.plan(user, &[("analysis.runs", Some(2))], 1).await;
-    let meter = QuotaMeter::new(mesh.server.channel.clone(), &mesh.service_key).unwrap();
+    let meter = QuotaMeter::new(mesh.server.channel.clone(), &mesh.backend_key).unwrap();
 
     let first = meter
         .consume(user, "analysis.runs", 1, "req-1")

@@ -1,4 +1,5 @@
-"""Calls quota-svc's Consume the way an existing Python backend does.
+"""Calls quota-svc's Consume the way an existing Python backend does (the FastAPI example in
+docs/integrating.md): grpc.aio, one channel, a backend API key naming the user in `subject`.
 
 Stubs are generated from the project's protos into a temporary directory at run time
 (grpcio-tools), so the script needs no generated code in the repository.
@@ -7,6 +8,7 @@ Usage: consume_client.py ADDR API_KEY SUBJECT METRIC
 The subject must have a limit of exactly 2 on METRIC and nothing consumed yet.
 """
 
+import asyncio
 import importlib
 import pathlib
 import sys
@@ -44,57 +46,64 @@ def load_stubs(out_dir):
     return messages, services
 
 
+async def exercise(pb, rpc, addr, api_key, subject, metric):
+    # One channel for the whole process, opened inside the event loop that uses it.
+    async with grpc.aio.insecure_channel(addr) as channel:
+        quota = rpc.QuotaServiceStub(channel)
+        metadata = [("x-api-key", api_key)]
+
+        async def consume(key, amount=1):
+            request = pb.ConsumeRequest(
+                metric=metric, subject=subject, amount=amount, idempotency_key=key
+            )
+            request.attributes.update({"endpoint": "/v1/analyze", "client": "python"})
+            return await quota.Consume(request, metadata=metadata, timeout=10)
+
+        first_key = f"req-{uuid.uuid4()}"
+        first = await consume(first_key)
+        assert first.allowed and not first.replayed, first
+        assert (first.limit, first.used, first.remaining) == (2, 1, 1), first
+
+        # Concurrent retries share the channel and replay the first answer.
+        retries = await asyncio.gather(*(consume(first_key) for _ in range(5)))
+        for retry in retries:
+            assert retry.replayed and retry.usage_id == first.usage_id, retry
+
+        second = await consume(f"req-{uuid.uuid4()}")
+        assert second.allowed and second.remaining == 0, second
+        denied = await consume(f"req-{uuid.uuid4()}")
+        assert not denied.allowed and denied.HasField("resets_at"), denied
+
+        # The backend's work failed: give the units back, once.
+        refund = await quota.Refund(
+            pb.RefundRequest(idempotency_key=first_key, subject=subject),
+            metadata=metadata,
+            timeout=10,
+        )
+        assert refund.refunded_amount == 1 and not refund.already_refunded, refund
+        assert refund.quota.used == 1, refund
+
+        try:
+            await consume(f"req-{uuid.uuid4()}", amount=-1)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert err.details().startswith("amount"), err.details()
+        else:
+            raise AssertionError("a negative amount was accepted")
+
+        try:
+            await quota.Consume(pb.ConsumeRequest(metric=metric, idempotency_key="x"), timeout=10)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+        else:
+            raise AssertionError("a call without credentials was accepted")
+
+
 def main():
     addr, api_key, subject, metric = sys.argv[1:5]
     with tempfile.TemporaryDirectory() as out_dir:
         pb, rpc = load_stubs(out_dir)
-        with grpc.insecure_channel(addr) as channel:
-            quota = rpc.QuotaServiceStub(channel)
-            metadata = [("x-api-key", api_key)]
-
-            def consume(key, amount=1):
-                request = pb.ConsumeRequest(
-                    metric=metric, subject=subject, amount=amount, idempotency_key=key
-                )
-                request.attributes.update({"endpoint": "/v1/analyze", "client": "python"})
-                return quota.Consume(request, metadata=metadata, timeout=10)
-
-            first_key = f"req-{uuid.uuid4()}"
-            first = consume(first_key)
-            assert first.allowed and not first.replayed, first
-            assert (first.limit, first.used, first.remaining) == (2, 1, 1), first
-
-            retry = consume(first_key)
-            assert retry.replayed and retry.usage_id == first.usage_id, retry
-
-            second = consume(f"req-{uuid.uuid4()}")
-            assert second.allowed and second.remaining == 0, second
-            denied = consume(f"req-{uuid.uuid4()}")
-            assert not denied.allowed and denied.HasField("resets_at"), denied
-
-            # The backend's work failed: give the units back, once.
-            refund = quota.Refund(
-                pb.RefundRequest(idempotency_key=first_key, subject=subject),
-                metadata=metadata,
-                timeout=10,
-            )
-            assert refund.refunded_amount == 1 and not refund.already_refunded, refund
-            assert refund.quota.used == 1, refund
-
-            try:
-                consume(f"req-{uuid.uuid4()}", amount=-1)
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
-                assert err.details().startswith("amount"), err.details()
-            else:
-                raise AssertionError("a negative amount was accepted")
-
-            try:
-                quota.Consume(pb.ConsumeRequest(metric=metric, idempotency_key="x"), timeout=10)
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
-            else:
-                raise AssertionError("a call without credentials was accepted")
+        asyncio.run(exercise(pb, rpc, addr, api_key, subject, metric))
     print("python client: ok")
 
 
