@@ -1,7 +1,9 @@
 //! Charging a user's quota from a Rust backend: [`QuotaMeter`] wraps the quota-svc gRPC client
-//! with the backend's service API key (scope `service` + `quota:consume`) and names the user
-//! as the subject. Consume before the work with an idempotency key derived from the request
-//! (so retries charge once); refund with the same key when the work fails.
+//! with the backend's API key (a service account's key with `quota:consume`, from
+//! `auth-svc service-key issue --scopes quota:consume,quota:read`) and names the user as the
+//! subject. Consume before the work with an idempotency key derived from the request (so
+//! retries charge once); refund with the same key when the work fails, after which a retry of
+//! the work needs a new key (the old one replays its first, now refunded, answer).
 
 use std::time::SystemTime;
 
