@@ -58,8 +58,8 @@ impl Credentials {
             .forget_api_keys(|key| key.key_id == key_id);
     }
 
-    /// Forgets the cached verifications of every key of `user_id` (disabled, deleted, or their
-    /// keys revoked), so this process refuses them at once.
+    /// Forgets the cached verifications of every key of `user_id` (disabled, deleted, roles
+    /// changed, or their keys revoked), so this process applies the change at once.
     pub fn forget_user_keys(&self, user_id: Uuid) {
         self.api_keys.forget(|key| key.user_id == user_id);
         self.authenticator

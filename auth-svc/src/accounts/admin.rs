@@ -108,7 +108,7 @@ pub async fn update_user(
     check_self_update(admin, user_id, update)?;
     let now = state.clock.now();
     let mut conn = state.pool.get().await?;
-    let (user, disabled) = conn
+    let (user, keys_affected) = conn
         .transaction::<_, Error, _>(async |conn| {
             let current = store::users::lock(conn, user_id)
                 .await?
@@ -149,10 +149,13 @@ pub async fn update_user(
                 }),
             };
             store::audit::record(conn, &event, now).await?;
-            Ok((user, disabled))
+            // The owner's status and roles bound what their API keys may do.
+            let keys_affected = user.status != current.status || user.roles() != current.roles();
+            Ok((user, keys_affected))
         })
         .await?;
-    if disabled {
+    // So that this process applies the change at once; other services within their cache TTL.
+    if keys_affected {
         state.credentials.forget_user_keys(user_id);
     }
     Ok(user)

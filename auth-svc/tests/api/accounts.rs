@@ -16,7 +16,10 @@ use proto::auth::{
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
-use crate::common::{PASSWORD, TestServer, args, bearer, production_args};
+use crate::{
+    common::{PASSWORD, TestServer, args, bearer, production_args},
+    keys::with_header,
+};
 
 const NEW_PASSWORD: &str = "purple elephant drinking tea 77";
 
@@ -862,6 +865,83 @@ async fn admins_list_disable_and_delete_users() {
         ]
     );
     assert_eq!(events[0].actor_user_id, admin_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
+    let t = TestServer::start().await;
+    let (_, root) = t.admin("root").await;
+    let set_roles = |user_id: &str, roles: &[&str]| {
+        let request = bearer(
+            &root.access_token,
+            UpdateUserRequest {
+                user_id: user_id.to_owned(),
+                active: None,
+                roles: Some(RoleList {
+                    values: roles.iter().map(|role| (*role).to_owned()).collect(),
+                }),
+            },
+        );
+        let mut client = t.client();
+        async move { client.update_user(request).await }
+    };
+
+    // An admin's key calls admin RPCs (and its verification is cached) until the role goes.
+    let (deputy_id, deputy) = t.admin("deputy").await;
+    let admin_key = t
+        .client()
+        .create_api_key(bearer(
+            &deputy.access_token,
+            proto::auth::CreateApiKeyRequest {
+                name: "ops".into(),
+                scopes: vec!["admin".into()],
+                expires_at: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let list_users = || {
+        let request = with_header("x-api-key", &admin_key, ListUsersRequest::default());
+        let mut client = t.client();
+        async move { client.list_users(request).await }
+    };
+    list_users().await.unwrap();
+    set_roles(&deputy_id, &[]).await.unwrap();
+    let refused = list_users().await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // The same for a service's key and the internal VerifyApiKey.
+    let (robot_id, _) = t.signup("robot").await;
+    set_roles(&robot_id, &["service"]).await.unwrap();
+    let scopes = vec!["service".to_owned()];
+    let (_, service_key) = auth_svc::api_keys::create(
+        &mut t.db.connect(SPEC.name).await,
+        robot_id.parse().unwrap(),
+        &auth_svc::api_keys::domain::KeyRequest {
+            name: "robot",
+            scopes: &scopes,
+            expires_at: None,
+        },
+        auth_svc::api_keys::Grantor::Operator,
+        "",
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let verify = || {
+        let request = proto::auth::VerifyApiKeyRequest {
+            key: admin_key.clone(),
+        };
+        let request = with_header("x-api-key", &service_key, request);
+        let mut client = t.client();
+        async move { client.verify_api_key(request).await }
+    };
+    verify().await.unwrap();
+    set_roles(&robot_id, &[]).await.unwrap();
+    let refused = verify().await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
