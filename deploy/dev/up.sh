@@ -38,6 +38,15 @@ fi
 # Each service gets a fresh service API key per start; the previous ones are revoked.
 export BILLING_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service billing-svc --revoke-previous)"
 export QUOTA_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service quota-svc --revoke-previous)"
+# A development backend's key, for the README's examples (`$(cat .dev/backend-api-key)`): it
+# charges users' quotas (quota:consume, quota:read) but, without the `service` scope, cannot call
+# the internal RPCs. Fresh per start too.
+backend_key="$("$bin/auth-svc" service-key issue --service dev-backend \
+  --scopes quota:consume,quota:read --revoke-previous)"
+(umask 077 && printf '%s\n' "$backend_key" > "$dev/backend-api-key")
+chmod 600 "$dev/backend-api-key"
+unset backend_key
+echo "development backend API key (quota:consume, quota:read): $dev/backend-api-key" >&2
 pids=()
 stop() {
   trap - INT TERM EXIT

@@ -1,4 +1,5 @@
-//! `auth-svc service-key issue`: API keys for the mesh's own services.
+//! `auth-svc service-key issue`: API keys of service accounts, for the mesh's own services and
+//! for the backends that charge their users' quotas.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -15,22 +16,23 @@ use super::{
 };
 use crate::{error::Error, keys::cli::connect, store::schema::auth::users};
 
-/// What a service key may do: the internal RPCs, and acting on quotas and billing.
-const SERVICE_KEY_SCOPES: [&str; 5] = [
-    scope::SERVICE,
-    scope::QUOTA_CONSUME,
-    scope::QUOTA_READ,
-    scope::BILLING_READ,
-    scope::BILLING_WRITE,
-];
-
-/// Issue an API key for a mesh service; prints only the key.
+/// Issue an API key for a service account; prints only the key.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IssueServiceKey {
     /// The service's name, e.g. `quota`: 1–28 characters of `a-z`, `0-9` and `-`. Its account is
     /// `svc-<name>` (role `service`, no password: it cannot log in), created if missing.
     #[arg(long)]
     pub service: String,
+    /// The key's scopes, comma-separated. `service` lets the mesh's own services call the
+    /// internal RPCs (VerifyApiKey, ApplyEntitlements); a backend that charges its users gets
+    /// `quota:consume,quota:read` and never `service`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = scope::SERVICE,
+        value_parser = clap::builder::PossibleValuesParser::new(scope::ALL),
+    )]
+    pub scopes: Vec<String>,
     /// Revoke the account's earlier keys (servers refuse them within their cache TTL).
     #[arg(long)]
     pub revoke_previous: bool,
@@ -92,7 +94,7 @@ pub async fn issue_service_key(server: &ServerArgs, args: &IssueServiceKey) -> a
     let username = account_name(&args.service)?;
     let mut conn = connect(server).await?;
     let now = Utc::now();
-    let scopes: Vec<String> = SERVICE_KEY_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let scopes = &args.scopes;
     let revoke_previous = args.revoke_previous;
     let (row, secret, revoked) = conn
         .transaction::<_, Error, _>(async move |conn| {
@@ -104,7 +106,7 @@ pub async fn issue_service_key(server: &ServerArgs, args: &IssueServiceKey) -> a
             };
             let request = KeyRequest {
                 name: &format!("{username} service key"),
-                scopes: &scopes,
+                scopes,
                 expires_at: None,
             };
             let (row, secret) =
@@ -112,7 +114,12 @@ pub async fn issue_service_key(server: &ServerArgs, args: &IssueServiceKey) -> a
             Ok((row, secret, revoked))
         })
         .await?;
-    tracing::info!(key_id = %row.id, revoked = revoked.len(), "issued a service API key");
+    tracing::info!(
+        key_id = %row.id,
+        scopes = ?row.scopes(),
+        revoked = revoked.len(),
+        "issued a service API key"
+    );
     #[expect(
         clippy::print_stdout,
         reason = "the command's output, captured by scripts"

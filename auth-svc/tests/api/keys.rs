@@ -800,6 +800,42 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
         ],
     );
     let (first, second) = (first.trim(), second.trim());
+    // A backend's key: charges users' quotas, no internal RPCs.
+    let backend = auth_svc(
+        &db,
+        &[
+            "service-key",
+            "issue",
+            "--service",
+            "shop",
+            "--scopes",
+            "quota:consume,quota:read",
+        ],
+    );
+    let backend = backend.trim();
+    // Unknown scopes, and scopes beyond a service account's role, are refused.
+    for (scopes, expected) in [
+        ("quota:consume,root", "possible values"),
+        ("quota:read,admin", "beyond what this account may grant"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+            .args([
+                "service-key",
+                "issue",
+                "--service",
+                "shop",
+                "--scopes",
+                scopes,
+            ])
+            .env("AUTH_DATABASE_URL", db.url())
+            .env("AUTH_MASTER_KEY", MASTER_KEY)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "issued with {scopes}");
+        assert!(output.stdout.is_empty(), "issued with {scopes}");
+        assert!(stderr.contains(expected), "{scopes}: {stderr}");
+    }
 
     let mut server = kit::testing::Binary::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_auth-svc")),
@@ -837,16 +873,15 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
     };
     let verified = verify(second, second).unwrap();
     assert_eq!(verified["ownerRoles"], serde_json::json!(["service"]));
+    assert_eq!(verified["scopes"], serde_json::json!(["service"]));
+    let verified = verify(second, backend).unwrap();
+    assert_eq!(verified["ownerRoles"], serde_json::json!(["service"]));
     assert_eq!(
         verified["scopes"],
-        serde_json::json!([
-            "quota:consume",
-            "quota:read",
-            "billing:read",
-            "billing:write",
-            "service"
-        ])
+        serde_json::json!(["quota:consume", "quota:read"])
     );
+    let refused = verify(backend, second).unwrap_err();
+    assert!(refused.contains("PermissionDenied"), "{refused}");
     let refused = verify(second, first).unwrap_err();
     assert!(refused.contains("Unauthenticated"), "{refused}");
     let refused = verify(first, second).unwrap_err();
@@ -879,7 +914,10 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
     .get_result(&mut db.connect("auth").await)
     .await
     .unwrap();
-    assert_eq!(used.used, 1, "the verified service key's last use");
+    assert_eq!(
+        used.used, 2,
+        "the verified service and backend keys' last use"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
