@@ -36,8 +36,10 @@ else
   exit 1
 fi
 # Each service gets a fresh service API key per start; the previous ones are revoked.
-export BILLING_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service billing-svc --revoke-previous)"
-export QUOTA_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service quota-svc --revoke-previous)"
+# (Assigned before export: `export X="$(cmd)"` would hide a failing cmd from `set -e`.)
+BILLING_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service billing-svc --revoke-previous)"
+QUOTA_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service quota-svc --revoke-previous)"
+export BILLING_SERVICE_API_KEY QUOTA_SERVICE_API_KEY
 # A development backend's key, for the README's examples (`$(cat .dev/backend-api-key)`): it
 # charges users' quotas (quota:consume, quota:read) but, without the `service` scope, cannot call
 # the internal RPCs. Fresh per start too.

@@ -35,10 +35,17 @@ fn post(url: &str, auth: &[&str], body: &Value) -> (u16, Value) {
     )
 }
 
-/// Issues a service key with the auth-svc CLI, as `just up` does.
-fn service_key(db: &TestDb, service: &str) -> String {
+/// Issues a service account's key with `scopes` through the auth-svc CLI, as `just up` does.
+fn service_key(db: &TestDb, service: &str, scopes: &str) -> String {
     let output = Command::new(workspace_binary("auth-svc"))
-        .args(["service-key", "issue", "--service", service])
+        .args([
+            "service-key",
+            "issue",
+            "--service",
+            service,
+            "--scopes",
+            scopes,
+        ])
         .env("AUTH_DATABASE_URL", db.url())
         .env("AUTH_MASTER_KEY", MASTER_KEY)
         .output()
@@ -79,8 +86,9 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
         &[("AUTH_MASTER_KEY", MASTER_KEY)],
     );
     let auth_url = format!("http://{}", auth.addr);
-    let quota_key = service_key(&db, "quota-svc");
-    let backend_key = service_key(&db, "python-backend");
+    let quota_key = service_key(&db, "quota-svc", "service");
+    let billing_key = service_key(&db, "billing-svc", "service");
+    let backend_key = service_key(&db, "python-backend", "quota:consume,quota:read");
     let quota = Binary::start(
         &workspace_binary("quota-svc"),
         "QUOTA",
@@ -100,12 +108,21 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
     );
     let base = format!("http://{}", edge.addr);
 
-    // The free tier, as billing-svc would set it: 3 analyses a month.
-    let applied = grpcurl_json(
+    // The free tier, as billing-svc sets it: 3 analyses a month. A backend's key may not.
+    let free_tier = json!({"limits": [{"metric": "analyses", "limit": "3"}], "version": "1"});
+    let refused = grpcurl_json(
         &quota_addr,
         &backend_key,
         "commerce.quota.v1.QuotaService/ApplyDefaultEntitlements",
-        &json!({"limits": [{"metric": "analyses", "limit": "3"}], "version": "1"}),
+        &free_tier,
+    )
+    .unwrap_err();
+    assert!(refused.contains("PermissionDenied"), "{refused}");
+    let applied = grpcurl_json(
+        &quota_addr,
+        &billing_key,
+        "commerce.quota.v1.QuotaService/ApplyDefaultEntitlements",
+        &free_tier,
     )
     .unwrap();
     assert_eq!(applied["applied"], true);
