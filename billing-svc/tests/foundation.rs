@@ -7,18 +7,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use billing_svc::{MIGRATIONS, SPEC, routes};
-use kit::testing::{Binary, InProcess, TcpProxy, TestDb, grpcurl, wait_for_health};
+use kit::testing::{Binary, InProcess, TcpProxy, TestDb, grpcurl, grpcurl_ok, wait_for_health};
 use proto::billing::{ListPlansRequest, billing_service_client::BillingServiceClient};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn stdout(output: &std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "grpcurl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
@@ -31,7 +22,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
     );
     let addr = server.addr.to_string();
 
-    let listed = stdout(&grpcurl(&["-plaintext", &addr, "list"]));
+    let listed = grpcurl_ok(&["-plaintext", &addr, "list"]);
     for service in [
         "commerce.billing.v1.BillingService",
         "grpc.health.v1.Health",
@@ -44,12 +35,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
         );
     }
     // Reflection serves the full contract, so grpcurl can describe messages too.
-    let described = stdout(&grpcurl(&[
-        "-plaintext",
-        &addr,
-        "describe",
-        "commerce.billing.v1.Plan",
-    ]));
+    let described = grpcurl_ok(&["-plaintext", &addr, "describe", "commerce.billing.v1.Plan"]);
     assert!(described.contains("amount_minor"), "{described}");
 
     let mut status = String::new();

@@ -7,7 +7,7 @@
 
 use std::{process::Command, time::Duration};
 
-use kit::testing::{Binary, TestDb, grpcurl, workspace_binary};
+use kit::testing::{Binary, TestDb, grpcurl_result, workspace_binary};
 use serde_json::{Value, json};
 
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -60,7 +60,7 @@ fn service_key(db: &TestDb, service: &str, scopes: &str) -> String {
 
 fn grpcurl_json(addr: &str, key: &str, method: &str, body: &Value) -> Result<Value, String> {
     let header = format!("x-api-key: {key}");
-    let output = grpcurl(&[
+    grpcurl_result(&[
         "-plaintext",
         "-H",
         &header,
@@ -68,12 +68,8 @@ fn grpcurl_json(addr: &str, key: &str, method: &str, body: &Value) -> Result<Val
         &body.to_string(),
         addr,
         method,
-    ]);
-    if output.status.success() {
-        Ok(serde_json::from_slice(&output.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    ])
+    .map(|stdout| serde_json::from_str(&stdout).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ pub mod json;
 pub mod service;
 pub mod store;
 
-use std::{fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
@@ -38,29 +38,6 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 pub const MIGRATIONS: Migrations = Migrations(&EMBEDDED);
 const EMBEDDED: EmbeddedMigrations = embed_migrations!("../migrations/quota");
 
-/// A secret from the environment; `Debug` never shows it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
 /// quota-svc's own settings (beyond the common server flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct QuotaArgs {
@@ -70,7 +47,7 @@ pub struct QuotaArgs {
 
     /// quota-svc's own API key (scope `service`), sent to auth-svc to verify callers' API keys.
     #[arg(long, env = "QUOTA_SERVICE_API_KEY", hide_env_values = true)]
-    pub service_api_key: Option<Secret>,
+    pub service_api_key: Option<kit::cli::Secret>,
 
     /// Expected `iss` of access tokens.
     #[arg(long, env = "AUTH_ISSUER", default_value = "commerce-mesh")]

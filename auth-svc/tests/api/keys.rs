@@ -772,12 +772,7 @@ fn auth_svc(db: &TestDb, args: &[&str]) -> String {
 }
 
 fn grpcurl_json(args: &[&str]) -> Result<serde_json::Value, String> {
-    let output = kit::testing::grpcurl(args);
-    if output.status.success() {
-        Ok(serde_json::from_slice(&output.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    kit::testing::grpcurl_result(args).map(|stdout| serde_json::from_str(&stdout).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

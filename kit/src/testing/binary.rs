@@ -126,6 +126,21 @@ pub fn grpcurl(args: &[&str]) -> Output {
         })
 }
 
+/// grpcurl's stdout, or its stderr (which carries the gRPC status) when it failed.
+pub fn grpcurl_result(args: &[&str]) -> Result<String, String> {
+    let output = grpcurl(args);
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// grpcurl's stdout, asserting it succeeded.
+pub fn grpcurl_ok(args: &[&str]) -> String {
+    grpcurl_result(args).unwrap_or_else(|stderr| panic!("grpcurl {args:?} failed: {stderr}"))
+}
+
 /// The path of another workspace crate's binary, next to the running test's own directory
 /// (`target/<profile>/<name>`). `cargo test --workspace` (what `just test` runs) builds every binary.
 pub fn workspace_binary(name: &str) -> PathBuf {

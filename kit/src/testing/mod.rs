@@ -9,7 +9,7 @@ mod issuer;
 mod proxy;
 mod schema;
 
-pub use binary::{Binary, free_port, grpcurl, workspace_binary};
+pub use binary::{Binary, free_port, grpcurl, grpcurl_ok, grpcurl_result, workspace_binary};
 pub use db::TestDb;
 pub use in_process::{InProcess, wait_for_health};
 pub use issuer::{AuthServer, TestIssuer};

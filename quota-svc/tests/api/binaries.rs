@@ -4,7 +4,7 @@
 use std::{process::Command, sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl};
+use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok};
 use proto::quota::{
     ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
 };
@@ -88,17 +88,6 @@ impl Replicas {
 
 fn tonic_health_serving() -> tonic_health::pb::health_check_response::ServingStatus {
     tonic_health::pb::health_check_response::ServingStatus::Serving
-}
-
-/// grpcurl's output, asserting it succeeded.
-fn grpcurl_ok(args: &[&str]) -> String {
-    let output = grpcurl(args);
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
