@@ -764,19 +764,8 @@ async fn admins_list_disable_and_delete_users() {
 
     // Ada's API key works until she is disabled; then it is refused at once (no cache delay).
     let key = t
-        .client()
-        .create_api_key(bearer(
-            &ada.access_token,
-            proto::auth::CreateApiKeyRequest {
-                name: "laptop".into(),
-                scopes: vec!["quota:read".into()],
-                expires_at: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+        .api_key(&ada.access_token, "laptop", &["quota:read"])
+        .await;
     let authenticator = &t.state.credentials.authenticator;
     authenticator.verify_api_key(&key).await.unwrap();
     let disabled = t
@@ -888,20 +877,7 @@ async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
 
     // An admin's key calls admin RPCs (and its verification is cached) until the role goes.
     let (deputy_id, deputy) = t.admin("deputy").await;
-    let admin_key = t
-        .client()
-        .create_api_key(bearer(
-            &deputy.access_token,
-            proto::auth::CreateApiKeyRequest {
-                name: "ops".into(),
-                scopes: vec!["admin".into()],
-                expires_at: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let admin_key = t.api_key(&deputy.access_token, "ops", &["admin"]).await;
     let list_users = || {
         let request = with_header("x-api-key", &admin_key, ListUsersRequest::default());
         let mut client = t.client();

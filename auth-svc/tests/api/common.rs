@@ -214,6 +214,23 @@ impl TestServer {
         (user_id, self.login(name, PASSWORD).await.unwrap())
     }
 
+    /// A new API key (its secret) with `scopes`, created by the holder of `access_token`.
+    pub async fn api_key(&self, access_token: &str, name: &str, scopes: &[&str]) -> String {
+        self.client()
+            .create_api_key(bearer(
+                access_token,
+                proto::auth::CreateApiKeyRequest {
+                    name: name.into(),
+                    scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+                    expires_at: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+    }
+
     /// An administrator created as `auth-svc admin create` does, signed in.
     pub async fn admin(&self, name: &str) -> (String, LoginResponse) {
         let mut conn = self.db.connect(SPEC.name).await;
