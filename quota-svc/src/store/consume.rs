@@ -11,7 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryableByName, sql_query,
+    QueryableByName,
+    result::DatabaseErrorKind,
+    sql_query,
     sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -59,14 +61,6 @@ struct RecordedRow {
     used: i64,
     #[diesel(sql_type = Timestamptz)]
     resets_at: DateTime<Utc>,
-}
-
-/// A key the batch recorded (only counted: fewer than the batch's means another won a race).
-#[derive(QueryableByName)]
-struct InsertedKey {
-    #[diesel(sql_type = SqlUuid)]
-    #[expect(dead_code, reason = "only the number of rows matters")]
-    usage_id: Uuid,
 }
 
 /// Decides and records `batch` at `now` in one transaction; the decisions are in request order.
@@ -304,7 +298,7 @@ async fn write(
             resets.push(answer.resets_at);
         }
     }
-    let inserted: Vec<InsertedKey> = sql_query(
+    let written = sql_query(
         "WITH counters AS ( \
            UPDATE entitlements e \
            SET used = c.used, period_start = c.period_start, period_end = c.period_end, \
@@ -327,9 +321,7 @@ async fn write(
                 u.used, u.resets_at, $14 \
          FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], \
                      $11::int8[], $12::int8[], $13::timestamptz[]) \
-           AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at) \
-         ON CONFLICT (subject, idempotency_key) DO NOTHING \
-         RETURNING usage_id",
+           AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at)",
     )
     .bind::<Array<Text>, _>(&c_tids)
     .bind::<Array<BigInt>, _>(&c_used)
@@ -345,15 +337,16 @@ async fn write(
     .bind::<Array<BigInt>, _>(&used)
     .bind::<Array<Timestamptz>, _>(&resets)
     .bind::<Timestamptz, _>(now)
-    .load(conn)
-    .await?;
-    if inserted.len() == ids.len() {
-        Ok(())
-    } else {
-        tracing::debug!(
-            raced = ids.len() - inserted.len(),
-            "idempotency keys recorded concurrently; retrying the batch"
-        );
-        Err(BatchError::KeyRace)
+    .execute(conn)
+    .await;
+    match written {
+        Ok(_) => Ok(()),
+        Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+            if info.constraint_name() == Some("idempotency_keys_pkey") =>
+        {
+            tracing::debug!("an idempotency key was recorded concurrently; retrying the batch");
+            Err(BatchError::KeyRace)
+        }
+        Err(err) => Err(err.into()),
     }
 }

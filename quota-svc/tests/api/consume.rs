@@ -54,6 +54,33 @@ async fn five_hundred_concurrent_consumes_grant_exactly_the_limit() {
     }
 }
 
+/// One transaction per call: concurrent retries of one key race to record it; the losers roll
+/// back and replay the winner's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_retries_of_one_key_consume_once_without_batching() {
+    let mesh = Mesh::start_with(0).await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(100))], 1).await;
+    let answers = join_all((0..40).map(|_| mesh.consume(subject, "api.calls", 3, "job-7"))).await;
+    let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    let ids: std::collections::BTreeSet<&str> = answers
+        .iter()
+        .map(|answer| answer.usage_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.allowed && answer.used == 3)
+    );
+    assert_eq!(answers.iter().filter(|answer| !answer.replayed).count(), 1);
+    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 3);
+    assert_eq!(
+        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_the_same_key_consume_once() {
     let mesh = Mesh::start().await;
