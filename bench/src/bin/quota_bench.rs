@@ -29,6 +29,10 @@ use tonic::{Request, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
+// mimalloc: the load generator shares the cores with the servers; spend less of them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// quota-svc benchmark (see the module documentation).
 #[derive(Debug, Parser)]
 #[command(about)]
