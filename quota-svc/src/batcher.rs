@@ -20,14 +20,14 @@ use crate::{
     clock::Clock,
     domain::batch::Decision,
     error::Error,
-    store::consume::{BatchError, Pending, consume_batch},
+    store::consume::{BatchError, Keys, Pending, consume_batch},
 };
 
 /// The most requests committed in one transaction.
 pub const MAX_BATCH: usize = 500;
 /// Requests waiting in a shard before callers wait to enqueue.
 const QUEUE: usize = 8_192;
-/// Attempts of one batch that lost a race for an idempotency key or a deadlock.
+/// Attempts of one batch: a first one that met a recorded key, and retries after races or deadlocks.
 const MAX_ATTEMPTS: usize = 5;
 
 struct Job {
@@ -111,22 +111,24 @@ async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Cl
     }
 }
 
-/// Commits `batch` in one transaction, retrying when another transaction recorded one of its
-/// keys first (the retry replays it) or a deadlock/serialization conflict aborted it. Any
-/// failure is `Unavailable`: nothing of the batch was consumed.
+/// Commits `batch` in one transaction. The first attempt assumes every key is new; once a key
+/// turns out to be recorded (a retry, or another transaction first), the next attempts look the
+/// keys up and replay. Deadlocks and serialization conflicts are retried too. Any failure is
+/// `Unavailable`: nothing of the batch was consumed.
 pub async fn run_batch(
     pool: &PgPool,
     clock: &dyn Clock,
     batch: &[Pending],
 ) -> Result<Vec<Decision>, Error> {
+    let mut keys = Keys::AssumeNew;
     for _ in 0..MAX_ATTEMPTS {
         let mut conn = pool
             .get()
             .await
             .map_err(|err| Error::Unavailable(DbError::from(err).to_string()))?;
-        match consume_batch(&mut conn, batch, clock.now()).await {
+        match consume_batch(&mut conn, batch, clock.now(), keys).await {
             Ok(decisions) => return Ok(decisions),
-            Err(BatchError::KeyRace) => continue,
+            Err(BatchError::KeyRecorded) => keys = Keys::LookUp,
             Err(BatchError::Db(err)) if retryable(&err) => continue,
             Err(BatchError::Db(err)) => return Err(Error::Unavailable(err.to_string())),
         }

@@ -1,7 +1,12 @@
 //! The consume batch transaction: one transaction decides and records a whole batch of
-//! Consume requests (look up their idempotency keys, lock the distinct counters in a fixed
-//! order, create default-tier counters, roll periods over, decide in memory, write every counter,
-//! usage event and key with one statement).
+//! Consume requests (lock the distinct counters in a fixed order, create default-tier counters,
+//! roll periods over, decide in memory, write every counter, usage event and key with one
+//! statement).
+//!
+//! Almost every key is new, so the first attempt does not look the keys up: recording a key
+//! that exists (a client's retry, or a concurrent transaction's) violates its primary key, the
+//! batch rolls back having changed nothing, and the retry looks every key up first and replays
+//! the recorded answers. The index probe a lookup costs per request is paid only then.
 //!
 //! Lookups join the request keys LATERAL to the tables so each is an index probe: a plain join
 //! lets the planner hash-join against a sequential scan of a mid-sized table on every batch. The
@@ -38,9 +43,9 @@ pub struct Pending {
 pub enum BatchError {
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
-    /// Another transaction recorded one of the batch's keys first; a retry replays it.
-    #[error("an idempotency key was recorded concurrently")]
-    KeyRace,
+    /// One of the batch's keys is already recorded; a retry that looks the keys up replays it.
+    #[error("an idempotency key is already recorded")]
+    KeyRecorded,
 }
 
 #[derive(QueryableByName)]
@@ -63,13 +68,24 @@ struct RecordedRow {
     resets_at: DateTime<Utc>,
 }
 
+/// Whether a batch attempt looks its idempotency keys up before deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Decide every request as new; an existing key fails the attempt with
+    /// [`BatchError::KeyRecorded`].
+    AssumeNew,
+    /// Replay the answers recorded for existing keys.
+    LookUp,
+}
+
 /// Decides and records `batch` at `now` in one transaction; the decisions are in request order.
 pub async fn consume_batch(
     conn: &mut AsyncPgConnection,
     batch: &[Pending],
     now: DateTime<Utc>,
+    keys: Keys,
 ) -> Result<Vec<Decision>, BatchError> {
-    conn.transaction(async |conn| consume_inner(conn, batch, now).await)
+    conn.transaction(async |conn| consume_inner(conn, batch, now, keys).await)
         .await
 }
 
@@ -77,8 +93,14 @@ async fn consume_inner(
     conn: &mut AsyncPgConnection,
     batch: &[Pending],
     now: DateTime<Utc>,
+    keys: Keys,
 ) -> Result<Vec<Decision>, BatchError> {
-    let previous = recorded_answers(conn, batch).await?;
+    let previous = match keys {
+        Keys::AssumeNew => HashMap::new(),
+        Keys::LookUp => {
+            recorded_answers(conn, batch.iter().map(|pending| &pending.request)).await?
+        }
+    };
     let wanted: BTreeSet<CounterKey> = batch
         .iter()
         .map(|pending| &pending.request)
@@ -108,23 +130,30 @@ async fn consume_inner(
         .map(|pending| pending.request.clone())
         .collect();
     let decisions = batch::apply(&mut counters, &previous, &requests, Uuid::now_v7);
+    if keys == Keys::AssumeNew {
+        // A denial records no key, so a retry of an allowed call that now finds no room would
+        // be denied instead of replayed: denied keys are looked up before anything is written.
+        let denied: Vec<&Request> = requests
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, decision)| matches!(decision, Decision::Denied { .. }))
+            .map(|(request, _)| request)
+            .collect();
+        if !denied.is_empty() && !recorded_answers(conn, denied.into_iter()).await?.is_empty() {
+            return Err(BatchError::KeyRecorded);
+        }
+    }
     write(conn, batch, &decisions, &counters, &tids, now).await?;
     Ok(decisions)
 }
 
-/// The answers already recorded for the batch's keys.
-async fn recorded_answers(
+/// The answers already recorded for the keys of `requests`.
+async fn recorded_answers<'a>(
     conn: &mut AsyncPgConnection,
-    batch: &[Pending],
+    requests: impl Iterator<Item = &'a Request>,
 ) -> Result<HashMap<IdempotencyKey, Recorded>, BatchError> {
-    let (subjects, keys): (Vec<Uuid>, Vec<String>) = batch
-        .iter()
-        .map(|pending| {
-            (
-                pending.request.subject,
-                pending.request.idempotency_key.clone(),
-            )
-        })
+    let (subjects, keys): (Vec<Uuid>, Vec<String>) = requests
+        .map(|request| (request.subject, request.idempotency_key.clone()))
         .unzip();
     let rows: Vec<RecordedRow> = sql_query(
         "SELECT i.subject, i.idempotency_key, i.metric, i.amount, i.usage_id, i.quota_limit, \
@@ -254,7 +283,7 @@ pub async fn create_default_counters(
 }
 
 /// Writes every locked counter, the usage events and the idempotency keys of the allowed
-/// requests in one statement. A key another transaction recorded first aborts the batch.
+/// requests in one statement. A key that is already recorded aborts the batch.
 async fn write(
     conn: &mut AsyncPgConnection,
     batch: &[Pending],
@@ -344,8 +373,8 @@ async fn write(
         Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
             if info.constraint_name() == Some("idempotency_keys_pkey") =>
         {
-            tracing::debug!("an idempotency key was recorded concurrently; retrying the batch");
-            Err(BatchError::KeyRace)
+            tracing::debug!("an idempotency key is already recorded; retrying with lookups");
+            Err(BatchError::KeyRecorded)
         }
         Err(err) => Err(err.into()),
     }

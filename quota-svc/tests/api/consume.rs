@@ -54,6 +54,30 @@ async fn five_hundred_concurrent_consumes_grant_exactly_the_limit() {
     }
 }
 
+/// A retry must replay even when the call it repeats used the last of the quota (a new call
+/// would be denied), and a reused key is refused even for a metric without entitlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_replays_when_no_room_is_left() {
+    for workers in [4, 0] {
+        let mesh = Mesh::start_with(workers).await;
+        let subject = Uuid::now_v7();
+        mesh.plan(subject, &[("api.calls", Some(3))], 1).await;
+        let first = mesh.consume(subject, "api.calls", 3, "last").await.unwrap();
+        assert!(first.allowed && !first.replayed, "workers {workers}");
+        let retry = mesh.consume(subject, "api.calls", 3, "last").await.unwrap();
+        assert!(retry.allowed && retry.replayed, "workers {workers}");
+        assert_eq!(retry.usage_id, first.usage_id);
+        let denied = mesh.consume(subject, "api.calls", 1, "next").await.unwrap();
+        assert!(!denied.allowed && !denied.replayed, "workers {workers}");
+        let reused = mesh
+            .consume(subject, "no.such.metric", 3, "last")
+            .await
+            .unwrap_err();
+        assert_eq!(reused.code(), Code::AlreadyExists, "workers {workers}");
+        assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 3);
+    }
+}
+
 /// One transaction per call: concurrent retries of one key race to record it; the losers roll
 /// back and replay the winner's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
