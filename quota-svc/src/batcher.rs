@@ -10,6 +10,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     panic::AssertUnwindSafe,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use futures::FutureExt;
@@ -27,8 +28,11 @@ use crate::{
 pub const MAX_BATCH: usize = 500;
 /// Requests waiting in a shard before callers wait to enqueue.
 const QUEUE: usize = 8_192;
-/// Attempts of one batch: a first one that met a recorded key, and retries after races or deadlocks.
+/// Attempts of one batch after races for a key, deadlocks or serialization conflicts.
 const MAX_ATTEMPTS: usize = 5;
+/// After a batch replayed a key, its shard looks keys up first for this long: retries come in
+/// bursts, and each would otherwise cost its batch an attempt that is rolled back.
+const LOOK_UP_AFTER_REPLAY: Duration = Duration::from_secs(1);
 
 struct Job {
     pending: Pending,
@@ -75,6 +79,7 @@ impl Batcher {
 }
 
 async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Clock>) {
+    let mut look_up_until = Instant::now();
     loop {
         let Some(first) = receiver.recv().await else {
             return;
@@ -91,12 +96,23 @@ async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Cl
         // shard's queue and leave its subjects UNAVAILABLE until a restart. Unwind safety: the
         // batch shares only the pool, which discards a connection left inside a transaction,
         // and the clock, which it only reads.
-        let result = AssertUnwindSafe(run_batch(&pool, clock.as_ref(), &batch))
+        let keys = if Instant::now() < look_up_until {
+            Keys::LookUp
+        } else {
+            Keys::AssumeNew
+        };
+        let result = AssertUnwindSafe(run_batch(&pool, clock.as_ref(), &batch, keys))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err(Error::Unavailable("the consume batch panicked".to_owned())));
         match result {
             Ok(decisions) => {
+                if decisions
+                    .iter()
+                    .any(|decision| matches!(decision, Decision::Replayed(_) | Decision::KeyReused))
+                {
+                    look_up_until = Instant::now() + LOOK_UP_AFTER_REPLAY;
+                }
                 for (job, decision) in jobs.into_iter().zip(decisions) {
                     let _ = job.reply.send(Ok(decision));
                 }
@@ -111,25 +127,28 @@ async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Cl
     }
 }
 
-/// Commits `batch` in one transaction. The first attempt assumes every key is new; once a key
-/// turns out to be recorded (a retry, or another transaction first), the next attempts look the
-/// keys up and replay. Deadlocks and serialization conflicts are retried too. Any failure is
-/// `Unavailable`: nothing of the batch was consumed.
+/// Commits `batch` in one transaction. An attempt with [`Keys::AssumeNew`] that meets a
+/// recorded key (a retry, or another transaction first) is followed by one that looks the keys up
+/// and replays; that switch is not counted as an attempt. Races for a key, deadlocks and
+/// serialization conflicts are retried. Any failure is `Unavailable`: nothing of the batch was
+/// consumed.
 pub async fn run_batch(
     pool: &PgPool,
     clock: &dyn Clock,
     batch: &[Pending],
+    mut keys: Keys,
 ) -> Result<Vec<Decision>, Error> {
-    let mut keys = Keys::AssumeNew;
-    for _ in 0..MAX_ATTEMPTS {
+    let mut attempts = 0;
+    while attempts < MAX_ATTEMPTS {
         let mut conn = pool
             .get()
             .await
             .map_err(|err| Error::Unavailable(DbError::from(err).to_string()))?;
         match consume_batch(&mut conn, batch, clock.now(), keys).await {
             Ok(decisions) => return Ok(decisions),
-            Err(BatchError::KeyRecorded) => keys = Keys::LookUp,
-            Err(BatchError::Db(err)) if retryable(&err) => continue,
+            Err(BatchError::KeyRecorded) if keys == Keys::AssumeNew => keys = Keys::LookUp,
+            Err(BatchError::KeyRecorded) => attempts += 1,
+            Err(BatchError::Db(err)) if retryable(&err) => attempts += 1,
             Err(BatchError::Db(err)) => return Err(Error::Unavailable(err.to_string())),
         }
     }

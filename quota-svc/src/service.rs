@@ -14,7 +14,7 @@ use crate::{
     domain::{self, Counter, batch::Decision, usage::Bucket},
     error::Error,
     store::{
-        consume::Pending,
+        consume::{Keys, Pending},
         entitlements::{self, PlanLimits},
         usage::{self, BucketSums, EventFilter, EventRow},
     },
@@ -71,8 +71,13 @@ impl Core {
         match &self.batcher {
             Some(batcher) => batcher.consume(pending).await,
             None => {
-                let mut decisions =
-                    batcher::run_batch(&self.pool, self.clock.as_ref(), &[pending]).await?;
+                let mut decisions = batcher::run_batch(
+                    &self.pool,
+                    self.clock.as_ref(),
+                    &[pending],
+                    Keys::AssumeNew,
+                )
+                .await?;
                 decisions
                     .pop()
                     .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))

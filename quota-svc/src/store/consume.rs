@@ -130,18 +130,17 @@ async fn consume_inner(
         .map(|pending| pending.request.clone())
         .collect();
     let decisions = batch::apply(&mut counters, &previous, &requests, Uuid::now_v7);
-    if keys == Keys::AssumeNew {
-        // A denial records no key, so a retry of an allowed call that now finds no room would
-        // be denied instead of replayed: denied keys are looked up before anything is written.
-        let denied: Vec<&Request> = requests
-            .iter()
-            .zip(&decisions)
-            .filter(|(_, decision)| matches!(decision, Decision::Denied { .. }))
-            .map(|(request, _)| request)
-            .collect();
-        if !denied.is_empty() && !recorded_answers(conn, denied.into_iter()).await?.is_empty() {
-            return Err(BatchError::KeyRecorded);
-        }
+    // A denial records no key, so a retry of an allowed call that now finds no room would be
+    // denied instead of replayed: denied keys are looked up (again, now that the counters are
+    // locked: another replica may have recorded one since the first lookup) before writing.
+    let denied: Vec<&Request> = requests
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, decision)| matches!(decision, Decision::Denied { .. }))
+        .map(|(request, _)| request)
+        .collect();
+    if !denied.is_empty() && !recorded_answers(conn, denied.into_iter()).await?.is_empty() {
+        return Err(BatchError::KeyRecorded);
     }
     write(conn, batch, &decisions, &counters, &tids, now).await?;
     Ok(decisions)

@@ -6,6 +6,11 @@ use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
     RefundRequest, ResetQuotaRequest,
 };
+use quota_svc::{
+    SPEC,
+    domain::batch::{Decision, Request as BatchRequest},
+    store::consume::{BatchError, Keys, Pending, consume_batch},
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -76,6 +81,71 @@ async fn a_retry_replays_when_no_room_is_left() {
         assert_eq!(reused.code(), Code::AlreadyExists, "workers {workers}");
         assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 3);
     }
+}
+
+/// A batch that meets recorded keys: the attempt that assumes new keys fails and writes nothing;
+/// the one that looks them up replays them and decides the rest as if one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
+    let mesh = Mesh::start().await;
+    let subject = Uuid::now_v7();
+    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    let old = mesh.consume(subject, "api.calls", 2, "old").await.unwrap();
+    let pending = |key: &str, amount: i64| Pending {
+        request: BatchRequest {
+            subject,
+            metric: "api.calls".to_owned(),
+            amount,
+            idempotency_key: key.to_owned(),
+        },
+        attributes: None,
+    };
+    let state = async || {
+        (
+            mesh.count("SELECT used AS n FROM entitlements").await,
+            mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        )
+    };
+    let mut conn = mesh.db.connect(SPEC.name).await;
+    let now = mesh.clock_now();
+
+    // An allowed retry of a recorded key fails the first attempt.
+    let batch = [
+        pending("new-1", 3),
+        pending("old", 2),
+        pending("new-1", 3),
+        pending("new-2", 9),
+        pending("old", 5),
+    ];
+    let attempt = consume_batch(&mut conn, &batch, now, Keys::AssumeNew).await;
+    assert!(matches!(attempt, Err(BatchError::KeyRecorded)));
+    assert_eq!(state().await, (2, 1));
+    let decisions = consume_batch(&mut conn, &batch, now, Keys::LookUp)
+        .await
+        .unwrap();
+    let Decision::Allowed(new_1) = &decisions[0] else {
+        panic!("{decisions:?}")
+    };
+    assert_eq!(new_1.used, 5);
+    assert!(
+        matches!(&decisions[1], Decision::Replayed(r) if r.usage_id.to_string() == old.usage_id)
+    );
+    assert!(matches!(&decisions[2], Decision::Replayed(r) if r.usage_id == new_1.usage_id));
+    assert!(matches!(&decisions[3], Decision::Denied { .. }));
+    assert!(matches!(&decisions[4], Decision::KeyReused));
+    assert_eq!(state().await, (5, 2));
+
+    // A retry that would now be denied (no room) fails the first attempt too.
+    let batch = [pending("fill", 5), pending("new-1", 3)];
+    let attempt = consume_batch(&mut conn, &batch, now, Keys::AssumeNew).await;
+    assert!(matches!(attempt, Err(BatchError::KeyRecorded)));
+    assert_eq!(state().await, (5, 2));
+    let decisions = consume_batch(&mut conn, &batch, now, Keys::LookUp)
+        .await
+        .unwrap();
+    assert!(matches!(&decisions[0], Decision::Allowed(r) if r.used == 10));
+    assert!(matches!(&decisions[1], Decision::Replayed(r) if r.usage_id == new_1.usage_id));
+    assert_eq!(state().await, (10, 3));
 }
 
 /// One transaction per call: concurrent retries of one key race to record it; the losers roll
