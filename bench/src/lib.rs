@@ -76,9 +76,14 @@ impl Stats {
     }
 }
 
-/// Runs `concurrency` tasks, each calling `call(task_index)` back to back for `duration`, and
-/// records the latency of every successful call. The first error is returned too, so a
-/// misconfigured run is visible instead of reporting a fast stream of failures.
+/// Calls made before measuring starts: the first moments of a run, when every task sends at
+/// once into cold connections and queues, are not the steady state the figures describe.
+pub const WARMUP: Duration = Duration::from_secs(1);
+
+/// Runs `concurrency` tasks, each calling `call(task_index)` back to back for [`WARMUP`] and then
+/// `duration`, and records the latency of every successful call begun after the warm-up. The
+/// first error is returned too, so a misconfigured run is visible instead of reporting a fast
+/// stream of failures.
 pub async fn run_concurrent<F, Fut, E>(
     concurrency: usize,
     duration: Duration,
@@ -89,8 +94,9 @@ where
     Fut: Future<Output = Result<(), E>> + Send,
     E: Send + 'static,
 {
-    let deadline = Instant::now() + duration;
-    run_tasks(concurrency, move |index| {
+    let measure_from = Instant::now() + WARMUP;
+    let deadline = measure_from + duration;
+    run_tasks(concurrency, measure_from, move |index| {
         (Instant::now() < deadline).then(|| call(index))
     })
     .await
@@ -110,21 +116,25 @@ where
     E: Send + 'static,
 {
     let items = Arc::new(Mutex::new(items.into_iter()));
-    run_tasks(concurrency, move |_| {
+    run_tasks(concurrency, Instant::now(), move |_| {
         let item = items.lock().ok()?.next()?;
         Some(call(item))
     })
     .await
 }
 
-/// The loop shared by the runners: each task asks `next_call` for its next call until `None`.
-async fn run_tasks<N, Fut, E>(concurrency: usize, next_call: N) -> (Stats, Option<E>)
+/// The loop shared by the runners: each task asks `next_call` for its next call until `None`;
+/// calls begun before `measure_from` are made but not counted.
+async fn run_tasks<N, Fut, E>(
+    concurrency: usize,
+    measure_from: Instant,
+    next_call: N,
+) -> (Stats, Option<E>)
 where
     N: Fn(usize) -> Option<Fut> + Clone + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send,
     E: Send + 'static,
 {
-    let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|index| {
             let next_call = next_call.clone();
@@ -133,9 +143,14 @@ where
                 let mut first_error = None;
                 while let Some(call) = next_call(index) {
                     let begun = Instant::now();
-                    match call.await {
+                    let result = call.await;
+                    let took = begun.elapsed();
+                    if begun < measure_from {
+                        continue;
+                    }
+                    match result {
                         Ok(()) => {
-                            stats.latency.record(begun.elapsed());
+                            stats.latency.record(took);
                             stats.calls += 1;
                         }
                         Err(err) => {
@@ -160,7 +175,7 @@ where
             }
         }
     }
-    total.elapsed = started.elapsed();
+    total.elapsed = measure_from.elapsed();
     (total, first_error)
 }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use bench::{Stats, Table, ms, rate, run_concurrent, run_items, verdict, write_section};
+use bench::{Stats, Table, WARMUP, ms, rate, run_concurrent, run_items, verdict, write_section};
 use clap::Parser;
 use kit::caller::{AuthConfig, Authenticator, RemoteAuth};
 use proto::auth::{
@@ -224,12 +224,13 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let body = format!(
         "auth-svc (release) on {url}, {cores} cores shared by client and server, {connections} HTTP/2 \
-         connections, {secs} s per timed case; the uncached case verifies {fresh} distinct keys once \
+         connections, {secs} s per timed case after {warmup} s of warm-up; the uncached case verifies {fresh} distinct keys once \
          each.\n\n{table}\n{targets}",
         url = args.auth_url,
         cores = std::thread::available_parallelism().map_or(0, usize::from),
         connections = args.connections,
         secs = args.duration_secs,
+        warmup = WARMUP.as_secs(),
         fresh = uncached.calls + uncached.errors,
         table = table.render(),
     );

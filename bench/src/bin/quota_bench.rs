@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::Context;
-use bench::{Stats, Table, ms, rate, run_concurrent, run_items, verdict, write_section};
+use bench::{Stats, Table, WARMUP, ms, rate, run_concurrent, run_items, verdict, write_section};
 use clap::Parser;
 use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health};
 use proto::quota::{
@@ -371,12 +371,14 @@ fn report(cases: &[Case], args: &Args) -> String {
         ));
     }
     format!(
-        "Consume of 1 unit with a fresh idempotency key per call, {} s per case, over {} HTTP/2 \
+        "Consume of 1 unit with a fresh idempotency key per call, {} s per case after {} s of \
+         warm-up, over {} HTTP/2 \
          connections; quota-svc release build with DB_POOL_SIZE={} and QUOTA_BATCH_WORKERS={} on this machine's \
          PostgreSQL ({} cores). Batched = concurrent calls coalesced into one transaction per \
          batch (default); per-call = QUOTA_BATCHING=false, one transaction per call. \
          Run: {}.\n\n{}\n{}\n{}",
         args.duration_secs,
+        WARMUP.as_secs(),
         args.connections,
         args.pool_size,
         args.batch_workers,
