@@ -102,11 +102,8 @@ impl Core {
 
     /// The subject's quota for one metric; `NotFound` if the metric does not exist for it.
     pub async fn check(&self, subject: Uuid, metric: &str) -> Result<Counter, Error> {
-        let now = self.now();
-        let mut conn = self.conn().await?;
-        let own = entitlements::counters_of(&mut conn, subject).await?;
-        let defaults = entitlements::defaults(&mut conn).await?;
-        domain::effective_quotas(own, &defaults, now)
+        self.list(subject)
+            .await?
             .remove(metric)
             .ok_or_else(|| metric_not_found(metric))
     }
@@ -117,7 +114,15 @@ impl Core {
         let mut conn = self.conn().await?;
         let own = entitlements::counters_of(&mut conn, subject).await?;
         let defaults = entitlements::defaults(&mut conn).await?;
-        Ok(domain::effective_quotas(own, &defaults, now))
+        let without_counter: Vec<String> = defaults
+            .iter()
+            .map(|(metric, _)| metric)
+            .filter(|metric| !own.iter().any(|(own_metric, _)| own_metric == *metric))
+            .cloned()
+            .collect();
+        let month_usage =
+            entitlements::month_usage(&mut conn, subject, &without_counter, now).await?;
+        Ok(domain::effective_quotas(own, &defaults, &month_usage, now))
     }
 
     /// Usage per bucket over `[from, to)`, every bucket present, oldest first.

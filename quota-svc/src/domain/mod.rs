@@ -45,11 +45,13 @@ pub struct Counter {
 
 impl Counter {
     /// A fresh default-tier counter for the calendar month of `now`.
-    pub fn default_tier(limit: Option<i64>, now: DateTime<Utc>) -> Self {
+    /// A default-tier counter for the month of `now` that already holds `used_this_month`
+    /// (up to the limit).
+    pub fn default_tier(limit: Option<i64>, now: DateTime<Utc>, used_this_month: i64) -> Self {
         let (period_start, period_end) = period::month_of(now);
         Self {
             limit,
-            used: 0,
+            used: limit.map_or(used_this_month, |limit| used_this_month.min(limit)),
             period_start,
             period_end,
             source: Source::Default,
@@ -80,15 +82,20 @@ impl Counter {
 }
 
 /// The quota state a subject sees at `now`: its own counters (periods rolled over in memory)
-/// and, for metrics it has none of, fresh default-tier counters; by metric name.
+/// and, for metrics it has none of, the default-tier counters a consume would create, holding
+/// `month_usage` (by metric; absent is 0); by metric name.
 pub fn effective_quotas(
     own: Vec<(String, Counter)>,
     defaults: &[(String, Option<i64>)],
+    month_usage: &std::collections::HashMap<String, i64>,
     now: DateTime<Utc>,
 ) -> std::collections::BTreeMap<String, Counter> {
     let mut quotas: std::collections::BTreeMap<String, Counter> = defaults
         .iter()
-        .map(|(metric, limit)| (metric.clone(), Counter::default_tier(*limit, now)))
+        .map(|(metric, limit)| {
+            let used = month_usage.get(metric).copied().unwrap_or(0);
+            (metric.clone(), Counter::default_tier(*limit, now, used))
+        })
         .collect();
     for (metric, mut counter) in own {
         counter.roll_over(now);

@@ -24,6 +24,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::MONTH_USAGE;
 use crate::domain::{
     Counter, Source,
     batch::{self, CounterKey, Decision, IdempotencyKey, Recorded, Request},
@@ -253,8 +254,9 @@ pub async fn lock_counters(
         .collect())
 }
 
-/// Creates default-tier counters (this calendar month) for the `keys` whose metric has a
-/// default; a counter another replica created meanwhile is kept.
+/// Creates default-tier counters (this calendar month, holding the month's usage up to the
+/// limit) for the `keys` whose metric has a default; a counter another replica created
+/// meanwhile is kept.
 pub async fn create_default_counters(
     conn: &mut AsyncPgConnection,
     keys: &BTreeSet<CounterKey>,
@@ -262,15 +264,17 @@ pub async fn create_default_counters(
 ) -> Result<(), diesel::result::Error> {
     let (subjects, metrics): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
     let (start, end) = period::month_of(now);
-    sql_query(
+    sql_query(format!(
         "INSERT INTO entitlements \
            (subject, metric, source, quota_limit, used, period_start, period_end, updated_at) \
-         SELECT k.subject, k.metric, 'default', d.quota_limit, 0, $3, $4, $5 \
+         SELECT k.subject, k.metric, 'default', d.quota_limit, \
+                LEAST(m.used, COALESCE(d.quota_limit, m.used)), $3, $4, $5 \
          FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric) \
          JOIN default_entitlements d ON d.metric = k.metric \
+         CROSS JOIN LATERAL ({MONTH_USAGE}) m \
          ORDER BY k.subject, k.metric \
-         ON CONFLICT (subject, metric) DO NOTHING",
-    )
+         ON CONFLICT (subject, metric) DO NOTHING"
+    ))
     .bind::<Array<SqlUuid>, _>(&subjects)
     .bind::<Array<Text>, _>(&metrics)
     .bind::<Timestamptz, _>(start)

@@ -1,7 +1,7 @@
 //! Entitlements and single-counter transactions: reads for CheckQuota/ListQuotas, ResetQuota,
 //! Refund, ApplyEntitlements and ApplyDefaultEntitlements.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -12,10 +12,10 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    COUNTER_COLUMNS, CounterRow,
+    COUNTER_COLUMNS, CounterRow, MONTH_USAGE,
     consume::{create_default_counters, lock_counters},
 };
-use crate::domain::Counter;
+use crate::domain::{Counter, period};
 
 /// The subject's own counters, by metric.
 pub async fn counters_of(
@@ -57,6 +57,41 @@ pub async fn defaults(
         .into_iter()
         .map(|row| (row.metric, row.quota_limit))
         .collect())
+}
+
+#[derive(QueryableByName)]
+struct MonthUsageRow {
+    #[diesel(sql_type = Text)]
+    metric: String,
+    #[diesel(sql_type = BigInt)]
+    used: i64,
+}
+
+/// What `subject` holds of each of `metrics` in the calendar month of `now` (consumed and not
+/// refunded): where a default-tier counter created now would start.
+pub async fn month_usage(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    metrics: &[String],
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, i64>, diesel::result::Error> {
+    if metrics.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (start, end) = period::month_of(now);
+    let subjects = vec![subject; metrics.len()];
+    let rows: Vec<MonthUsageRow> = sql_query(format!(
+        "SELECT k.metric, m.used \
+         FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric) \
+         CROSS JOIN LATERAL ({MONTH_USAGE}) m"
+    ))
+    .bind::<Array<SqlUuid>, _>(&subjects)
+    .bind::<Array<Text>, _>(metrics)
+    .bind::<Timestamptz, _>(start)
+    .bind::<Timestamptz, _>(end)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.metric, row.used)).collect())
 }
 
 /// Locks the subject's counter of `metric`, creating it from the default tier if needed, and
@@ -314,16 +349,4 @@ pub async fn apply_defaults(
     .execute(conn)
     .await?;
     Ok((true, applied.version))
-}
-
-/// The default-tier counter `metric` would get at `now`, if the default tier defines it.
-pub fn default_counter(
-    defaults: &[(String, Option<i64>)],
-    metric: &str,
-    now: DateTime<Utc>,
-) -> Option<Counter> {
-    defaults
-        .iter()
-        .find(|(name, _)| name == metric)
-        .map(|(_, limit)| Counter::default_tier(*limit, now))
 }

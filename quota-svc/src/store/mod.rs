@@ -50,3 +50,18 @@ impl CounterRow {
 /// The columns of [`CounterRow`].
 const COUNTER_COLUMNS: &str =
     "e.subject, e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end";
+
+/// The units `k.subject` holds of `k.metric` in the calendar month `[$3, $4)`: its consumptions
+/// of the month that were not refunded, as a LATERAL subquery yielding `used`. A default-tier
+/// counter created mid-month (a plan ended, the metric was added back to the free tier) starts
+/// from it, so the month's free allowance is not handed out twice. Grouping by usage id pairs
+/// each refund with its consumption; a refund of last month's consumption has none and counts
+/// for nothing.
+const MONTH_USAGE: &str = "SELECT COALESCE(SUM(n.net), 0)::int8 AS used FROM ( \
+       SELECT SUM(CASE u.kind WHEN 'consume' THEN u.amount ELSE -u.amount END) AS net, \
+              bool_or(u.kind = 'consume') AS consumed \
+       FROM usage_events u \
+       WHERE u.subject = k.subject AND u.metric = k.metric \
+         AND u.occurred_at >= $3 AND u.occurred_at < $4 \
+       GROUP BY u.usage_id) n \
+     WHERE n.consumed";

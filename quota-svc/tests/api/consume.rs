@@ -148,6 +148,96 @@ async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
     assert_eq!(state().await, (10, 3));
 }
 
+/// Falling back to the free tier mid-month (a cancelled plan) keeps the month's usage, so the
+/// month's free allowance is not handed out twice; refunded units do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
+    let mesh = Mesh::start().await;
+    mesh.defaults(&[("api.calls", Some(5))], 1).await;
+    let quota_of = async |subject: Uuid| {
+        let check = CheckQuotaRequest {
+            metric: "api.calls".to_owned(),
+            subject: subject.to_string(),
+        };
+        let quota = mesh
+            .client()
+            .check_quota(mesh.as_service(check))
+            .await
+            .unwrap()
+            .into_inner()
+            .quota
+            .unwrap();
+        (quota.limit, quota.used, quota.remaining)
+    };
+
+    // Three free units, then a plan (four units), then the plan is cancelled: the free tier
+    // shows the month's seven units, capped at its five, and denies.
+    let heavy = Uuid::now_v7();
+    assert!(
+        mesh.consume(heavy, "api.calls", 3, "free-1")
+            .await
+            .unwrap()
+            .allowed
+    );
+    mesh.plan(heavy, &[("api.calls", Some(100))], 1).await;
+    assert!(
+        mesh.consume(heavy, "api.calls", 4, "paid-1")
+            .await
+            .unwrap()
+            .allowed
+    );
+    mesh.plan(heavy, &[], 2).await;
+    assert_eq!(quota_of(heavy).await, (5, 5, 0));
+    assert!(
+        !mesh
+            .consume(heavy, "api.calls", 1, "after")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(quota_of(heavy).await, (5, 5, 0));
+
+    // One free unit and two paid units, one of them refunded: two of five are used.
+    let light = Uuid::now_v7();
+    assert!(
+        mesh.consume(light, "api.calls", 1, "free-1")
+            .await
+            .unwrap()
+            .allowed
+    );
+    mesh.plan(light, &[("api.calls", Some(100))], 1).await;
+    assert!(
+        mesh.consume(light, "api.calls", 1, "paid-1")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        mesh.consume(light, "api.calls", 1, "paid-2")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let refund = RefundRequest {
+        idempotency_key: "paid-2".to_owned(),
+        subject: light.to_string(),
+        ..Default::default()
+    };
+    mesh.client().refund(mesh.as_service(refund)).await.unwrap();
+    mesh.plan(light, &[], 2).await;
+    assert_eq!(quota_of(light).await, (5, 2, 3));
+    let after = mesh.consume(light, "api.calls", 3, "after").await.unwrap();
+    assert!(after.allowed);
+    assert_eq!(after.used, 5);
+    assert!(
+        !mesh
+            .consume(light, "api.calls", 1, "more")
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
 /// One transaction per call: concurrent retries of one key race to record it; the losers roll
 /// back and replay the winner's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
