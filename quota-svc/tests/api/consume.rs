@@ -170,54 +170,30 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
         (quota.limit, quota.used, quota.remaining)
     };
 
+    let allowed = async |subject: Uuid, amount: i64, key: &str| {
+        mesh.consume(subject, "api.calls", amount, key)
+            .await
+            .unwrap()
+            .allowed
+    };
+
     // Three free units, then a plan (four units), then the plan is cancelled: the free tier
     // shows the month's seven units, capped at its five, and denies.
     let heavy = Uuid::now_v7();
-    assert!(
-        mesh.consume(heavy, "api.calls", 3, "free-1")
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(allowed(heavy, 3, "free-1").await);
     mesh.plan(heavy, &[("api.calls", Some(100))], 1).await;
-    assert!(
-        mesh.consume(heavy, "api.calls", 4, "paid-1")
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(allowed(heavy, 4, "paid-1").await);
     mesh.plan(heavy, &[], 2).await;
     assert_eq!(quota_of(heavy).await, (5, 5, 0));
-    assert!(
-        !mesh
-            .consume(heavy, "api.calls", 1, "after")
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(!allowed(heavy, 1, "after").await);
     assert_eq!(quota_of(heavy).await, (5, 5, 0));
 
     // One free unit and two paid units, one of them refunded: two of five are used.
     let light = Uuid::now_v7();
-    assert!(
-        mesh.consume(light, "api.calls", 1, "free-1")
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(allowed(light, 1, "free-1").await);
     mesh.plan(light, &[("api.calls", Some(100))], 1).await;
-    assert!(
-        mesh.consume(light, "api.calls", 1, "paid-1")
-            .await
-            .unwrap()
-            .allowed
-    );
-    assert!(
-        mesh.consume(light, "api.calls", 1, "paid-2")
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(allowed(light, 1, "paid-1").await);
+    assert!(allowed(light, 1, "paid-2").await);
     let refund = RefundRequest {
         idempotency_key: "paid-2".to_owned(),
         subject: light.to_string(),
@@ -226,16 +202,9 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
     mesh.client().refund(mesh.as_service(refund)).await.unwrap();
     mesh.plan(light, &[], 2).await;
     assert_eq!(quota_of(light).await, (5, 2, 3));
-    let after = mesh.consume(light, "api.calls", 3, "after").await.unwrap();
-    assert!(after.allowed);
-    assert_eq!(after.used, 5);
-    assert!(
-        !mesh
-            .consume(light, "api.calls", 1, "more")
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(allowed(light, 3, "after").await);
+    assert_eq!(quota_of(light).await, (5, 5, 0));
+    assert!(!allowed(light, 1, "more").await);
 }
 
 /// One transaction per call: concurrent retries of one key race to record it; the losers roll
