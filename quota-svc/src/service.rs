@@ -102,7 +102,7 @@ impl Core {
 
     /// The subject's quota for one metric; `NotFound` if the metric does not exist for it.
     pub async fn check(&self, subject: Uuid, metric: &str) -> Result<Counter, Error> {
-        self.list(subject)
+        self.quotas(subject, Some(metric))
             .await?
             .remove(metric)
             .ok_or_else(|| metric_not_found(metric))
@@ -110,6 +110,16 @@ impl Core {
 
     /// Every quota of the subject, by metric.
     pub async fn list(&self, subject: Uuid) -> Result<BTreeMap<String, Counter>, Error> {
+        self.quotas(subject, None).await
+    }
+
+    /// The subject's quotas; the month's usage is read only for the default-tier metrics
+    /// without a counter, and only for `only` when given.
+    async fn quotas(
+        &self,
+        subject: Uuid,
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, Counter>, Error> {
         let now = self.now();
         let mut conn = self.conn().await?;
         let own = entitlements::counters_of(&mut conn, subject).await?;
@@ -117,6 +127,7 @@ impl Core {
         let without_counter: Vec<String> = defaults
             .iter()
             .map(|(metric, _)| metric)
+            .filter(|metric| only.is_none_or(|only| only == metric.as_str()))
             .filter(|metric| !own.iter().any(|(own_metric, _)| own_metric == *metric))
             .cloned()
             .collect();

@@ -224,8 +224,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let body = format!(
         "auth-svc (release) on {url}, {cores} cores shared by client and server, {connections} HTTP/2 \
-         connections, {secs} s per timed case after {warmup} s of warm-up; the uncached case verifies {fresh} distinct keys once \
-         each.\n\n{table}\n{targets}",
+         connections, {secs} s per timed case after {warmup} s of warm-up; the uncached case \
+         verifies {fresh} distinct keys once each.\n\n{table}\n{targets}",
         url = args.auth_url,
         cores = std::thread::available_parallelism().map_or(0, usize::from),
         connections = args.connections,

@@ -372,8 +372,7 @@ fn report(cases: &[Case], args: &Args) -> String {
     }
     format!(
         "Consume of 1 unit with a fresh idempotency key per call, {} s per case after {} s of \
-         warm-up, over {} HTTP/2 \
-         connections; quota-svc release build with DB_POOL_SIZE={} and QUOTA_BATCH_WORKERS={} on this machine's \
+         warm-up, over {} HTTP/2 connections; quota-svc release build with DB_POOL_SIZE={} and QUOTA_BATCH_WORKERS={} on this machine's \
          PostgreSQL ({} cores). Batched = concurrent calls coalesced into one transaction per \
          batch (default); per-call = QUOTA_BATCHING=false, one transaction per call. \
          Run: {}.\n\n{}\n{}\n{}",

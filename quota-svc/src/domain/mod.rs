@@ -44,7 +44,6 @@ pub struct Counter {
 }
 
 impl Counter {
-    /// A fresh default-tier counter for the calendar month of `now`.
     /// A default-tier counter for the month of `now` that already holds `used_this_month`
     /// (up to the limit).
     pub fn default_tier(limit: Option<i64>, now: DateTime<Utc>, used_this_month: i64) -> Self {
