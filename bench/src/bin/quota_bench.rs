@@ -55,17 +55,22 @@ struct Args {
     /// Database connections of each quota-svc (DB_POOL_SIZE).
     #[arg(long, default_value_t = 16)]
     pool_size: usize,
+    /// The concurrent calls of each case (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
+    concurrency: Vec<usize>,
+    /// The paths to measure (comma-separated); the ratio needs both.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "batched,per-call")]
+    paths: Vec<Mode>,
     /// Where the Markdown section goes.
     #[arg(long, default_value = "bench/results/quota.md")]
     output: PathBuf,
 }
 
 const METRIC: &str = "bench.calls";
-const CONCURRENCY: [usize; 3] = [1, 64, 512];
 /// Large enough that no case runs out: every call is a real consume.
 const LIMIT: i64 = 1_000_000_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     Batched,
     PerCall,
@@ -122,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let duration = Duration::from_secs(args.duration_secs);
     let mut cases = Vec::new();
-    for mode in [Mode::Batched, Mode::PerCall] {
+    for &mode in &args.paths {
         let batching = (mode == Mode::Batched).to_string();
         let pool_size = args.pool_size.to_string();
         let workers = args.batch_workers.to_string();
@@ -224,7 +229,7 @@ async fn run_mode(
         ("one hot key", Arc::new(vec![hot])),
         ("10,000 keys", many.clone()),
     ] {
-        for concurrency in CONCURRENCY {
+        for &concurrency in &args.concurrency {
             let shared = shared.clone();
             let subjects = subjects.clone();
             let (stats, error) = run_concurrent(concurrency, duration, move |task| {
