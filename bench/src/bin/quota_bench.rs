@@ -59,7 +59,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
     concurrency: Vec<usize>,
     /// The paths to measure (comma-separated); the ratio needs both.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "batched,per-call")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "batched,per-call"
+    )]
     paths: Vec<Mode>,
     /// Where the Markdown section goes.
     #[arg(long, default_value = "bench/results/quota.md")]
