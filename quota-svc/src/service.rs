@@ -277,10 +277,14 @@ async fn refund_inner(
     let already_refunded = consumption.refunded_at.is_some();
     if !already_refunded {
         if let Some(counter) = counter.as_mut() {
-            // Only a consumption of the current period still counts in `used`.
-            if counter.period_end == consumption.resets_at {
-                counter.used = (counter.used - consumption.amount).max(0);
-            }
+            let month_usage = if counter.counts_month_usage_of(consumption.created_at) {
+                let metric = std::slice::from_ref(&consumption.metric);
+                let usage = entitlements::month_usage(conn, subject, metric, now).await?;
+                Some(usage.get(&consumption.metric).copied().unwrap_or(0))
+            } else {
+                None
+            };
+            counter.give_back(consumption.amount, consumption.resets_at, month_usage);
             entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;
         }
         entitlements::record_refund(conn, subject, &consumption, now).await?;

@@ -74,6 +74,29 @@ impl Counter {
         true
     }
 
+    /// Whether a consumption made at `consumed_at` counts here through the month's usage: a
+    /// default-tier counter holds the month's usage up to its limit (one created mid-month
+    /// starts from it), whichever counter the consumption was made on.
+    pub fn counts_month_usage_of(&self, consumed_at: DateTime<Utc>) -> bool {
+        self.source == Source::Default
+            && self.period_start <= consumed_at
+            && consumed_at < self.period_end
+    }
+
+    /// Takes a refunded consumption of `amount` off the counter. `month_usage` (before the
+    /// refund) is given when [`Self::counts_month_usage_of`] holds: the counter then gives back
+    /// only what the usage capped at the limit drops by. Otherwise the consumption counts only if
+    /// it was made in this period (`resets_at`, the end of the period it counted in).
+    pub fn give_back(&mut self, amount: i64, resets_at: DateTime<Utc>, month_usage: Option<i64>) {
+        let taken_off = match (month_usage, self.limit) {
+            (Some(usage), Some(limit)) => usage.min(limit) - (usage - amount).max(0).min(limit),
+            (Some(_), None) => amount,
+            (None, _) if resets_at == self.period_end => amount,
+            (None, _) => 0,
+        };
+        self.used = (self.used - taken_off.max(0)).max(0);
+    }
+
     /// `max(limit - used, 0)`; 0 when unlimited.
     pub fn remaining(&self) -> i64 {
         self.limit.map_or(0, |limit| (limit - self.used).max(0))
@@ -101,4 +124,55 @@ pub fn effective_quotas(
         quotas.insert(metric, counter);
     }
     quotas
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_default_counter_gives_back_only_what_the_capped_month_usage_drops_by() {
+        // 150 units this month (100 of them on a plan that was cancelled): the free tier of
+        // 100 started full.
+        let mut counter = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 150);
+        let plan_end = at("2026-03-20T00:00:00Z");
+        assert!(counter.counts_month_usage_of(at("2026-03-05T00:00:00Z")));
+        counter.give_back(50, plan_end, Some(150));
+        assert_eq!(counter.used, 100, "the month still used 100 units");
+        counter.give_back(30, plan_end, Some(100));
+        assert_eq!(counter.used, 70);
+        counter.give_back(20, counter.period_end, Some(70));
+        assert_eq!(
+            counter.used, 50,
+            "below the cap a refund gives everything back"
+        );
+    }
+
+    #[test]
+    fn a_counter_gives_back_only_consumptions_of_its_period() {
+        let mut plan = Counter {
+            limit: Some(10),
+            used: 6,
+            period_start: at("2026-03-01T00:00:00Z"),
+            period_end: at("2026-03-31T00:00:00Z"),
+            source: Source::Plan,
+        };
+        assert!(!plan.counts_month_usage_of(at("2026-03-05T00:00:00Z")));
+        plan.give_back(4, at("2026-03-01T00:00:00Z"), None);
+        assert_eq!(plan.used, 6, "last period's consumption");
+        plan.give_back(4, plan.period_end, None);
+        assert_eq!(plan.used, 2);
+
+        let mut free = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 0);
+        assert!(!free.counts_month_usage_of(at("2026-02-27T00:00:00Z")));
+        free.used = 5;
+        free.give_back(5, at("2026-03-01T00:00:00Z"), None);
+        assert_eq!(free.used, 5, "last month's consumption");
+    }
 }

@@ -207,6 +207,79 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
     assert!(!allowed(light, 1, "more").await);
 }
 
+/// A plan used past the free allowance, then cancelled: refunds of its consumptions give back
+/// only what the month's usage, capped at the free limit, drops by; whether the plan period ended
+/// with the month or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usage() {
+    let mesh = Mesh::start().await;
+    mesh.defaults(&[("api.calls", Some(5))], 1).await;
+    let now = mesh.clock_now();
+    let (month_start, month_end) = quota_svc::domain::period::month_of(now);
+    for plan_end in [month_end, now + TimeDelta::days(3)] {
+        let subject = Uuid::now_v7();
+        let plan = ApplyEntitlementsRequest {
+            subject: subject.to_string(),
+            plan_code: "pro".to_owned(),
+            limits: metric_limits(&[("api.calls", Some(100))]),
+            period_start: Some(super::harness::ts(month_start)),
+            period_end: Some(super::harness::ts(plan_end)),
+            version: 1,
+        };
+        mesh.client()
+            .apply_entitlements(mesh.as_service(plan))
+            .await
+            .unwrap();
+        for key in ["paid-1", "paid-2", "paid-3"] {
+            assert!(
+                mesh.consume(subject, "api.calls", 4, key)
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        mesh.plan(subject, &[], 2).await;
+        let used = async || {
+            let check = CheckQuotaRequest {
+                metric: "api.calls".to_owned(),
+                subject: subject.to_string(),
+            };
+            let quota = mesh.client().check_quota(mesh.as_service(check)).await;
+            quota.unwrap().into_inner().quota.unwrap().used
+        };
+        let refund = async |key: &str| {
+            let request = RefundRequest {
+                idempotency_key: key.to_owned(),
+                subject: subject.to_string(),
+                ..Default::default()
+            };
+            let refunded = mesh.client().refund(mesh.as_service(request)).await;
+            refunded.unwrap().into_inner().quota.unwrap().used
+        };
+        // Twelve units this month against a free tier of five: it starts full.
+        assert!(
+            !mesh
+                .consume(subject, "api.calls", 1, "free-1")
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert_eq!(used().await, 5);
+        // Eight units left: still over the cap, nothing to give back.
+        assert_eq!(refund("paid-1").await, 5, "plan ending {plan_end}");
+        // Four left, then none.
+        assert_eq!(refund("paid-2").await, 4, "plan ending {plan_end}");
+        assert_eq!(used().await, 4);
+        assert_eq!(refund("paid-3").await, 0, "plan ending {plan_end}");
+        assert!(
+            mesh.consume(subject, "api.calls", 5, "free-2")
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+}
+
 /// One transaction per call: concurrent retries of one key race to record it; the losers roll
 /// back and replay the winner's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
