@@ -279,12 +279,19 @@ async fn refund_inner(
         if let Some(counter) = counter.as_mut() {
             let month_usage = if counter.counts_month_usage_of(consumption.created_at) {
                 let metric = std::slice::from_ref(&consumption.metric);
-                let usage = entitlements::month_usage(conn, subject, metric, now).await?;
+                // The counter's month, which another replica's clock may have started already.
+                let month = counter.period_start;
+                let usage = entitlements::month_usage(conn, subject, metric, month).await?;
                 Some(usage.get(&consumption.metric).copied().unwrap_or(0))
             } else {
                 None
             };
-            counter.give_back(consumption.amount, consumption.resets_at, month_usage);
+            counter.give_back(
+                consumption.amount,
+                consumption.created_at,
+                consumption.resets_at,
+                month_usage,
+            );
             entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;
         }
         entitlements::record_refund(conn, subject, &consumption, now).await?;

@@ -74,27 +74,41 @@ impl Counter {
         true
     }
 
-    /// Whether a consumption made at `consumed_at` counts here through the month's usage: a
-    /// default-tier counter holds the month's usage up to its limit (one created mid-month
-    /// starts from it), whichever counter the consumption was made on.
+    /// Whether giving back a consumption made at `consumed_at` needs the month's usage: a
+    /// default-tier counter holds the month's usage up to its limit (one created mid-month starts
+    /// from it), whichever counter the consumption was made on.
     pub fn counts_month_usage_of(&self, consumed_at: DateTime<Utc>) -> bool {
-        self.source == Source::Default
-            && self.period_start <= consumed_at
-            && consumed_at < self.period_end
+        self.source == Source::Default && self.holds(consumed_at)
     }
 
-    /// Takes a refunded consumption of `amount` off the counter. `month_usage` (before the
-    /// refund) is given when [`Self::counts_month_usage_of`] holds: the counter then gives back
-    /// only what the usage capped at the limit drops by. Otherwise the consumption counts only if
-    /// it was made in this period (`resets_at`, the end of the period it counted in).
-    pub fn give_back(&mut self, amount: i64, resets_at: DateTime<Utc>, month_usage: Option<i64>) {
-        let taken_off = match (month_usage, self.limit) {
-            (Some(usage), Some(limit)) => usage.min(limit) - (usage - amount).max(0).min(limit),
-            (Some(_), None) => amount,
-            (None, _) if resets_at == self.period_end => amount,
-            (None, _) => 0,
+    /// Takes a refunded consumption of `amount`, made at `consumed_at` and counted in a period
+    /// ending at `resets_at`, off the counter. A plan counter holds the consumptions of its
+    /// period. A default counter holds the month's: when it holds their usage capped at its
+    /// limit, it gives back what that capped usage drops by, from `month_usage` (before the
+    /// refund; see [`Self::counts_month_usage_of`]); below that (a reset, a raised limit) the
+    /// consumption counts whole.
+    pub fn give_back(
+        &mut self,
+        amount: i64,
+        consumed_at: DateTime<Utc>,
+        resets_at: DateTime<Utc>,
+        month_usage: Option<i64>,
+    ) {
+        let taken_off = match self.source {
+            Source::Plan if resets_at == self.period_end => amount,
+            Source::Default if self.holds(consumed_at) => match (month_usage, self.limit) {
+                (Some(usage), Some(limit)) if self.used >= usage.min(limit) => {
+                    usage.min(limit) - (usage - amount).max(0).min(limit)
+                }
+                _ => amount,
+            },
+            Source::Plan | Source::Default => 0,
         };
         self.used = (self.used - taken_off.max(0)).max(0);
+    }
+
+    fn holds(&self, at: DateTime<Utc>) -> bool {
+        self.period_start <= at && at < self.period_end
     }
 
     /// `max(limit - used, 0)`; 0 when unlimited.
@@ -138,20 +152,34 @@ mod tests {
 
     #[test]
     fn a_default_counter_gives_back_only_what_the_capped_month_usage_drops_by() {
-        // 150 units this month (100 of them on a plan that was cancelled): the free tier of
-        // 100 started full.
+        // 150 units this month on a plan that was then cancelled: the free tier of 100 starts
+        // full.
         let mut counter = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 150);
-        let plan_end = at("2026-03-20T00:00:00Z");
-        assert!(counter.counts_month_usage_of(at("2026-03-05T00:00:00Z")));
-        counter.give_back(50, plan_end, Some(150));
+        let (paid_at, plan_end) = (at("2026-03-05T00:00:00Z"), at("2026-03-20T00:00:00Z"));
+        assert!(counter.counts_month_usage_of(paid_at));
+        counter.give_back(50, paid_at, plan_end, Some(150));
         assert_eq!(counter.used, 100, "the month still used 100 units");
-        counter.give_back(30, plan_end, Some(100));
+        counter.give_back(30, paid_at, plan_end, Some(100));
         assert_eq!(counter.used, 70);
-        counter.give_back(20, counter.period_end, Some(70));
-        assert_eq!(
-            counter.used, 50,
-            "below the cap a refund gives everything back"
-        );
+        // 20 free units, refunded: under the cap a refund gives everything back.
+        counter.used += 20;
+        let free_at = at("2026-03-12T00:00:00Z");
+        counter.give_back(20, free_at, counter.period_end, Some(90));
+        assert_eq!(counter.used, 70);
+
+        let mut straddling = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 120);
+        straddling.give_back(30, paid_at, plan_end, Some(120));
+        assert_eq!(straddling.used, 90, "120 - 30 units: 10 under the cap");
+    }
+
+    #[test]
+    fn after_a_reset_a_default_counter_gives_back_the_whole_consumption() {
+        // Free limit 5: 5 units, a reset by support, then 3 units refunded.
+        let mut counter = Counter::default_tier(Some(5), at("2026-03-10T00:00:00Z"), 0);
+        counter.used = 3;
+        let consumed_at = at("2026-03-11T00:00:00Z");
+        counter.give_back(3, consumed_at, counter.period_end, Some(8));
+        assert_eq!(counter.used, 0);
     }
 
     #[test]
@@ -163,16 +191,20 @@ mod tests {
             period_end: at("2026-03-31T00:00:00Z"),
             source: Source::Plan,
         };
-        assert!(!plan.counts_month_usage_of(at("2026-03-05T00:00:00Z")));
-        plan.give_back(4, at("2026-03-01T00:00:00Z"), None);
+        let consumed_at = at("2026-03-05T00:00:00Z");
+        assert!(!plan.counts_month_usage_of(consumed_at));
+        plan.give_back(4, consumed_at, at("2026-03-01T00:00:00Z"), None);
         assert_eq!(plan.used, 6, "last period's consumption");
-        plan.give_back(4, plan.period_end, None);
+        plan.give_back(4, consumed_at, plan.period_end, None);
         assert_eq!(plan.used, 2);
 
-        let mut free = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 0);
-        assert!(!free.counts_month_usage_of(at("2026-02-27T00:00:00Z")));
+        // An annual plan's November consumption, refunded on December's free tier: its period
+        // ends with the month, but the free tier holds only December's usage.
+        let mut free = Counter::default_tier(Some(100), at("2026-12-10T00:00:00Z"), 0);
         free.used = 5;
-        free.give_back(5, at("2026-03-01T00:00:00Z"), None);
-        assert_eq!(free.used, 5, "last month's consumption");
+        let november = at("2026-11-20T00:00:00Z");
+        assert!(!free.counts_month_usage_of(november));
+        free.give_back(5, november, free.period_end, None);
+        assert_eq!(free.used, 5);
     }
 }
