@@ -277,20 +277,21 @@ async fn refund_inner(
     let already_refunded = consumption.refunded_at.is_some();
     if !already_refunded {
         if let Some(counter) = counter.as_mut() {
-            let month_usage = if counter.counts_month_usage_of(consumption.created_at) {
-                let metric = std::slice::from_ref(&consumption.metric);
-                // The counter's month, which another replica's clock may have started already.
-                let month = counter.period_start;
-                let usage = entitlements::month_usage(conn, subject, metric, month).await?;
-                Some(usage.get(&consumption.metric).copied().unwrap_or(0))
-            } else {
-                None
+            let metric = &consumption.metric;
+            let seed = entitlements::seed(conn, subject, metric).await?;
+            let seed_usage = match seed {
+                Some(seed) if counter.seeded_with(consumption.created_at, seed.at) => {
+                    entitlements::refund_from_seed(conn, subject, metric, consumption.amount)
+                        .await?;
+                    Some(seed.usage)
+                }
+                _ => None,
             };
             counter.give_back(
                 consumption.amount,
                 consumption.created_at,
                 consumption.resets_at,
-                month_usage,
+                seed_usage,
             );
             entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;
         }

@@ -74,32 +74,28 @@ impl Counter {
         true
     }
 
-    /// Whether giving back a consumption made at `consumed_at` needs the month's usage: a
-    /// default-tier counter holds the month's usage up to its limit (one created mid-month starts
-    /// from it), whichever counter the consumption was made on.
-    pub fn counts_month_usage_of(&self, consumed_at: DateTime<Utc>) -> bool {
-        self.source == Source::Default && self.holds(consumed_at)
+    /// Whether a consumption made at `consumed_at` is held only through the usage this
+    /// default-tier counter started from when it was created mid-month, at `seeded_at`.
+    pub fn seeded_with(&self, consumed_at: DateTime<Utc>, seeded_at: DateTime<Utc>) -> bool {
+        self.source == Source::Default && self.holds(consumed_at) && consumed_at < seeded_at
     }
 
     /// Takes a refunded consumption of `amount`, made at `consumed_at` and counted in a period
-    /// ending at `resets_at`, off the counter. A plan counter holds the consumptions of its
-    /// period. A default counter holds the month's: when it holds their usage capped at its
-    /// limit, it gives back what that capped usage drops by, from `month_usage` (before the
-    /// refund; see [`Self::counts_month_usage_of`]); below that (a reset, a raised limit) the
-    /// consumption counts whole.
+    /// ending at `resets_at`, off the counter. A plan counter holds the consumptions made in and
+    /// counted in its period, a default counter those made in its month. One the default counter was seeded with
+    /// ([`Self::seeded_with`]) is held only as the usage before the seeding capped at the limit:
+    /// `seed_usage`, that usage before this refund, gives what the capped usage drops by.
     pub fn give_back(
         &mut self,
         amount: i64,
         consumed_at: DateTime<Utc>,
         resets_at: DateTime<Utc>,
-        month_usage: Option<i64>,
+        seed_usage: Option<i64>,
     ) {
         let taken_off = match self.source {
-            Source::Plan if resets_at == self.period_end => amount,
-            Source::Default if self.holds(consumed_at) => match (month_usage, self.limit) {
-                (Some(usage), Some(limit)) if self.used >= usage.min(limit) => {
-                    usage.min(limit) - (usage - amount).max(0).min(limit)
-                }
+            Source::Plan if self.holds(consumed_at) && resets_at == self.period_end => amount,
+            Source::Default if self.holds(consumed_at) => match (seed_usage, self.limit) {
+                (Some(usage), Some(limit)) => usage.min(limit) - (usage - amount).max(0).min(limit),
                 _ => amount,
             },
             Source::Plan | Source::Default => 0,
@@ -151,20 +147,15 @@ mod tests {
     }
 
     #[test]
-    fn a_default_counter_gives_back_only_what_the_capped_month_usage_drops_by() {
-        // 150 units this month on a plan that was then cancelled: the free tier of 100 starts
-        // full.
+    fn a_seeded_default_counter_gives_back_what_the_capped_seed_drops_by() {
+        // 150 units on a plan cancelled on the 10th: the free tier of 100 starts full.
+        let seeded_at = at("2026-03-10T00:00:00Z");
         let mut counter = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 150);
         let (paid_at, plan_end) = (at("2026-03-05T00:00:00Z"), at("2026-03-20T00:00:00Z"));
-        assert!(counter.counts_month_usage_of(paid_at));
+        assert!(counter.seeded_with(paid_at, seeded_at));
         counter.give_back(50, paid_at, plan_end, Some(150));
-        assert_eq!(counter.used, 100, "the month still used 100 units");
+        assert_eq!(counter.used, 100, "the plan still used 100 units");
         counter.give_back(30, paid_at, plan_end, Some(100));
-        assert_eq!(counter.used, 70);
-        // 20 free units, refunded: under the cap a refund gives everything back.
-        counter.used += 20;
-        let free_at = at("2026-03-12T00:00:00Z");
-        counter.give_back(20, free_at, counter.period_end, Some(90));
         assert_eq!(counter.used, 70);
 
         let mut straddling = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 120);
@@ -173,12 +164,15 @@ mod tests {
     }
 
     #[test]
-    fn after_a_reset_a_default_counter_gives_back_the_whole_consumption() {
-        // Free limit 5: 5 units, a reset by support, then 3 units refunded.
-        let mut counter = Counter::default_tier(Some(5), at("2026-03-10T00:00:00Z"), 0);
-        counter.used = 3;
-        let consumed_at = at("2026-03-11T00:00:00Z");
-        counter.give_back(3, consumed_at, counter.period_end, Some(8));
+    fn a_default_counter_gives_back_its_own_consumptions_whole() {
+        // Seeded full with 5 of the plan's 12 units, reset by support, then refilled with 5
+        // free units: refunding those gives all 5 back, whatever the month's usage.
+        let seeded_at = at("2026-03-10T00:00:00Z");
+        let mut counter = Counter::default_tier(Some(5), at("2026-03-10T00:00:00Z"), 12);
+        counter.used = 5;
+        let free_at = at("2026-03-11T00:00:00Z");
+        assert!(!counter.seeded_with(free_at, seeded_at));
+        counter.give_back(5, free_at, counter.period_end, None);
         assert_eq!(counter.used, 0);
     }
 
@@ -191,19 +185,34 @@ mod tests {
             period_end: at("2026-03-31T00:00:00Z"),
             source: Source::Plan,
         };
-        let consumed_at = at("2026-03-05T00:00:00Z");
-        assert!(!plan.counts_month_usage_of(consumed_at));
-        plan.give_back(4, consumed_at, at("2026-03-01T00:00:00Z"), None);
+        plan.give_back(
+            4,
+            at("2026-02-20T00:00:00Z"),
+            at("2026-03-01T00:00:00Z"),
+            None,
+        );
         assert_eq!(plan.used, 6, "last period's consumption");
+        let consumed_at = at("2026-03-05T00:00:00Z");
+        assert!(!plan.seeded_with(consumed_at, at("2026-03-10T00:00:00Z")));
         plan.give_back(4, consumed_at, plan.period_end, None);
         assert_eq!(plan.used, 2);
+
+        // A free consumption of the 5th, refunded on a plan subscribed on the 10th that ends
+        // with the month: the plan never held it.
+        let mut subscribed = Counter {
+            period_start: at("2026-03-10T00:00:00Z"),
+            period_end: at("2026-04-01T00:00:00Z"),
+            ..plan.clone()
+        };
+        subscribed.give_back(4, consumed_at, at("2026-04-01T00:00:00Z"), None);
+        assert_eq!(subscribed.used, 2);
 
         // An annual plan's November consumption, refunded on December's free tier: its period
         // ends with the month, but the free tier holds only December's usage.
         let mut free = Counter::default_tier(Some(100), at("2026-12-10T00:00:00Z"), 0);
         free.used = 5;
         let november = at("2026-11-20T00:00:00Z");
-        assert!(!free.counts_month_usage_of(november));
+        assert!(!free.seeded_with(november, at("2026-12-10T00:00:00Z")));
         free.give_back(5, november, free.period_end, None);
         assert_eq!(free.used, 5);
     }

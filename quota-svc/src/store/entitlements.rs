@@ -94,6 +94,53 @@ pub async fn month_usage(
     Ok(rows.into_iter().map(|row| (row.metric, row.used)).collect())
 }
 
+/// The usage a default-tier counter started from when it was created mid-month.
+#[derive(Debug, QueryableByName)]
+pub struct Seed {
+    /// When the counter was created.
+    #[diesel(sql_type = Timestamptz)]
+    pub at: DateTime<Utc>,
+    /// The month's usage before then, uncapped, less what has been refunded of it since.
+    #[diesel(sql_type = BigInt)]
+    pub usage: i64,
+}
+
+/// The seed of the subject's counter of `metric`, if it has one.
+pub async fn seed(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    metric: &str,
+) -> Result<Option<Seed>, diesel::result::Error> {
+    sql_query(
+        "SELECT seeded_at AS at, seeded_usage AS usage FROM entitlements \
+         WHERE subject = $1 AND metric = $2 AND seeded_at IS NOT NULL",
+    )
+    .bind::<SqlUuid, _>(subject)
+    .bind::<Text, _>(metric)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Takes a refunded consumption of `amount` off the usage the counter started from.
+pub async fn refund_from_seed(
+    conn: &mut AsyncPgConnection,
+    subject: Uuid,
+    metric: &str,
+    amount: i64,
+) -> Result<(), diesel::result::Error> {
+    sql_query(
+        "UPDATE entitlements SET seeded_usage = GREATEST(seeded_usage - $3, 0) \
+         WHERE subject = $1 AND metric = $2",
+    )
+    .bind::<SqlUuid, _>(subject)
+    .bind::<Text, _>(metric)
+    .bind::<BigInt, _>(amount)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Locks the subject's counter of `metric`, creating it from the default tier if needed, and
 /// rolls its period over. `None` when the metric does not exist for the subject.
 pub async fn lock_counter(
@@ -275,7 +322,8 @@ pub async fn apply_plan(
                  WHEN e.source = 'plan' AND e.period_start = EXCLUDED.period_start \
                    THEN LEAST(e.used, COALESCE(EXCLUDED.quota_limit, e.used)) \
                  ELSE 0 END, \
-               source = 'plan', quota_limit = EXCLUDED.quota_limit, \
+               source = 'plan', quota_limit = EXCLUDED.quota_limit, seeded_at = NULL, \
+               seeded_usage = NULL, \
                period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, \
                plan_code = EXCLUDED.plan_code, updated_at = EXCLUDED.updated_at",
         )

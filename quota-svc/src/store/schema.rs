@@ -27,6 +27,8 @@ pub mod quota {
             period_end -> Timestamptz,
             plan_code -> Text,
             updated_at -> Timestamptz,
+            seeded_at -> Nullable<Timestamptz>,
+            seeded_usage -> Nullable<Int8>,
         }
     }
 

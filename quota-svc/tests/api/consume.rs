@@ -238,6 +238,8 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
                     .allowed
             );
         }
+        // The plan ends a moment later: the free tier is created after its consumptions.
+        mesh.clock.advance(TimeDelta::milliseconds(1));
         mesh.plan(subject, &[], 2).await;
         let used = async || {
             let check = CheckQuotaRequest {
@@ -277,6 +279,8 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
                 .unwrap()
                 .allowed
         );
+        // The free tier's own consumption comes back whole.
+        assert_eq!(refund("free-2").await, 0, "plan ending {plan_end}");
     }
 }
 

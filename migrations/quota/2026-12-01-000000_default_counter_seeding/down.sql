@@ -1,0 +1,1 @@
+ALTER TABLE entitlements DROP COLUMN seeded_usage, DROP COLUMN seeded_at;
