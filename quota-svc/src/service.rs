@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     batcher::{self, Batcher},
     clock::Clock,
-    domain::{self, Counter, batch::Decision, usage::Bucket},
+    domain::{self, Counter, Holding, batch::Decision, usage::Bucket},
     error::Error,
     store::{
         consume::{Keys, Pending},
@@ -191,6 +191,8 @@ impl Core {
                 .ok_or_else(|| metric_not_found(&metric))?;
             counter.used = 0;
             entitlements::update_counter(conn, subject, &metric, &counter, now).await?;
+            let holding = Holding::starting_at(now);
+            entitlements::update_holding(conn, subject, &metric, &holding).await?;
             Ok(counter)
         })
         .await
@@ -278,21 +280,15 @@ async fn refund_inner(
     if !already_refunded {
         if let Some(counter) = counter.as_mut() {
             let metric = &consumption.metric;
-            let seed = entitlements::seed(conn, subject, metric).await?;
-            let seed_usage = match seed {
-                Some(seed) if counter.seeded_with(consumption.created_at, seed.at) => {
-                    entitlements::refund_from_seed(conn, subject, metric, consumption.amount)
-                        .await?;
-                    Some(seed.usage)
-                }
-                _ => None,
-            };
-            counter.give_back(
-                consumption.amount,
-                consumption.created_at,
-                consumption.resets_at,
-                seed_usage,
-            );
+            if let Some(mut holding) = entitlements::holding(conn, subject, metric).await? {
+                counter.give_back(
+                    consumption.amount,
+                    consumption.created_at,
+                    consumption.resets_at,
+                    &mut holding,
+                );
+                entitlements::update_holding(conn, subject, metric, &holding).await?;
+            }
             entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;
         }
         entitlements::record_refund(conn, subject, &consumption, now).await?;

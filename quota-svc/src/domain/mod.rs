@@ -32,6 +32,30 @@ impl Source {
     }
 }
 
+/// What a counter's `used` holds, so a refund gives back what the counter took and no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    /// Consumptions made since then (in the period) count whole: the counter was created, its
+    /// plan period started, or support reset it.
+    pub since: DateTime<Utc>,
+    /// A default-tier counter created mid-month holds the month's earlier consumptions as
+    /// their usage capped at the free limit: this many units...
+    pub seed_held: i64,
+    /// ...of this usage, uncapped, less what has been refunded of it since.
+    pub seed_usage: i64,
+}
+
+impl Holding {
+    /// A count starting over at `now`: nothing earlier is held.
+    pub fn starting_at(now: DateTime<Utc>) -> Self {
+        Self {
+            since: now,
+            seed_held: 0,
+            seed_usage: 0,
+        }
+    }
+}
+
 /// A subject's counter for one metric in its current period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counter {
@@ -74,33 +98,29 @@ impl Counter {
         true
     }
 
-    /// Whether a consumption made at `consumed_at` is held only through the usage this
-    /// default-tier counter started from when it was created mid-month, at `seeded_at`.
-    pub fn seeded_with(&self, consumed_at: DateTime<Utc>, seeded_at: DateTime<Utc>) -> bool {
-        self.source == Source::Default && self.holds(consumed_at) && consumed_at < seeded_at
-    }
-
     /// Takes a refunded consumption of `amount`, made at `consumed_at` and counted in a period
-    /// ending at `resets_at`, off the counter. A plan counter holds the consumptions made in and
-    /// counted in its period, a default counter those made in its month. One the default counter was seeded with
-    /// ([`Self::seeded_with`]) is held only as the usage before the seeding capped at the limit:
-    /// `seed_usage`, that usage before this refund, gives what the capped usage drops by.
+    /// ending at `resets_at`, off the counter, by what the counter holds of it (`holding`,
+    /// whose seed usage it lowers when the consumption is part of it).
     pub fn give_back(
         &mut self,
         amount: i64,
         consumed_at: DateTime<Utc>,
         resets_at: DateTime<Utc>,
-        seed_usage: Option<i64>,
+        holding: &mut Holding,
     ) {
-        let taken_off = match self.source {
-            Source::Plan if self.holds(consumed_at) && resets_at == self.period_end => amount,
-            Source::Default if self.holds(consumed_at) => match (seed_usage, self.limit) {
-                (Some(usage), Some(limit)) => usage.min(limit) - (usage - amount).max(0).min(limit),
-                _ => amount,
-            },
-            Source::Plan | Source::Default => 0,
+        let counted_here = self.source == Source::Default || resets_at == self.period_end;
+        let taken_off = if !self.holds(consumed_at) {
+            0
+        } else if consumed_at >= holding.since {
+            if counted_here { amount } else { 0 }
+        } else if self.source == Source::Default {
+            let (held, usage) = (holding.seed_held, holding.seed_usage);
+            holding.seed_usage = (usage - amount).max(0);
+            usage.min(held) - holding.seed_usage.min(held)
+        } else {
+            0
         };
-        self.used = (self.used - taken_off.max(0)).max(0);
+        self.used = (self.used - taken_off).max(0);
     }
 
     fn holds(&self, at: DateTime<Utc>) -> bool {
@@ -146,33 +166,55 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn seeded(held: i64, usage: i64) -> Holding {
+        Holding {
+            since: at("2026-03-10T00:00:00Z"),
+            seed_held: held,
+            seed_usage: usage,
+        }
+    }
+
     #[test]
     fn a_seeded_default_counter_gives_back_what_the_capped_seed_drops_by() {
         // 150 units on a plan cancelled on the 10th: the free tier of 100 starts full.
-        let seeded_at = at("2026-03-10T00:00:00Z");
         let mut counter = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 150);
+        let mut holding = seeded(100, 150);
         let (paid_at, plan_end) = (at("2026-03-05T00:00:00Z"), at("2026-03-20T00:00:00Z"));
-        assert!(counter.seeded_with(paid_at, seeded_at));
-        counter.give_back(50, paid_at, plan_end, Some(150));
+        counter.give_back(50, paid_at, plan_end, &mut holding);
         assert_eq!(counter.used, 100, "the plan still used 100 units");
-        counter.give_back(30, paid_at, plan_end, Some(100));
-        assert_eq!(counter.used, 70);
+        counter.give_back(30, paid_at, plan_end, &mut holding);
+        assert_eq!((counter.used, holding.seed_usage), (70, 70));
 
         let mut straddling = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 120);
-        straddling.give_back(30, paid_at, plan_end, Some(120));
+        straddling.give_back(30, paid_at, plan_end, &mut seeded(100, 120));
         assert_eq!(straddling.used, 90, "120 - 30 units: 10 under the cap");
     }
 
     #[test]
-    fn a_default_counter_gives_back_its_own_consumptions_whole() {
-        // Seeded full with 5 of the plan's 12 units, reset by support, then refilled with 5
-        // free units: refunding those gives all 5 back, whatever the month's usage.
-        let seeded_at = at("2026-03-10T00:00:00Z");
-        let mut counter = Counter::default_tier(Some(5), at("2026-03-10T00:00:00Z"), 12);
+    fn a_raised_free_limit_does_not_change_what_the_seed_holds() {
+        // Seeded with 5 of 12 plan units, then the free limit went from 5 to 10.
+        let mut counter = Counter::default_tier(Some(10), at("2026-03-10T00:00:00Z"), 0);
         counter.used = 5;
-        let free_at = at("2026-03-11T00:00:00Z");
-        assert!(!counter.seeded_with(free_at, seeded_at));
-        counter.give_back(5, free_at, counter.period_end, None);
+        counter.give_back(
+            4,
+            at("2026-03-05T00:00:00Z"),
+            at("2026-03-20T00:00:00Z"),
+            &mut seeded(5, 12),
+        );
+        assert_eq!(counter.used, 5, "8 plan units left still fill the 5 held");
+    }
+
+    #[test]
+    fn after_a_reset_only_later_consumptions_come_back() {
+        // Seeded with 5 of 12 plan units, reset on the 11th, then 5 free units.
+        let mut counter = Counter::default_tier(Some(5), at("2026-03-10T00:00:00Z"), 0);
+        counter.used = 5;
+        let mut holding = Holding::starting_at(at("2026-03-11T00:00:00Z"));
+        let end = counter.period_end;
+        counter.give_back(4, at("2026-03-05T00:00:00Z"), end, &mut holding);
+        counter.give_back(2, at("2026-03-10T12:00:00Z"), end, &mut holding);
+        assert_eq!(counter.used, 5, "the reset forgave them already");
+        counter.give_back(5, at("2026-03-12T00:00:00Z"), end, &mut holding);
         assert_eq!(counter.used, 0);
     }
 
@@ -182,38 +224,41 @@ mod tests {
             limit: Some(10),
             used: 6,
             period_start: at("2026-03-01T00:00:00Z"),
-            period_end: at("2026-03-31T00:00:00Z"),
+            period_end: at("2026-04-01T00:00:00Z"),
             source: Source::Plan,
         };
+        let mut holding = Holding::starting_at(plan.period_start);
+        let end = plan.period_end;
         plan.give_back(
             4,
             at("2026-02-20T00:00:00Z"),
-            at("2026-03-01T00:00:00Z"),
-            None,
+            plan.period_start,
+            &mut holding,
         );
         assert_eq!(plan.used, 6, "last period's consumption");
-        let consumed_at = at("2026-03-05T00:00:00Z");
-        assert!(!plan.seeded_with(consumed_at, at("2026-03-10T00:00:00Z")));
-        plan.give_back(4, consumed_at, plan.period_end, None);
+        plan.give_back(4, at("2026-03-05T00:00:00Z"), end, &mut holding);
         assert_eq!(plan.used, 2);
 
-        // A free consumption of the 5th, refunded on a plan subscribed on the 10th that ends
-        // with the month: the plan never held it.
+        // A free consumption of the 5th, refunded on a plan for the month subscribed on the 10th
+        // (or subscribed again after a cancellation): the plan never held it.
         let mut subscribed = Counter {
-            period_start: at("2026-03-10T00:00:00Z"),
-            period_end: at("2026-04-01T00:00:00Z"),
+            used: 3,
             ..plan.clone()
         };
-        subscribed.give_back(4, consumed_at, at("2026-04-01T00:00:00Z"), None);
-        assert_eq!(subscribed.used, 2);
+        let mut since_10th = seeded(0, 0);
+        subscribed.give_back(4, at("2026-03-05T00:00:00Z"), end, &mut since_10th);
+        assert_eq!(subscribed.used, 3);
 
         // An annual plan's November consumption, refunded on December's free tier: its period
         // ends with the month, but the free tier holds only December's usage.
         let mut free = Counter::default_tier(Some(100), at("2026-12-10T00:00:00Z"), 0);
         free.used = 5;
-        let november = at("2026-11-20T00:00:00Z");
-        assert!(!free.seeded_with(november, at("2026-12-10T00:00:00Z")));
-        free.give_back(5, november, free.period_end, None);
-        assert_eq!(free.used, 5);
+        let mut holding = Holding {
+            since: at("2026-12-10T00:00:00Z"),
+            seed_held: 5,
+            seed_usage: 5,
+        };
+        free.give_back(5, at("2026-11-20T00:00:00Z"), free.period_end, &mut holding);
+        assert_eq!((free.used, holding.seed_usage), (5, 5));
     }
 }

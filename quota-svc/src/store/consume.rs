@@ -267,9 +267,10 @@ pub async fn create_default_counters(
     sql_query(format!(
         "INSERT INTO entitlements \
            (subject, metric, source, quota_limit, used, period_start, period_end, updated_at, \
-            seeded_at, seeded_usage) \
+            counting_since, seed_held, seed_usage) \
          SELECT k.subject, k.metric, 'default', d.quota_limit, \
-                LEAST(m.used, COALESCE(d.quota_limit, m.used)), $3, $4, $5, $5, m.used \
+                LEAST(m.used, COALESCE(d.quota_limit, m.used)), $3, $4, $5, \
+                $5, LEAST(m.used, COALESCE(d.quota_limit, m.used)), m.used \
          FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric) \
          JOIN default_entitlements d ON d.metric = k.metric \
          CROSS JOIN LATERAL ({MONTH_USAGE}) m \

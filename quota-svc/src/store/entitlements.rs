@@ -15,7 +15,7 @@ use super::{
     COUNTER_COLUMNS, CounterRow, MONTH_USAGE,
     consume::{create_default_counters, lock_counters},
 };
-use crate::domain::{Counter, period};
+use crate::domain::{Counter, Holding, period};
 
 /// The subject's own counters, by metric.
 pub async fn counters_of(
@@ -94,48 +94,54 @@ pub async fn month_usage(
     Ok(rows.into_iter().map(|row| (row.metric, row.used)).collect())
 }
 
-/// The usage a default-tier counter started from when it was created mid-month.
-#[derive(Debug, QueryableByName)]
-pub struct Seed {
-    /// When the counter was created.
+#[derive(QueryableByName)]
+struct HoldingRow {
     #[diesel(sql_type = Timestamptz)]
-    pub at: DateTime<Utc>,
-    /// The month's usage before then, uncapped, less what has been refunded of it since.
+    counting_since: DateTime<Utc>,
     #[diesel(sql_type = BigInt)]
-    pub usage: i64,
+    seed_held: i64,
+    #[diesel(sql_type = BigInt)]
+    seed_usage: i64,
 }
 
-/// The seed of the subject's counter of `metric`, if it has one.
-pub async fn seed(
+/// What the subject's counter of `metric` holds (see [`Holding`]).
+pub async fn holding(
     conn: &mut AsyncPgConnection,
     subject: Uuid,
     metric: &str,
-) -> Result<Option<Seed>, diesel::result::Error> {
-    sql_query(
-        "SELECT seeded_at AS at, seeded_usage AS usage FROM entitlements \
-         WHERE subject = $1 AND metric = $2 AND seeded_at IS NOT NULL",
+) -> Result<Option<Holding>, diesel::result::Error> {
+    let row: Option<HoldingRow> = sql_query(
+        "SELECT counting_since, seed_held, seed_usage FROM entitlements \
+         WHERE subject = $1 AND metric = $2",
     )
     .bind::<SqlUuid, _>(subject)
     .bind::<Text, _>(metric)
     .get_result(conn)
     .await
-    .optional()
+    .optional()?;
+    Ok(row.map(|row| Holding {
+        since: row.counting_since,
+        seed_held: row.seed_held,
+        seed_usage: row.seed_usage,
+    }))
 }
 
-/// Takes a refunded consumption of `amount` off the usage the counter started from.
-pub async fn refund_from_seed(
+/// Stores what the subject's counter of `metric` holds.
+pub async fn update_holding(
     conn: &mut AsyncPgConnection,
     subject: Uuid,
     metric: &str,
-    amount: i64,
+    holding: &Holding,
 ) -> Result<(), diesel::result::Error> {
     sql_query(
-        "UPDATE entitlements SET seeded_usage = GREATEST(seeded_usage - $3, 0) \
+        "UPDATE entitlements SET counting_since = $3, seed_held = $4, seed_usage = $5 \
          WHERE subject = $1 AND metric = $2",
     )
     .bind::<SqlUuid, _>(subject)
     .bind::<Text, _>(metric)
-    .bind::<BigInt, _>(amount)
+    .bind::<Timestamptz, _>(holding.since)
+    .bind::<BigInt, _>(holding.seed_held)
+    .bind::<BigInt, _>(holding.seed_usage)
     .execute(conn)
     .await?;
     Ok(())
@@ -314,16 +320,20 @@ pub async fn apply_plan(
         sql_query(
             "INSERT INTO entitlements AS e \
                (subject, metric, source, quota_limit, used, period_start, period_end, plan_code, \
-                updated_at) \
-             SELECT $1, l.metric, 'plan', l.quota_limit, 0, $4, $5, $6, $7 \
+                updated_at, counting_since) \
+             SELECT $1, l.metric, 'plan', l.quota_limit, 0, $4, $5, $6, $7, $7 \
              FROM unnest($2::text[], $3::int8[]) AS l(metric, quota_limit) \
              ON CONFLICT (subject, metric) DO UPDATE SET \
                used = CASE \
                  WHEN e.source = 'plan' AND e.period_start = EXCLUDED.period_start \
                    THEN LEAST(e.used, COALESCE(EXCLUDED.quota_limit, e.used)) \
                  ELSE 0 END, \
-               source = 'plan', quota_limit = EXCLUDED.quota_limit, seeded_at = NULL, \
-               seeded_usage = NULL, \
+               counting_since = CASE \
+                 WHEN e.source = 'plan' AND e.period_start = EXCLUDED.period_start \
+                   THEN e.counting_since \
+                 ELSE EXCLUDED.counting_since END, \
+               seed_held = 0, seed_usage = 0, \
+               source = 'plan', quota_limit = EXCLUDED.quota_limit, \
                period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, \
                plan_code = EXCLUDED.plan_code, updated_at = EXCLUDED.updated_at",
         )
@@ -388,6 +398,7 @@ pub async fn apply_defaults(
     sql_query(
         "UPDATE entitlements e \
          SET quota_limit = d.quota_limit, used = LEAST(e.used, COALESCE(d.quota_limit, e.used)), \
+             seed_held = LEAST(e.seed_held, COALESCE(d.quota_limit, e.seed_held)), \
              updated_at = $1 \
          FROM default_entitlements d \
          WHERE e.source = 'default' AND e.metric = d.metric \

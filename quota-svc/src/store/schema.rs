@@ -27,8 +27,9 @@ pub mod quota {
             period_end -> Timestamptz,
             plan_code -> Text,
             updated_at -> Timestamptz,
-            seeded_at -> Nullable<Timestamptz>,
-            seeded_usage -> Nullable<Int8>,
+            counting_since -> Timestamptz,
+            seed_held -> Int8,
+            seed_usage -> Int8,
         }
     }
 

@@ -208,15 +208,16 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
 }
 
 /// A plan used past the free allowance, then cancelled: refunds of its consumptions give back
-/// only what the month's usage, capped at the free limit, drops by; whether the plan period ended
-/// with the month or not.
+/// only what the month's usage before the fallback, capped at the free limit, drops by; whether
+/// the plan period ended with the month or not. After a reset by support they give nothing back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usage() {
     let mesh = Mesh::start().await;
     mesh.defaults(&[("api.calls", Some(5))], 1).await;
     let now = mesh.clock_now();
     let (month_start, month_end) = quota_svc::domain::period::month_of(now);
-    for plan_end in [month_end, now + TimeDelta::days(3)] {
+    // Twelve units on a plan, which then ends: the free tier of five starts full.
+    let twelve_on_a_plan = async |plan_end| {
         let subject = Uuid::now_v7();
         let plan = ApplyEntitlementsRequest {
             subject: subject.to_string(),
@@ -238,27 +239,8 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
                     .allowed
             );
         }
-        // The plan ends a moment later: the free tier is created after its consumptions.
         mesh.clock.advance(TimeDelta::milliseconds(1));
         mesh.plan(subject, &[], 2).await;
-        let used = async || {
-            let check = CheckQuotaRequest {
-                metric: "api.calls".to_owned(),
-                subject: subject.to_string(),
-            };
-            let quota = mesh.client().check_quota(mesh.as_service(check)).await;
-            quota.unwrap().into_inner().quota.unwrap().used
-        };
-        let refund = async |key: &str| {
-            let request = RefundRequest {
-                idempotency_key: key.to_owned(),
-                subject: subject.to_string(),
-                ..Default::default()
-            };
-            let refunded = mesh.client().refund(mesh.as_service(request)).await;
-            refunded.unwrap().into_inner().quota.unwrap().used
-        };
-        // Twelve units this month against a free tier of five: it starts full.
         assert!(
             !mesh
                 .consume(subject, "api.calls", 1, "free-1")
@@ -266,13 +248,25 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
                 .unwrap()
                 .allowed
         );
-        assert_eq!(used().await, 5);
+        subject
+    };
+    let refund = async |subject: Uuid, key: &str| {
+        let request = RefundRequest {
+            idempotency_key: key.to_owned(),
+            subject: subject.to_string(),
+            ..Default::default()
+        };
+        let refunded = mesh.client().refund(mesh.as_service(request)).await;
+        refunded.unwrap().into_inner().quota.unwrap().used
+    };
+
+    for plan_end in [month_end, now + TimeDelta::days(3)] {
+        let subject = twelve_on_a_plan(plan_end).await;
         // Eight units left: still over the cap, nothing to give back.
-        assert_eq!(refund("paid-1").await, 5, "plan ending {plan_end}");
+        assert_eq!(refund(subject, "paid-1").await, 5, "plan ending {plan_end}");
         // Four left, then none.
-        assert_eq!(refund("paid-2").await, 4, "plan ending {plan_end}");
-        assert_eq!(used().await, 4);
-        assert_eq!(refund("paid-3").await, 0, "plan ending {plan_end}");
+        assert_eq!(refund(subject, "paid-2").await, 4, "plan ending {plan_end}");
+        assert_eq!(refund(subject, "paid-3").await, 0, "plan ending {plan_end}");
         assert!(
             mesh.consume(subject, "api.calls", 5, "free-2")
                 .await
@@ -280,8 +274,35 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
                 .allowed
         );
         // The free tier's own consumption comes back whole.
-        assert_eq!(refund("free-2").await, 0, "plan ending {plan_end}");
+        assert_eq!(refund(subject, "free-2").await, 0, "plan ending {plan_end}");
     }
+
+    let subject = twelve_on_a_plan(month_end).await;
+    mesh.clock.advance(TimeDelta::milliseconds(1));
+    let reset = ResetQuotaRequest {
+        metric: "api.calls".to_owned(),
+        subject: subject.to_string(),
+    };
+    let mut as_admin = tonic::Request::new(reset);
+    let admin = mesh.issuer.token(Uuid::now_v7(), &["admin"]);
+    as_admin
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    mesh.client().reset_quota(as_admin).await.unwrap();
+    assert!(
+        mesh.consume(subject, "api.calls", 5, "free-2")
+            .await
+            .unwrap()
+            .allowed
+    );
+    for key in ["paid-1", "paid-2", "paid-3"] {
+        assert_eq!(
+            refund(subject, key).await,
+            5,
+            "{key} was forgiven by the reset"
+        );
+    }
+    assert_eq!(refund(subject, "free-2").await, 0);
 }
 
 /// One transaction per call: concurrent retries of one key race to record it; the losers roll

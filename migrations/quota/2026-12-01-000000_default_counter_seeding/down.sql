@@ -1,1 +1,0 @@
-ALTER TABLE entitlements DROP COLUMN seeded_usage, DROP COLUMN seeded_at;
