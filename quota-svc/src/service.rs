@@ -280,13 +280,9 @@ async fn refund_inner(
     if !already_refunded {
         if let Some(counter) = counter.as_mut() {
             let metric = &consumption.metric;
-            if let Some(mut holding) = entitlements::holding(conn, subject, metric).await? {
-                counter.give_back(
-                    consumption.amount,
-                    consumption.created_at,
-                    consumption.resets_at,
-                    &mut holding,
-                );
+            if let Some(mut holding) = entitlements::holding(conn, subject, metric, counter).await?
+            {
+                counter.give_back(consumption.amount, consumption.created_at, &mut holding);
                 entitlements::update_holding(conn, subject, metric, &holding).await?;
             }
             entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;

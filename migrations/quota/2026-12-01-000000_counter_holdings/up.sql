@@ -1,6 +1,6 @@
 -- What a counter's `used` holds, so a refund gives back what the counter took and no more.
--- counting_since: consumptions made since then (in the period) count whole; set when the count
--- starts over (a new counter, a new plan period, ResetQuota). A default-tier counter created
+-- counting_since: consumptions made since then (before the period ends) count whole; set when
+-- the count starts over (a new counter, a new plan period, a rollover, ResetQuota). A default-tier counter created
 -- mid-month (a plan ended, or the metric came back to the free tier) also holds the month's
 -- earlier consumptions as their usage capped at the free limit: seed_held units of seed_usage
 -- (uncapped, less what has been refunded of it since).

@@ -35,8 +35,8 @@ impl Source {
 /// What a counter's `used` holds, so a refund gives back what the counter took and no more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holding {
-    /// Consumptions made since then (in the period) count whole: the counter was created, its
-    /// plan period started, or support reset it.
+    /// Consumptions made since then (before the period ends) count whole: the counter was
+    /// created, its period started (a new plan period, a rollover), or support reset it.
     pub since: DateTime<Utc>,
     /// A default-tier counter created mid-month holds the month's earlier consumptions as
     /// their usage capped at the free limit: this many units...
@@ -98,22 +98,18 @@ impl Counter {
         true
     }
 
-    /// Takes a refunded consumption of `amount`, made at `consumed_at` and counted in a period
-    /// ending at `resets_at`, off the counter, by what the counter holds of it (`holding`,
-    /// whose seed usage it lowers when the consumption is part of it).
-    pub fn give_back(
-        &mut self,
-        amount: i64,
-        consumed_at: DateTime<Utc>,
-        resets_at: DateTime<Utc>,
-        holding: &mut Holding,
-    ) {
-        let counted_here = self.source == Source::Default || resets_at == self.period_end;
-        let taken_off = if !self.holds(consumed_at) {
-            0
-        } else if consumed_at >= holding.since {
-            if counted_here { amount } else { 0 }
-        } else if self.source == Source::Default {
+    /// Takes a refunded consumption of `amount` made at `consumed_at` off the counter, by what
+    /// the counter holds of it (`holding`, whose seed usage it lowers when the consumption is
+    /// part of it): all of one made since its count started and before its period ends; for a
+    /// default counter, the drop in the capped seed for an earlier one of its month; otherwise
+    /// nothing.
+    pub fn give_back(&mut self, amount: i64, consumed_at: DateTime<Utc>, holding: &mut Holding) {
+        let taken_off = if holding.since <= consumed_at && consumed_at < self.period_end {
+            amount
+        } else if self.source == Source::Default
+            && self.period_start <= consumed_at
+            && consumed_at < holding.since
+        {
             let (held, usage) = (holding.seed_held, holding.seed_usage);
             holding.seed_usage = (usage - amount).max(0);
             usage.min(held) - holding.seed_usage.min(held)
@@ -121,10 +117,6 @@ impl Counter {
             0
         };
         self.used = (self.used - taken_off).max(0);
-    }
-
-    fn holds(&self, at: DateTime<Utc>) -> bool {
-        self.period_start <= at && at < self.period_end
     }
 
     /// `max(limit - used, 0)`; 0 when unlimited.
@@ -179,14 +171,14 @@ mod tests {
         // 150 units on a plan cancelled on the 10th: the free tier of 100 starts full.
         let mut counter = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 150);
         let mut holding = seeded(100, 150);
-        let (paid_at, plan_end) = (at("2026-03-05T00:00:00Z"), at("2026-03-20T00:00:00Z"));
-        counter.give_back(50, paid_at, plan_end, &mut holding);
+        let paid_at = at("2026-03-05T00:00:00Z");
+        counter.give_back(50, paid_at, &mut holding);
         assert_eq!(counter.used, 100, "the plan still used 100 units");
-        counter.give_back(30, paid_at, plan_end, &mut holding);
+        counter.give_back(30, paid_at, &mut holding);
         assert_eq!((counter.used, holding.seed_usage), (70, 70));
 
         let mut straddling = Counter::default_tier(Some(100), at("2026-03-10T00:00:00Z"), 120);
-        straddling.give_back(30, paid_at, plan_end, &mut seeded(100, 120));
+        straddling.give_back(30, paid_at, &mut seeded(100, 120));
         assert_eq!(straddling.used, 90, "120 - 30 units: 10 under the cap");
     }
 
@@ -195,12 +187,7 @@ mod tests {
         // Seeded with 5 of 12 plan units, then the free limit went from 5 to 10.
         let mut counter = Counter::default_tier(Some(10), at("2026-03-10T00:00:00Z"), 0);
         counter.used = 5;
-        counter.give_back(
-            4,
-            at("2026-03-05T00:00:00Z"),
-            at("2026-03-20T00:00:00Z"),
-            &mut seeded(5, 12),
-        );
+        counter.give_back(4, at("2026-03-05T00:00:00Z"), &mut seeded(5, 12));
         assert_eq!(counter.used, 5, "8 plan units left still fill the 5 held");
     }
 
@@ -210,16 +197,15 @@ mod tests {
         let mut counter = Counter::default_tier(Some(5), at("2026-03-10T00:00:00Z"), 0);
         counter.used = 5;
         let mut holding = Holding::starting_at(at("2026-03-11T00:00:00Z"));
-        let end = counter.period_end;
-        counter.give_back(4, at("2026-03-05T00:00:00Z"), end, &mut holding);
-        counter.give_back(2, at("2026-03-10T12:00:00Z"), end, &mut holding);
+        counter.give_back(4, at("2026-03-05T00:00:00Z"), &mut holding);
+        counter.give_back(2, at("2026-03-10T12:00:00Z"), &mut holding);
         assert_eq!(counter.used, 5, "the reset forgave them already");
-        counter.give_back(5, at("2026-03-12T00:00:00Z"), end, &mut holding);
+        counter.give_back(5, at("2026-03-12T00:00:00Z"), &mut holding);
         assert_eq!(counter.used, 0);
     }
 
     #[test]
-    fn a_counter_gives_back_only_consumptions_of_its_period() {
+    fn a_counter_gives_back_only_consumptions_since_its_count_started() {
         let mut plan = Counter {
             limit: Some(10),
             used: 6,
@@ -228,15 +214,9 @@ mod tests {
             source: Source::Plan,
         };
         let mut holding = Holding::starting_at(plan.period_start);
-        let end = plan.period_end;
-        plan.give_back(
-            4,
-            at("2026-02-20T00:00:00Z"),
-            plan.period_start,
-            &mut holding,
-        );
+        plan.give_back(4, at("2026-02-20T00:00:00Z"), &mut holding);
         assert_eq!(plan.used, 6, "last period's consumption");
-        plan.give_back(4, at("2026-03-05T00:00:00Z"), end, &mut holding);
+        plan.give_back(4, at("2026-03-05T00:00:00Z"), &mut holding);
         assert_eq!(plan.used, 2);
 
         // A free consumption of the 5th, refunded on a plan for the month subscribed on the 10th
@@ -245,12 +225,21 @@ mod tests {
             used: 3,
             ..plan.clone()
         };
-        let mut since_10th = seeded(0, 0);
-        subscribed.give_back(4, at("2026-03-05T00:00:00Z"), end, &mut since_10th);
+        subscribed.give_back(4, at("2026-03-05T00:00:00Z"), &mut seeded(0, 0));
         assert_eq!(subscribed.used, 3);
 
-        // An annual plan's November consumption, refunded on December's free tier: its period
-        // ends with the month, but the free tier holds only December's usage.
+        // A plan applied on the 5th for a period starting on the 10th counts from the 5th.
+        let mut ahead = Counter {
+            used: 4,
+            period_start: at("2026-03-10T00:00:00Z"),
+            ..plan.clone()
+        };
+        let mut applied = Holding::starting_at(at("2026-03-05T00:00:00Z"));
+        ahead.give_back(4, at("2026-03-07T00:00:00Z"), &mut applied);
+        assert_eq!(ahead.used, 0);
+
+        // An annual plan's November consumption, refunded on December's free tier: the free
+        // tier holds only December's usage.
         let mut free = Counter::default_tier(Some(100), at("2026-12-10T00:00:00Z"), 0);
         free.used = 5;
         let mut holding = Holding {
@@ -258,7 +247,7 @@ mod tests {
             seed_held: 5,
             seed_usage: 5,
         };
-        free.give_back(5, at("2026-11-20T00:00:00Z"), free.period_end, &mut holding);
+        free.give_back(5, at("2026-11-20T00:00:00Z"), &mut holding);
         assert_eq!((free.used, holding.seed_usage), (5, 5));
     }
 }

@@ -336,7 +336,11 @@ async fn write(
         "WITH counters AS ( \
            UPDATE entitlements e \
            SET used = c.used, period_start = c.period_start, period_end = c.period_end, \
-               updated_at = $14 \
+               updated_at = $14, \
+               counting_since = CASE WHEN e.period_start = c.period_start \
+                 THEN e.counting_since ELSE c.period_start END, \
+               seed_held = CASE WHEN e.period_start = c.period_start THEN e.seed_held ELSE 0 END, \
+               seed_usage = CASE WHEN e.period_start = c.period_start THEN e.seed_usage ELSE 0 END \
            FROM unnest($1::tid[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) \
              AS c(tid, used, period_start, period_end) \
            WHERE e.ctid = c.tid \

@@ -97,6 +97,8 @@ pub async fn month_usage(
 #[derive(QueryableByName)]
 struct HoldingRow {
     #[diesel(sql_type = Timestamptz)]
+    period_start: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
     counting_since: DateTime<Utc>,
     #[diesel(sql_type = BigInt)]
     seed_held: i64,
@@ -104,14 +106,16 @@ struct HoldingRow {
     seed_usage: i64,
 }
 
-/// What the subject's counter of `metric` holds (see [`Holding`]).
+/// What the locked `counter` of the subject's `metric` holds (see [`Holding`]); nothing earlier
+/// when the counter has just rolled over to a new period in memory.
 pub async fn holding(
     conn: &mut AsyncPgConnection,
     subject: Uuid,
     metric: &str,
+    counter: &Counter,
 ) -> Result<Option<Holding>, diesel::result::Error> {
     let row: Option<HoldingRow> = sql_query(
-        "SELECT counting_since, seed_held, seed_usage FROM entitlements \
+        "SELECT period_start, counting_since, seed_held, seed_usage FROM entitlements \
          WHERE subject = $1 AND metric = $2",
     )
     .bind::<SqlUuid, _>(subject)
@@ -119,10 +123,16 @@ pub async fn holding(
     .get_result(conn)
     .await
     .optional()?;
-    Ok(row.map(|row| Holding {
-        since: row.counting_since,
-        seed_held: row.seed_held,
-        seed_usage: row.seed_usage,
+    Ok(row.map(|row| {
+        if row.period_start == counter.period_start {
+            Holding {
+                since: row.counting_since,
+                seed_held: row.seed_held,
+                seed_usage: row.seed_usage,
+            }
+        } else {
+            Holding::starting_at(counter.period_start)
+        }
     }))
 }
 
