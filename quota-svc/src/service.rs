@@ -190,9 +190,8 @@ impl Core {
                 .await?
                 .ok_or_else(|| metric_not_found(&metric))?;
             counter.used = 0;
-            entitlements::update_counter(conn, subject, &metric, &counter, now).await?;
             let holding = Holding::starting_at(now);
-            entitlements::update_holding(conn, subject, &metric, &holding).await?;
+            entitlements::update_counter(conn, subject, &metric, &counter, &holding, now).await?;
             Ok(counter)
         })
         .await
@@ -280,12 +279,9 @@ async fn refund_inner(
     if !already_refunded {
         if let Some(counter) = counter.as_mut() {
             let metric = &consumption.metric;
-            if let Some(mut holding) = entitlements::holding(conn, subject, metric, counter).await?
-            {
-                counter.give_back(consumption.amount, consumption.created_at, &mut holding);
-                entitlements::update_holding(conn, subject, metric, &holding).await?;
-            }
-            entitlements::update_counter(conn, subject, &consumption.metric, counter, now).await?;
+            let mut holding = entitlements::holding(conn, subject, metric, counter).await?;
+            counter.give_back(consumption.amount, consumption.created_at, &mut holding);
+            entitlements::update_counter(conn, subject, metric, counter, &holding, now).await?;
         }
         entitlements::record_refund(conn, subject, &consumption, now).await?;
     }

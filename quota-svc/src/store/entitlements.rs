@@ -113,48 +113,24 @@ pub async fn holding(
     subject: Uuid,
     metric: &str,
     counter: &Counter,
-) -> Result<Option<Holding>, diesel::result::Error> {
-    let row: Option<HoldingRow> = sql_query(
+) -> Result<Holding, diesel::result::Error> {
+    let row: HoldingRow = sql_query(
         "SELECT period_start, counting_since, seed_held, seed_usage FROM entitlements \
          WHERE subject = $1 AND metric = $2",
     )
     .bind::<SqlUuid, _>(subject)
     .bind::<Text, _>(metric)
     .get_result(conn)
-    .await
-    .optional()?;
-    Ok(row.map(|row| {
-        if row.period_start == counter.period_start {
-            Holding {
-                since: row.counting_since,
-                seed_held: row.seed_held,
-                seed_usage: row.seed_usage,
-            }
-        } else {
-            Holding::starting_at(counter.period_start)
-        }
-    }))
-}
-
-/// Stores what the subject's counter of `metric` holds.
-pub async fn update_holding(
-    conn: &mut AsyncPgConnection,
-    subject: Uuid,
-    metric: &str,
-    holding: &Holding,
-) -> Result<(), diesel::result::Error> {
-    sql_query(
-        "UPDATE entitlements SET counting_since = $3, seed_held = $4, seed_usage = $5 \
-         WHERE subject = $1 AND metric = $2",
-    )
-    .bind::<SqlUuid, _>(subject)
-    .bind::<Text, _>(metric)
-    .bind::<Timestamptz, _>(holding.since)
-    .bind::<BigInt, _>(holding.seed_held)
-    .bind::<BigInt, _>(holding.seed_usage)
-    .execute(conn)
     .await?;
-    Ok(())
+    Ok(if row.period_start == counter.period_start {
+        Holding {
+            since: row.counting_since,
+            seed_held: row.seed_held,
+            seed_usage: row.seed_usage,
+        }
+    } else {
+        Holding::starting_at(counter.period_start)
+    })
 }
 
 /// Locks the subject's counter of `metric`, creating it from the default tier if needed, and
@@ -178,16 +154,18 @@ pub async fn lock_counter(
     }))
 }
 
-/// Stores a counter's `used` and period.
+/// Stores a counter's `used` and period, and what it holds.
 pub async fn update_counter(
     conn: &mut AsyncPgConnection,
     subject: Uuid,
     metric: &str,
     counter: &Counter,
+    holding: &Holding,
     now: DateTime<Utc>,
 ) -> Result<(), diesel::result::Error> {
     sql_query(
-        "UPDATE entitlements SET used = $3, period_start = $4, period_end = $5, updated_at = $6 \
+        "UPDATE entitlements SET used = $3, period_start = $4, period_end = $5, updated_at = $6, \
+           counting_since = $7, seed_held = $8, seed_usage = $9 \
          WHERE subject = $1 AND metric = $2",
     )
     .bind::<SqlUuid, _>(subject)
@@ -196,6 +174,9 @@ pub async fn update_counter(
     .bind::<Timestamptz, _>(counter.period_start)
     .bind::<Timestamptz, _>(counter.period_end)
     .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(holding.since)
+    .bind::<BigInt, _>(holding.seed_held)
+    .bind::<BigInt, _>(holding.seed_usage)
     .execute(conn)
     .await?;
     Ok(())
