@@ -4,6 +4,7 @@
 
 use std::{future::Future, time::Duration};
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -15,6 +16,9 @@ use crate::{
     observe::ObserveLayer,
     telemetry,
 };
+
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Everything a service hands to [`serve`].
 pub struct Service {
@@ -199,6 +203,7 @@ async fn watch_database(
 
 async fn serve_admin(listener: TcpListener, mut stopping: watch::Receiver<bool>) {
     let handle = telemetry::metrics_handle();
+    tokio::spawn(drain_metrics(handle.clone(), stopping.clone()));
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -213,6 +218,19 @@ async fn serve_admin(listener: TcpListener, mut stopping: watch::Receiver<bool>)
         .await;
     if let Err(err) = result {
         tracing::error!(%err, "admin listener failed");
+    }
+}
+
+/// Folds recorded histogram samples into their buckets every few seconds. The recorder keeps each
+/// sample until then; with no scraper calling `/metrics` they would pile up without bound (24 bytes
+/// per RPC: about 0.9 GB an hour at 10,000 calls/s).
+async fn drain_metrics(handle: PrometheusHandle, mut stopping: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = every.tick() => handle.run_upkeep(),
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
     }
 }
 
