@@ -71,12 +71,14 @@ impl Core {
         match &self.batcher {
             Some(batcher) => batcher.consume(pending).await,
             None => {
-                let mut decisions = batcher::run_batch(
+                // Boxed: inline, the transaction's state would make every Consume future (the
+                // batched path's too) over 2 KB, copied at each move.
+                let mut decisions = Box::pin(batcher::run_batch(
                     &self.pool,
                     self.clock.as_ref(),
                     &[pending],
                     Keys::AssumeNew,
-                )
+                ))
                 .await?;
                 decisions
                     .pop()
