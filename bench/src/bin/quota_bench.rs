@@ -66,6 +66,10 @@ struct Args {
         default_value = "batched,per-call"
     )]
     paths: Vec<Mode>,
+    /// pgbench, for PostgreSQL's own one-transaction-per-call limits on this machine; the
+    /// comparison with the figures the targets were set from is left out when it is missing.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: PathBuf,
     /// Where the Markdown section goes.
     #[arg(long, default_value = "bench/results/quota.md")]
     output: PathBuf,
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         &["service"],
     );
     let duration = Duration::from_secs(args.duration_secs);
+    let baselines = measure_baselines(&db, &args);
     let mut cases = Vec::new();
     for &mode in &args.paths {
         let batching = (mode == Mode::Batched).to_string();
@@ -164,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         cases.extend(run_mode(&target, mode, &args, duration).await?);
         server.terminate(Duration::from_secs(20));
     }
-    let body = report(&cases, &args);
+    let body = report(&cases, &baselines, &args);
     write_section(&args.output, "quota-svc", &body)?;
     eprintln!("{body}\nwritten to {}", args.output.display());
     Ok(())
@@ -317,8 +322,167 @@ fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// One transaction per call on PostgreSQL alone, as the issue measured the machine the targets
+/// were set on: pgbench running an `UPDATE … RETURNING` of a counter and an `INSERT` of a log row
+/// per transaction. Measured in the same run, it tells how this machine compares with that one.
+struct Baseline {
+    keys: &'static str,
+    /// The pgbench script (`:counters` is the number of counter rows).
+    script: &'static str,
+    /// The issue's figure for this transaction (commits/s).
+    reference: f64,
+    /// The batched target at 512 concurrent calls (consumes/s), set against `reference`.
+    target: f64,
+}
+
+const BASELINES: [Baseline; 2] = [
+    Baseline {
+        keys: "one hot key",
+        script: "BEGIN;\n\
+                 UPDATE baseline.counters SET used = used + 1 WHERE id = 1 RETURNING used;\n\
+                 INSERT INTO baseline.log (counter, amount) VALUES (1, 1);\n\
+                 COMMIT;\n",
+        // The middle of the issue's 1,500-1,900.
+        reference: 1_700.0,
+        target: 15_000.0,
+    },
+    Baseline {
+        keys: "10,000 keys",
+        script: "\\set id random(1, :counters)\n\
+                 BEGIN;\n\
+                 UPDATE baseline.counters SET used = used + 1 WHERE id = :id RETURNING used;\n\
+                 INSERT INTO baseline.log (counter, amount) VALUES (:id, 1);\n\
+                 COMMIT;\n",
+        reference: 6_600.0,
+        target: 20_000.0,
+    },
+];
+
+/// pgbench's clients: about where one transaction per call peaks on 2 cores.
+const BASELINE_CLIENTS: usize = 16;
+
+/// Commits/s of each [`BASELINES`] script in this run, or why they could not be measured.
+fn measure_baselines(db: &TestDb, args: &Args) -> Result<Vec<f64>, String> {
+    let setup = format!(
+        "CREATE SCHEMA baseline; \
+         CREATE TABLE baseline.counters (id integer PRIMARY KEY, used bigint NOT NULL); \
+         INSERT INTO baseline.counters SELECT id, 0 FROM generate_series(1, {}) AS id; \
+         CREATE TABLE baseline.log (id bigserial PRIMARY KEY, counter integer NOT NULL, \
+           amount integer NOT NULL, at timestamptz NOT NULL DEFAULT now());",
+        args.keys
+    );
+    let psql = args.pgbench.with_file_name("psql");
+    run_tool(
+        &psql,
+        &["-qX", "-v", "ON_ERROR_STOP=1", "-c", &setup, db.url()],
+    )?;
+    let dir = std::env::temp_dir().join(format!("quota-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    let measured = BASELINES
+        .iter()
+        .enumerate()
+        .map(|(index, baseline)| {
+            let script = dir.join(format!("baseline-{index}.sql"));
+            std::fs::write(&script, baseline.script)
+                .map_err(|err| format!("{}: {err}", script.display()))?;
+            let output = run_tool(
+                &args.pgbench,
+                &[
+                    "-n",
+                    "-c",
+                    &BASELINE_CLIENTS.to_string(),
+                    "-j",
+                    "2",
+                    "-T",
+                    &args.duration_secs.to_string(),
+                    "-D",
+                    &format!("counters={}", args.keys),
+                    "-f",
+                    &script.to_string_lossy(),
+                    db.url(),
+                ],
+            )?;
+            let commits = output
+                .lines()
+                .find_map(|line| line.strip_prefix("tps = "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|tps| tps.parse::<f64>().ok())
+                .ok_or_else(|| format!("no `tps = ` line in pgbench's output:\n{output}"))?;
+            eprintln!(
+                "{:>20} | {:>11} | {} commits/s",
+                "pgbench",
+                baseline.keys,
+                rate(commits)
+            );
+            Ok(commits)
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    measured
+}
+
+/// Runs a PostgreSQL client tool; its standard output, or why it failed.
+fn run_tool(tool: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|err| format!("{} could not run: {err}", tool.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            tool.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The comparison with PostgreSQL alone: this machine against the one the targets were set on.
+fn baseline_report(cases: &[Case], baselines: &Result<Vec<f64>, String>) -> String {
+    let measured = match baselines {
+        Ok(measured) => measured,
+        Err(why) => return format!("PostgreSQL alone was not measured: {why}\n"),
+    };
+    let mut table = Table::new(&[
+        "keys",
+        "pgbench commits/s (this run)",
+        "the issue's figure",
+        "this machine / the issue's",
+        "batched at 512 / pgbench",
+        "target / the issue's figure",
+    ]);
+    for (baseline, &commits) in BASELINES.iter().zip(measured) {
+        let batched = cases.iter().find(|case| {
+            case.keys == baseline.keys && case.concurrency == 512 && case.mode == Mode::Batched
+        });
+        table.row(vec![
+            baseline.keys.to_owned(),
+            rate(commits),
+            rate(baseline.reference),
+            format!("{:.2}", commits / baseline.reference),
+            batched.map_or_else(
+                || "not run".to_owned(),
+                |case| {
+                    format!(
+                        "{:.1}×",
+                        case.stats.per_second() / commits.max(f64::EPSILON)
+                    )
+                },
+            ),
+            format!("{:.1}×", baseline.target / baseline.reference),
+        ]);
+    }
+    format!(
+        "PostgreSQL alone, one transaction per call (pgbench, {BASELINE_CLIENTS} clients, an \
+         `UPDATE … RETURNING` and a log `INSERT` per transaction), measured in the same run, \
+         against the figures the targets were set from:\n\n{}",
+        table.render()
+    )
+}
+
 /// The Markdown section: every case, then the batched/per-call ratios.
-fn report(cases: &[Case], args: &Args) -> String {
+fn report(cases: &[Case], baselines: &Result<Vec<f64>, String>, args: &Args) -> String {
     let mut table = Table::new(&[
         "keys",
         "concurrency",
@@ -389,7 +553,7 @@ fn report(cases: &[Case], args: &Args) -> String {
          warm-up, over {} HTTP/2 connections; quota-svc release build with DB_POOL_SIZE={} and QUOTA_BATCH_WORKERS={} on this machine's \
          PostgreSQL ({} cores). Batched = concurrent calls coalesced into one transaction per \
          batch (default); per-call = QUOTA_BATCHING=false, one transaction per call. \
-         Run: {}.\n\n{}\n{}\n{}",
+         Run: {}.\n\n{}\n{}\n{}\n{}",
         args.duration_secs,
         WARMUP.as_secs(),
         args.connections,
@@ -399,6 +563,7 @@ fn report(cases: &[Case], args: &Args) -> String {
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         table.render(),
         ratios.render(),
-        targets
+        targets,
+        baseline_report(cases, baselines)
     )
 }
