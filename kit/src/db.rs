@@ -3,6 +3,12 @@
 //! Every service works only in its own PostgreSQL schema: its connections carry
 //! `search_path=<schema>` in the connection options, so unqualified table names (and diesel's
 //! `__diesel_schema_migrations` bookkeeping table) live in that schema and never collide.
+//!
+//! They also carry `plan_cache_mode=force_custom_plan`: a statement stays prepared on its
+//! connection (no parse and no extra round trip per call) but is planned with each call's values.
+//! A generic plan, which PostgreSQL otherwise switches to after five calls, cannot see how many
+//! rows a bound array holds (quota's batches bind one per request) and would plan a batch of 500
+//! like one of 1.
 
 use std::time::Duration;
 
@@ -44,7 +50,8 @@ pub enum DbError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// `url` with the session's `search_path` set to `schema`, so the service only sees its own tables.
+/// `url` with the session's `search_path` set to `schema`, so the service only sees its own
+/// tables, and prepared statements planned per call (see the module documentation).
 pub fn url_with_schema(url: &str, schema: &str) -> Result<String, DbError> {
     if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         return Err(DbError::InvalidUrl(format!(
@@ -58,7 +65,7 @@ pub fn url_with_schema(url: &str, schema: &str) -> Result<String, DbError> {
     }
     let separator = if url.contains('?') { '&' } else { '?' };
     Ok(format!(
-        "{url}{separator}options=-c%20search_path%3D{schema}"
+        "{url}{separator}options=-c%20search_path%3D{schema}%20-c%20plan_cache_mode%3Dforce_custom_plan"
     ))
 }
 
@@ -149,13 +156,19 @@ mod tests {
             url_with_schema("postgres://u@h:5432/db", "auth")
                 .ok()
                 .as_deref(),
-            Some("postgres://u@h:5432/db?options=-c%20search_path%3Dauth")
+            Some(
+                "postgres://u@h:5432/db?options=-c%20search_path%3Dauth\
+                 %20-c%20plan_cache_mode%3Dforce_custom_plan"
+            )
         );
         assert_eq!(
             url_with_schema("postgresql://u@h/db?sslmode=disable", "quota")
                 .ok()
                 .as_deref(),
-            Some("postgresql://u@h/db?sslmode=disable&options=-c%20search_path%3Dquota")
+            Some(
+                "postgresql://u@h/db?sslmode=disable&options=-c%20search_path%3Dquota\
+                 %20-c%20plan_cache_mode%3Dforce_custom_plan"
+            )
         );
     }
 

@@ -24,7 +24,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::MONTH_USAGE;
+use super::{MONTH_USAGE, Prepared};
 use crate::domain::{
     Counter, Source,
     batch::{self, CounterKey, Decision, IdempotencyKey, Recorded, Request},
@@ -222,15 +222,17 @@ pub async fn lock_counters(
         return Ok(HashMap::new());
     }
     let (subjects, metrics): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
-    let rows: Vec<LockedRow> = sql_query(
-        "SELECT e.subject, e.metric, e.source, e.quota_limit, e.used, e.period_start, \
+    let rows: Vec<LockedRow> = Prepared(
+        sql_query(
+            "SELECT e.subject, e.metric, e.source, e.quota_limit, e.used, e.period_start, \
                 e.period_end, e.tid \
          FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric), \
          LATERAL (SELECT *, ctid::text AS tid FROM entitlements e \
                   WHERE e.subject = k.subject AND e.metric = k.metric FOR UPDATE) e",
+        )
+        .bind::<Array<SqlUuid>, _>(&subjects)
+        .bind::<Array<Text>, _>(&metrics),
     )
-    .bind::<Array<SqlUuid>, _>(&subjects)
-    .bind::<Array<Text>, _>(&metrics)
     .load(conn)
     .await?;
     Ok(rows
@@ -332,8 +334,9 @@ async fn write(
             resets.push(answer.resets_at);
         }
     }
-    let written = sql_query(
-        "WITH counters AS ( \
+    let written = Prepared(
+        sql_query(
+            "WITH counters AS ( \
            UPDATE entitlements e \
            SET used = c.used, period_start = c.period_start, period_end = c.period_end, \
                updated_at = $14, \
@@ -360,21 +363,22 @@ async fn write(
          FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], \
                      $11::int8[], $12::int8[], $13::timestamptz[]) \
            AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at)",
+        )
+        .bind::<Array<Text>, _>(&c_tids)
+        .bind::<Array<BigInt>, _>(&c_used)
+        .bind::<Array<Timestamptz>, _>(&c_starts)
+        .bind::<Array<Timestamptz>, _>(&c_ends)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&subjects)
+        .bind::<Array<Text>, _>(&metrics)
+        .bind::<Array<BigInt>, _>(&amounts)
+        .bind::<Array<Text>, _>(&keys)
+        .bind::<Array<Nullable<Text>>, _>(&attributes)
+        .bind::<Array<Nullable<BigInt>>, _>(&limits)
+        .bind::<Array<BigInt>, _>(&used)
+        .bind::<Array<Timestamptz>, _>(&resets)
+        .bind::<Timestamptz, _>(now),
     )
-    .bind::<Array<Text>, _>(&c_tids)
-    .bind::<Array<BigInt>, _>(&c_used)
-    .bind::<Array<Timestamptz>, _>(&c_starts)
-    .bind::<Array<Timestamptz>, _>(&c_ends)
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<SqlUuid>, _>(&subjects)
-    .bind::<Array<Text>, _>(&metrics)
-    .bind::<Array<BigInt>, _>(&amounts)
-    .bind::<Array<Text>, _>(&keys)
-    .bind::<Array<Nullable<Text>>, _>(&attributes)
-    .bind::<Array<Nullable<BigInt>>, _>(&limits)
-    .bind::<Array<BigInt>, _>(&used)
-    .bind::<Array<Timestamptz>, _>(&resets)
-    .bind::<Timestamptz, _>(now)
     .execute(conn)
     .await;
     match written {

@@ -9,7 +9,9 @@ pub mod usage;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryableByName,
+    QueryResult, QueryableByName,
+    pg::Pg,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
     sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use uuid::Uuid;
@@ -65,3 +67,30 @@ const MONTH_USAGE: &str = "SELECT COALESCE(SUM(n.net), 0)::int8 AS used FROM ( \
          AND u.occurred_at >= $3 AND u.occurred_at < $4 \
        GROUP BY u.usage_id) n \
      WHERE n.consumed";
+
+/// A hand-written statement each connection prepares once: `sql_query` prepares its text again,
+/// in a round trip of its own, on every call. quota's connections still plan every execution
+/// with its values (`plan_cache_mode = force_custom_plan`): a generic plan cannot see how many
+/// rows the bound arrays hold.
+#[derive(Debug, Clone)]
+pub struct Prepared<Q>(pub Q);
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+// No static id: the statement cache keys the statement by its SQL text and bind types.
+impl<Q> QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
+}

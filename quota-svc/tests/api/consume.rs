@@ -1,6 +1,7 @@
 //! Consume, Refund, rollover, entitlements, validation and permissions.
 
 use chrono::{Datelike, TimeDelta};
+use diesel_async::RunQueryDsl;
 use futures::future::join_all;
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
@@ -146,6 +147,29 @@ async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
     assert!(matches!(&decisions[0], Decision::Allowed(r) if r.used == 10));
     assert!(matches!(&decisions[1], Decision::Replayed(r) if r.usage_id == new_1.usage_id));
     assert_eq!(state().await, (10, 3));
+
+    // The lock and the write stayed prepared on the connection through all these batches, and
+    // the connection plans each call with its values.
+    let prepared: Setting = diesel::sql_query(
+        "SELECT count(*)::text AS value FROM pg_prepared_statements \
+         WHERE (statement LIKE '%FOR UPDATE) e' OR statement LIKE 'WITH counters AS%') \
+           AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(prepared.value, "2");
+    let mode: Setting = diesel::sql_query("SELECT current_setting('plan_cache_mode') AS value")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode.value, "force_custom_plan");
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
 }
 
 /// Falling back to the free tier mid-month (a cancelled plan) keeps the month's usage, so the
