@@ -1,10 +1,12 @@
 //! Coalesces concurrent Consume calls into one transaction per batch. Requests are sharded by
 //! subject over a few queues, each drained by one worker: it waits for the first request, then
-//! takes whatever else is already queued (up to [`MAX_BATCH`]) without waiting for more, so an
-//! idle service commits a lone call in one transaction while a busy one commits hundreds
-//! together. One batch per shard is in flight, several across shards; as a subject's counters
-//! live in one shard, concurrent batches of a replica never wait on each other's row locks, and
-//! a hot subject gets large batches instead of many small ones queued on the same row.
+//! takes whatever else is already queued (up to [`MAX_BATCH`]) without waiting for more, so a
+//! busy service commits hundreds together. A call that finds its shard idle (no batch running,
+//! nothing queued) commits itself at once in its own task, sparing an idle service the two
+//! hand-overs to and from the worker. One batch per shard is in flight, several across shards;
+//! as a subject's counters live in one shard, concurrent batches of a replica never wait on each
+//! other's row locks, and a hot subject gets large batches instead of many small ones queued on
+//! the same row.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -15,7 +17,7 @@ use std::{
 
 use futures::FutureExt;
 use kit::db::{DbError, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::{
     clock::Clock,
@@ -39,11 +41,20 @@ struct Job {
     reply: oneshot::Sender<Result<Decision, Error>>,
 }
 
+/// One shard: its queue, and the turn a batch holds while it runs.
+#[derive(Clone)]
+struct Shard {
+    queue: mpsc::Sender<Job>,
+    turn: Arc<Mutex<()>>,
+}
+
 /// The handle the handlers enqueue on; the workers stop when it is dropped.
 #[derive(Clone)]
 pub struct Batcher {
-    shards: Vec<mpsc::Sender<Job>>,
+    shards: Vec<Shard>,
     hasher: RandomState,
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Batcher {
@@ -52,13 +63,16 @@ impl Batcher {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (queue, receiver) = mpsc::channel(QUEUE);
-                tokio::spawn(work(receiver, pool.clone(), clock.clone()));
-                queue
+                let turn = Arc::new(Mutex::new(()));
+                tokio::spawn(work(receiver, turn.clone(), pool.clone(), clock.clone()));
+                Shard { queue, turn }
             })
             .collect();
         Self {
             shards,
             hasher: RandomState::new(),
+            pool,
+            clock,
         }
     }
 
@@ -67,8 +81,16 @@ impl Batcher {
     pub async fn consume(&self, pending: Pending) -> Result<Decision, Error> {
         let hash = self.hasher.hash_one(pending.request.subject);
         let shard = usize::try_from(hash % self.shards.len() as u64).unwrap_or(0);
+        let shard = &self.shards[shard];
+        if shard.queue.capacity() == QUEUE
+            && let Ok(_turn) = shard.turn.try_lock()
+        {
+            // Boxed, so the transaction's state does not enlarge every queued call's future.
+            return Box::pin(commit_alone(&self.pool, self.clock.as_ref(), pending)).await;
+        }
         let (reply, answer) = oneshot::channel();
-        self.shards[shard]
+        shard
+            .queue
             .send(Job { pending, reply })
             .await
             .map_err(|_| Error::Unavailable("the consume queue is closed".to_owned()))?;
@@ -78,12 +100,19 @@ impl Batcher {
     }
 }
 
-async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Clock>) {
+async fn work(
+    mut receiver: mpsc::Receiver<Job>,
+    turn: Arc<Mutex<()>>,
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+) {
     let mut look_up_until = Instant::now();
     loop {
         let Some(first) = receiver.recv().await else {
             return;
         };
+        // Waits for a call committing itself; what queued meanwhile joins this batch.
+        let _turn = turn.lock().await;
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -92,20 +121,12 @@ async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Cl
             }
         }
         let batch: Vec<Pending> = jobs.iter().map(|job| job.pending.clone()).collect();
-        // A panic (a bug) fails only its batch: unwinding out of the worker would close the
-        // shard's queue and leave its subjects UNAVAILABLE until a restart. Unwind safety: the
-        // batch shares only the pool, which discards a connection left inside a transaction,
-        // and the clock, which it only reads.
         let keys = if Instant::now() < look_up_until {
             Keys::LookUp
         } else {
             Keys::AssumeNew
         };
-        let result = AssertUnwindSafe(run_batch(&pool, clock.as_ref(), &batch, keys))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(Error::Unavailable("the consume batch panicked".to_owned())));
-        match result {
+        match run_guarded(&pool, clock.as_ref(), &batch, keys).await {
             Ok(decisions) => {
                 if decisions
                     .iter()
@@ -125,6 +146,34 @@ async fn work(mut receiver: mpsc::Receiver<Job>, pool: PgPool, clock: Arc<dyn Cl
             }
         }
     }
+}
+
+/// Decides and commits `pending` in a transaction of its own.
+pub async fn commit_alone(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    pending: Pending,
+) -> Result<Decision, Error> {
+    run_guarded(pool, clock, &[pending], Keys::AssumeNew)
+        .await?
+        .pop()
+        .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))
+}
+
+/// [`run_batch`], where a panic (a bug) fails only its batch: unwinding out of the worker would
+/// close the shard's queue and leave its subjects UNAVAILABLE until a restart. Unwind safety: the
+/// batch shares only the pool, which discards a connection left inside a transaction, and the
+/// clock, which it only reads.
+async fn run_guarded(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    batch: &[Pending],
+    keys: Keys,
+) -> Result<Vec<Decision>, Error> {
+    AssertUnwindSafe(run_batch(pool, clock, batch, keys))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(Error::Unavailable("the consume batch panicked".to_owned())))
 }
 
 /// Commits `batch` in one transaction. An attempt with [`Keys::AssumeNew`] that meets a

@@ -14,7 +14,7 @@ use crate::{
     domain::{self, Counter, Holding, batch::Decision, usage::Bucket},
     error::Error,
     store::{
-        consume::{Keys, Pending},
+        consume::Pending,
         entitlements::{self, PlanLimits},
         usage::{self, BucketSums, EventFilter, EventRow},
     },
@@ -70,19 +70,15 @@ impl Core {
     pub async fn consume(&self, pending: Pending) -> Result<Decision, Error> {
         match &self.batcher {
             Some(batcher) => batcher.consume(pending).await,
+            // Boxed: inline, the transaction's state would make every Consume future (the
+            // batched path's too) over 2 KB, copied at each move.
             None => {
-                // Boxed: inline, the transaction's state would make every Consume future (the
-                // batched path's too) over 2 KB, copied at each move.
-                let mut decisions = Box::pin(batcher::run_batch(
+                Box::pin(batcher::commit_alone(
                     &self.pool,
                     self.clock.as_ref(),
-                    &[pending],
-                    Keys::AssumeNew,
+                    pending,
                 ))
-                .await?;
-                decisions
-                    .pop()
-                    .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))
+                .await
             }
         }
     }
