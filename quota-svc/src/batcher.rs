@@ -2,8 +2,10 @@
 //! subject over a few queues, each drained by one worker: it waits for the first request, then
 //! takes whatever else is already queued (up to [`MAX_BATCH`]) without waiting for more, so a
 //! busy service commits hundreds together. A call that finds its shard idle (no batch running,
-//! nothing queued) commits itself at once in its own task, sparing an idle service the two
-//! hand-overs to and from the worker. One batch per shard is in flight, several across shards;
+//! nothing queued, and the last batch a lone call) commits itself at once in its own task,
+//! sparing an idle service the two hand-overs to and from the worker; under load, where the
+//! first call after a commit would otherwise go alone and hold up the calls queued behind it,
+//! everything goes through the worker. One batch per shard is in flight, several across shards;
 //! as a subject's counters live in one shard, concurrent batches of a replica never wait on each
 //! other's row locks, and a hot subject gets large batches instead of many small ones queued on
 //! the same row.
@@ -45,7 +47,35 @@ struct Job {
 #[derive(Clone)]
 struct Shard {
     queue: mpsc::Sender<Job>,
-    turn: Arc<Mutex<()>>,
+    turn: Arc<Mutex<Turn>>,
+}
+
+/// What a shard's batches pass on to the next one.
+struct Turn {
+    /// Calls in the last batch.
+    last_batch: usize,
+    /// Until when batches look their keys up first (see [`LOOK_UP_AFTER_REPLAY`]).
+    look_up_until: Instant,
+}
+
+impl Turn {
+    fn keys(&self) -> Keys {
+        if Instant::now() < self.look_up_until {
+            Keys::LookUp
+        } else {
+            Keys::AssumeNew
+        }
+    }
+
+    fn finished(&mut self, calls: usize, decisions: &[Decision]) {
+        self.last_batch = calls;
+        if decisions
+            .iter()
+            .any(|decision| matches!(decision, Decision::Replayed(_) | Decision::KeyReused))
+        {
+            self.look_up_until = Instant::now() + LOOK_UP_AFTER_REPLAY;
+        }
+    }
 }
 
 /// The handle the handlers enqueue on; the workers stop when it is dropped.
@@ -63,7 +93,10 @@ impl Batcher {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (queue, receiver) = mpsc::channel(QUEUE);
-                let turn = Arc::new(Mutex::new(()));
+                let turn = Arc::new(Mutex::new(Turn {
+                    last_batch: 1,
+                    look_up_until: Instant::now(),
+                }));
                 tokio::spawn(work(receiver, turn.clone(), pool.clone(), clock.clone()));
                 Shard { queue, turn }
             })
@@ -82,11 +115,21 @@ impl Batcher {
         let hash = self.hasher.hash_one(pending.request.subject);
         let shard = usize::try_from(hash % self.shards.len() as u64).unwrap_or(0);
         let shard = &self.shards[shard];
-        if shard.queue.capacity() == QUEUE
-            && let Ok(_turn) = shard.turn.try_lock()
+        if shard.queue.capacity() == shard.queue.max_capacity()
+            && let Ok(mut turn) = shard.turn.try_lock()
+            && turn.last_batch <= 1
         {
             // Boxed, so the transaction's state does not enlarge every queued call's future.
-            return Box::pin(commit_alone(&self.pool, self.clock.as_ref(), pending)).await;
+            let batch = [pending];
+            let decisions = Box::pin(run_guarded(
+                &self.pool,
+                self.clock.as_ref(),
+                &batch,
+                turn.keys(),
+            ))
+            .await?;
+            turn.finished(batch.len(), &decisions);
+            return only(decisions);
         }
         let (reply, answer) = oneshot::channel();
         shard
@@ -102,17 +145,16 @@ impl Batcher {
 
 async fn work(
     mut receiver: mpsc::Receiver<Job>,
-    turn: Arc<Mutex<()>>,
+    turn: Arc<Mutex<Turn>>,
     pool: PgPool,
     clock: Arc<dyn Clock>,
 ) {
-    let mut look_up_until = Instant::now();
     loop {
         let Some(first) = receiver.recv().await else {
             return;
         };
         // Waits for a call committing itself; what queued meanwhile joins this batch.
-        let _turn = turn.lock().await;
+        let mut turn = turn.lock().await;
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -121,19 +163,9 @@ async fn work(
             }
         }
         let batch: Vec<Pending> = jobs.iter().map(|job| job.pending.clone()).collect();
-        let keys = if Instant::now() < look_up_until {
-            Keys::LookUp
-        } else {
-            Keys::AssumeNew
-        };
-        match run_guarded(&pool, clock.as_ref(), &batch, keys).await {
+        match run_guarded(&pool, clock.as_ref(), &batch, turn.keys()).await {
             Ok(decisions) => {
-                if decisions
-                    .iter()
-                    .any(|decision| matches!(decision, Decision::Replayed(_) | Decision::KeyReused))
-                {
-                    look_up_until = Instant::now() + LOOK_UP_AFTER_REPLAY;
-                }
+                turn.finished(batch.len(), &decisions);
                 for (job, decision) in jobs.into_iter().zip(decisions) {
                     let _ = job.reply.send(Ok(decision));
                 }
@@ -154,8 +186,12 @@ pub async fn commit_alone(
     clock: &dyn Clock,
     pending: Pending,
 ) -> Result<Decision, Error> {
-    run_guarded(pool, clock, &[pending], Keys::AssumeNew)
-        .await?
+    only(run_guarded(pool, clock, &[pending], Keys::AssumeNew).await?)
+}
+
+/// The decision of a batch of one.
+fn only(mut decisions: Vec<Decision>) -> Result<Decision, Error> {
+    decisions
         .pop()
         .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))
 }
@@ -181,7 +217,7 @@ async fn run_guarded(
 /// and replays; that switch is not counted as an attempt. Races for a key, deadlocks and
 /// serialization conflicts are retried. Any failure is `Unavailable`: nothing of the batch was
 /// consumed.
-pub async fn run_batch(
+async fn run_batch(
     pool: &PgPool,
     clock: &dyn Clock,
     batch: &[Pending],
