@@ -6,9 +6,10 @@
 //!
 //! They also carry `plan_cache_mode=force_custom_plan`: a statement stays prepared on its
 //! connection (no parse and no extra round trip per call) but is planned with each call's values.
-//! A generic plan, which PostgreSQL otherwise switches to after five calls, cannot see how many
-//! rows a bound array holds (quota's batches bind one per request) and would plan a batch of 500
-//! like one of 1.
+//! A generic plan, which PostgreSQL otherwise considers from the sixth call on, cannot see how
+//! many rows a bound array holds (quota's batches bind one per request) and would plan a batch of
+//! 500 like one of 1. The other services' statements are few and cheap to plan, and planning
+//! each call keeps every service's plans predictable.
 
 use std::time::Duration;
 

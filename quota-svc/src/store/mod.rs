@@ -69,9 +69,9 @@ const MONTH_USAGE: &str = "SELECT COALESCE(SUM(n.net), 0)::int8 AS used FROM ( \
      WHERE n.consumed";
 
 /// A hand-written statement each connection prepares once: `sql_query` prepares its text again,
-/// in a round trip of its own, on every call. quota's connections still plan every execution
-/// with its values (`plan_cache_mode = force_custom_plan`): a generic plan cannot see how many
-/// rows the bound arrays hold.
+/// in a round trip of its own, on every call. Every execution is still planned with its values
+/// (kit's connections carry `plan_cache_mode = force_custom_plan`). Only for fixed SQL text with
+/// an explicit select list: each distinct text stays cached on every connection.
 #[derive(Debug, Clone)]
 pub struct Prepared<Q>(pub Q);
 
