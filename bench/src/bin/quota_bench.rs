@@ -70,6 +70,9 @@ struct Args {
     /// comparison with the figures the targets were set from is left out when it is missing.
     #[arg(long, default_value = "pgbench")]
     pgbench: PathBuf,
+    /// Leaves PostgreSQL's own limits out (quicker runs while tuning).
+    #[arg(long)]
+    no_baseline: bool,
     /// Where the Markdown section goes.
     #[arg(long, default_value = "bench/results/quota.md")]
     output: PathBuf,
@@ -139,7 +142,11 @@ async fn main() -> anyhow::Result<()> {
         &["service"],
     );
     let duration = Duration::from_secs(args.duration_secs);
-    let baselines = measure_baselines(&db, &args);
+    let baselines = if args.no_baseline {
+        Err("left out (--no-baseline)".to_owned())
+    } else {
+        measure_baselines(&db, &args)
+    };
     let mut cases = Vec::new();
     for &mode in &args.paths {
         let batching = (mode == Mode::Batched).to_string();
@@ -376,8 +383,8 @@ fn measure_baselines(db: &TestDb, args: &Args) -> Result<Vec<f64>, String> {
         &psql,
         &["-qX", "-v", "ON_ERROR_STOP=1", "-c", &setup, db.url()],
     )?;
-    let dir = std::env::temp_dir().join(format!("quota-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    let dir = std::env::temp_dir().join(format!("quota-bench-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     let measured = BASELINES
         .iter()
         .enumerate()
@@ -418,6 +425,20 @@ fn measure_baselines(db: &TestDb, args: &Args) -> Result<Vec<f64>, String> {
         })
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
+    // The quota cases that follow should not pay for the baseline's dead rows or its WAL.
+    run_tool(
+        &psql,
+        &[
+            "-qX",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "DROP SCHEMA baseline CASCADE",
+            "-c",
+            "CHECKPOINT",
+            db.url(),
+        ],
+    )?;
     measured
 }
 
