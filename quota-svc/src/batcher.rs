@@ -247,3 +247,76 @@ fn retryable(err: &diesel::result::Error) -> bool {
     kit::error::is_serialization_failure(err)
         || matches!(err, DatabaseError(DatabaseErrorKind::Unknown, info) if info.message().contains("deadlock"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use diesel_async::RunQueryDsl;
+    use kit::testing::TestDb;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{MIGRATIONS, SPEC, clock::SystemClock, domain::batch::Request};
+
+    fn pending(subject: Uuid, key: &str) -> Pending {
+        Pending {
+            request: Request {
+                subject,
+                metric: "api.calls".to_owned(),
+                amount: 1,
+                idempotency_key: key.to_owned(),
+            },
+            attributes: None,
+        }
+    }
+
+    /// A call never commits while its shard's turn is taken (one batch per shard in flight, the
+    /// idle path included); calls queued behind the turn are committed together by the worker
+    /// once it is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_wait_for_the_shards_turn_and_the_worker_commits_them() {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        diesel::sql_query(
+            "INSERT INTO default_entitlements (metric, quota_limit) VALUES ('api.calls', 10)",
+        )
+        .execute(&mut db.connect(SPEC.name).await)
+        .await
+        .unwrap();
+        let pool = kit::db::pool(db.url(), SPEC.name, 2, Duration::from_secs(5)).unwrap();
+        let batcher = Batcher::start(pool, Arc::new(SystemClock), 1);
+        let subject = Uuid::now_v7();
+        let consume = |key: &'static str| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.consume(pending(subject, key)).await })
+        };
+
+        // Idle: the call commits in its own task.
+        assert!(matches!(
+            consume("alone").await.unwrap(),
+            Ok(Decision::Allowed(_))
+        ));
+
+        // The turn taken: calls wait, then the worker commits them in one batch.
+        let held = self::held_turn(&batcher).await;
+        let queued = [consume("q1"), consume("q2")];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(queued.iter().all(|call| !call.is_finished()));
+        drop(held);
+        for call in queued {
+            assert!(matches!(call.await.unwrap(), Ok(Decision::Allowed(_))));
+        }
+        assert_eq!(batcher.shards[0].turn.lock().await.last_batch, 2);
+
+        // The worker's batch of two counted; a lone call then commits and counts as one.
+        match consume("after").await.unwrap() {
+            Ok(Decision::Allowed(answer)) => assert_eq!(answer.used, 4),
+            other => panic!("expected allowed, got {other:?}"),
+        }
+        assert_eq!(batcher.shards[0].turn.lock().await.last_batch, 1);
+    }
+
+    async fn held_turn(batcher: &Batcher) -> tokio::sync::OwnedMutexGuard<Turn> {
+        batcher.shards[0].turn.clone().lock_owned().await
+    }
+}
