@@ -120,16 +120,11 @@ impl Batcher {
             && turn.last_batch <= 1
         {
             // Boxed, so the transaction's state does not enlarge every queued call's future.
-            let batch = [pending];
-            let decisions = Box::pin(run_guarded(
-                &self.pool,
-                self.clock.as_ref(),
-                &batch,
-                turn.keys(),
-            ))
-            .await?;
-            turn.finished(batch.len(), &decisions);
-            return only(decisions);
+            let keys = turn.keys();
+            let decision =
+                Box::pin(commit_alone(&self.pool, self.clock.as_ref(), pending, keys)).await?;
+            turn.finished(1, std::slice::from_ref(&decision));
+            return Ok(decision);
         }
         let (reply, answer) = oneshot::channel();
         shard
@@ -185,13 +180,10 @@ pub async fn commit_alone(
     pool: &PgPool,
     clock: &dyn Clock,
     pending: Pending,
+    keys: Keys,
 ) -> Result<Decision, Error> {
-    only(run_guarded(pool, clock, &[pending], Keys::AssumeNew).await?)
-}
-
-/// The decision of a batch of one.
-fn only(mut decisions: Vec<Decision>) -> Result<Decision, Error> {
-    decisions
+    run_guarded(pool, clock, &[pending], keys)
+        .await?
         .pop()
         .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))
 }

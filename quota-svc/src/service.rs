@@ -14,7 +14,7 @@ use crate::{
     domain::{self, Counter, Holding, batch::Decision, usage::Bucket},
     error::Error,
     store::{
-        consume::Pending,
+        consume::{Keys, Pending},
         entitlements::{self, PlanLimits},
         usage::{self, BucketSums, EventFilter, EventRow},
     },
@@ -77,6 +77,7 @@ impl Core {
                     &self.pool,
                     self.clock.as_ref(),
                     pending,
+                    Keys::AssumeNew,
                 ))
                 .await
             }
