@@ -67,8 +67,11 @@ pub struct QuotaArgs {
     pub batching: bool,
 
     /// Consume batch shards (by subject), each with one batch in flight holding one database
-    /// connection while it commits.
-    #[arg(long, env = "QUOTA_BATCH_WORKERS", default_value_t = 4)]
+    /// connection while it commits. More shards overlap more round trips but split the calls
+    /// into smaller batches, each paying its own planning and commit: on the 2-core bench machine
+    /// over 10,000 subjects, 2 shards committed 25% more than 4 at 64 concurrent calls and 10%
+    /// more at 512.
+    #[arg(long, env = "QUOTA_BATCH_WORKERS", default_value_t = 2)]
     pub batch_workers: usize,
 }
 

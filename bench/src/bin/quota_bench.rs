@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     keys: usize,
     /// Consume batches in flight in the batched quota-svc (QUOTA_BATCH_WORKERS).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     batch_workers: usize,
     /// Database connections of each quota-svc (DB_POOL_SIZE).
     #[arg(long, default_value_t = 16)]
