@@ -146,7 +146,7 @@ mod tests {
         assert!(!format!("{cli:?}").contains("cmk_secret"));
         assert_eq!(cli.quota.workers(), 0);
         let cli = Cli::try_parse_from(["quota-svc"]).unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(cli.quota.workers(), 4);
+        assert_eq!(cli.quota.workers(), 2);
         assert!(cli.quota.remote_authenticator().is_err());
     }
 }
