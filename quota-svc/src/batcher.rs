@@ -20,12 +20,13 @@ use std::{
 use futures::FutureExt;
 use kit::db::{DbError, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
 
 use crate::{
     clock::Clock,
     domain::batch::Decision,
     error::Error,
-    store::consume::{BatchError, Keys, Pending, consume_batch},
+    store::consume::{BatchError, Keys, Pending, consume_batch, consume_in_one_statement},
 };
 
 /// The most requests committed in one transaction.
@@ -175,13 +176,28 @@ async fn work(
     }
 }
 
-/// Decides and commits `pending` in a transaction of its own.
+/// Decides and commits `pending` in a transaction of its own: in one statement when its key
+/// is taken as new and its counter decides it, else as a batch of one.
 pub async fn commit_alone(
     pool: &PgPool,
     clock: &dyn Clock,
     pending: Pending,
-    keys: Keys,
+    mut keys: Keys,
 ) -> Result<Decision, Error> {
+    if keys == Keys::AssumeNew {
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|err| Error::Unavailable(DbError::from(err).to_string()))?;
+        match consume_in_one_statement(&mut conn, &pending, Uuid::now_v7(), clock.now()).await {
+            Ok(Some(answer)) => return Ok(Decision::Allowed(answer)),
+            // A deadlock or conflict changed nothing either: the batch path retries it.
+            Ok(None) => {}
+            Err(BatchError::Db(err)) if retryable(&err) => {}
+            Err(BatchError::KeyRecorded) => keys = Keys::LookUp,
+            Err(BatchError::Db(err)) => return Err(Error::Unavailable(err.to_string())),
+        }
+    }
     run_guarded(pool, clock, &[pending], keys)
         .await?
         .pop()

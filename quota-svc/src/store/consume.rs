@@ -11,12 +11,15 @@
 //! Lookups join the request keys LATERAL to the tables so each is an index probe: a plain join
 //! lets the planner hash-join against a sequential scan of a mid-sized table on every batch. The
 //! counter UPDATE finds its rows by the `ctid` the lock returned (stable: we hold the lock).
+//!
+//! A lone call on an idle service is first tried as one statement, its own transaction
+//! ([`consume_in_one_statement`]); only what that cannot decide takes the batch transaction.
 
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryableByName,
+    OptionalExtension, QueryableByName,
     result::DatabaseErrorKind,
     sql_query,
     sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
@@ -145,6 +148,75 @@ async fn consume_inner(
     }
     write(conn, batch, &decisions, &counters, &tids, now).await?;
     Ok(decisions)
+}
+
+#[derive(QueryableByName)]
+struct ConsumedRow {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    quota_limit: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    used: i64,
+    #[diesel(sql_type = Timestamptz)]
+    resets_at: DateTime<Utc>,
+}
+
+/// Consumes a lone call in one statement, its own transaction: one round trip where the batch
+/// transaction takes four. The counter's UPDATE is the check (it matches only while the period
+/// runs and the amount fits, as [`batch::apply`] decides), and the event and the key are
+/// inserted from what it returned. `None` when it did not match: nothing was written, and the
+/// batch transaction decides the call (a new counter, a rollover, or a denial after looking the
+/// key up). A recorded key fails the statement, changing nothing, with
+/// [`BatchError::KeyRecorded`].
+pub async fn consume_in_one_statement(
+    conn: &mut AsyncPgConnection,
+    pending: &Pending,
+    usage_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Recorded>, BatchError> {
+    let request = &pending.request;
+    let consumed: Result<Option<ConsumedRow>, _> = Prepared(
+        sql_query(
+            // `used <= limit - amount` cannot overflow where `used + amount <= limit` could; an
+            // unlimited counter still stops at the largest bigint, as the batch does.
+            "WITH counter AS ( \
+               UPDATE entitlements SET used = used + $3, updated_at = $5 \
+               WHERE subject = $1 AND metric = $2 AND $5 < period_end \
+                 AND used <= COALESCE(quota_limit, 9223372036854775807) - $3 \
+               RETURNING quota_limit, used, period_end \
+             ), events AS ( \
+               INSERT INTO usage_events \
+                 (occurred_at, usage_id, kind, subject, metric, amount, idempotency_key, \
+                  attributes) \
+               SELECT $5, $6, 'consume', $1, $2, $3, $4, $7::jsonb FROM counter \
+             ) \
+             INSERT INTO idempotency_keys \
+               (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, \
+                resets_at, created_at) \
+             SELECT $1, $4, $6, $2, $3, quota_limit, used, period_end, $5 FROM counter \
+             RETURNING quota_limit, used, resets_at",
+        )
+        .bind::<SqlUuid, _>(request.subject)
+        .bind::<Text, _>(&request.metric)
+        .bind::<BigInt, _>(request.amount)
+        .bind::<Text, _>(&request.idempotency_key)
+        .bind::<Timestamptz, _>(now)
+        .bind::<SqlUuid, _>(usage_id)
+        .bind::<Nullable<Text>, _>(pending.attributes.as_deref()),
+    )
+    .get_result(conn)
+    .await
+    .optional();
+    match consumed {
+        Ok(row) => Ok(row.map(|row| Recorded {
+            metric: request.metric.clone(),
+            amount: request.amount,
+            usage_id,
+            limit: row.quota_limit,
+            used: row.used,
+            resets_at: row.resets_at,
+        })),
+        Err(err) => Err(key_recorded_or(err)),
+    }
 }
 
 /// The answers already recorded for the keys of `requests`.
@@ -381,14 +453,148 @@ async fn write(
     )
     .execute(conn)
     .await;
-    match written {
-        Ok(_) => Ok(()),
-        Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+    written.map(|_| ()).map_err(key_recorded_or)
+}
+
+/// [`BatchError::KeyRecorded`] when `err` is a recorded idempotency key, else the error.
+fn key_recorded_or(err: diesel::result::Error) -> BatchError {
+    match err {
+        diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
             if info.constraint_name() == Some("idempotency_keys_pkey") =>
         {
             tracing::debug!("an idempotency key is already recorded; retrying with lookups");
-            Err(BatchError::KeyRecorded)
+            BatchError::KeyRecorded
         }
-        Err(err) => Err(err.into()),
+        err => err.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use diesel::sql_types::Nullable;
+    use kit::testing::TestDb;
+
+    use super::*;
+    use crate::{MIGRATIONS, SPEC};
+
+    #[derive(QueryableByName)]
+    struct State {
+        #[diesel(sql_type = BigInt)]
+        used: i64,
+        #[diesel(sql_type = BigInt)]
+        events: i64,
+        #[diesel(sql_type = BigInt)]
+        keys: i64,
+    }
+
+    async fn state(conn: &mut AsyncPgConnection, subject: Uuid) -> State {
+        sql_query(
+            "SELECT (SELECT used FROM entitlements WHERE subject = $1) AS used, \
+                    (SELECT count(*) FROM usage_events WHERE subject = $1) AS events, \
+                    (SELECT count(*) FROM idempotency_keys WHERE subject = $1) AS keys",
+        )
+        .bind::<SqlUuid, _>(subject)
+        .get_result(conn)
+        .await
+        .unwrap()
+    }
+
+    /// A counter of `limit` holding `used`, whose period ends at `period_end`.
+    async fn counter(
+        conn: &mut AsyncPgConnection,
+        limit: Option<i64>,
+        used: i64,
+        period_end: DateTime<Utc>,
+    ) -> Uuid {
+        let subject = Uuid::now_v7();
+        let start = period_end - chrono::Duration::days(30);
+        sql_query(
+            "INSERT INTO entitlements (subject, metric, source, quota_limit, used, period_start, \
+               period_end, updated_at, counting_since) \
+             VALUES ($1, 'api.calls', 'plan', $2, $3, $4, $5, $4, $4)",
+        )
+        .bind::<SqlUuid, _>(subject)
+        .bind::<Nullable<BigInt>, _>(limit)
+        .bind::<BigInt, _>(used)
+        .bind::<Timestamptz, _>(start)
+        .bind::<Timestamptz, _>(period_end)
+        .execute(conn)
+        .await
+        .unwrap();
+        subject
+    }
+
+    fn pending(subject: Uuid, amount: i64, key: &str) -> Pending {
+        Pending {
+            request: Request {
+                subject,
+                metric: "api.calls".to_owned(),
+                amount,
+                idempotency_key: key.to_owned(),
+            },
+            attributes: Some(r#"{"file":"a.pdf"}"#.to_owned()),
+        }
+    }
+
+    /// The one-statement consume writes the counter, the event and the key when the amount fits
+    /// the running period, and otherwise writes nothing and leaves the call to the batch path.
+    #[tokio::test]
+    async fn one_statement_consumes_only_what_fits_the_running_period() {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        let mut conn = db.connect(SPEC.name).await;
+        let now = Utc::now();
+        let running = now + chrono::Duration::days(10);
+
+        let subject = counter(&mut conn, Some(5), 3, running).await;
+        let id = Uuid::now_v7();
+        let answer = consume_in_one_statement(&mut conn, &pending(subject, 2, "k1"), id, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (answer.used, answer.limit, answer.usage_id),
+            (5, Some(5), id)
+        );
+        assert_eq!(answer.resets_at.timestamp(), running.timestamp());
+        let after = state(&mut conn, subject).await;
+        assert_eq!((after.used, after.events, after.keys), (5, 1, 1));
+
+        // Past the limit: nothing written.
+        let over = consume_in_one_statement(&mut conn, &pending(subject, 1, "k2"), id, now).await;
+        assert!(matches!(over, Ok(None)));
+        let after = state(&mut conn, subject).await;
+        assert_eq!((after.used, after.events, after.keys), (5, 1, 1));
+
+        // A recorded key: the statement fails whole.
+        let fresh = counter(&mut conn, Some(5), 0, running).await;
+        let mut retry = pending(fresh, 1, "k1");
+        consume_in_one_statement(&mut conn, &retry, Uuid::now_v7(), now)
+            .await
+            .unwrap()
+            .unwrap();
+        retry.request.amount = 2;
+        let reused = consume_in_one_statement(&mut conn, &retry, Uuid::now_v7(), now).await;
+        assert!(matches!(reused, Err(BatchError::KeyRecorded)));
+        let after = state(&mut conn, fresh).await;
+        assert_eq!((after.used, after.events, after.keys), (1, 1, 1));
+
+        // An ended period (the batch path rolls it over) and an unlimited counter at the largest
+        // bigint (no overflow error): nothing written.
+        let ended = counter(&mut conn, Some(5), 0, now - chrono::Duration::days(1)).await;
+        let full = counter(&mut conn, None, i64::MAX - 1, running).await;
+        for (subject, amount) in [(ended, 1), (full, 2)] {
+            let outcome =
+                consume_in_one_statement(&mut conn, &pending(subject, amount, "k"), id, now).await;
+            assert!(matches!(outcome, Ok(None)));
+            assert_eq!(state(&mut conn, subject).await.events, 0);
+        }
+        assert_eq!(state(&mut conn, full).await.used, i64::MAX - 1);
+
+        // No counter at all (the batch path creates a default one or denies).
+        let missing =
+            consume_in_one_statement(&mut conn, &pending(Uuid::now_v7(), 1, "k"), id, now).await;
+        assert!(matches!(missing, Ok(None)));
     }
 }
