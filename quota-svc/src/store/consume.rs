@@ -72,6 +72,23 @@ struct RecordedRow {
     resets_at: DateTime<Utc>,
 }
 
+impl RecordedRow {
+    /// The row's idempotency key and its recorded answer.
+    fn into_answer(self) -> (IdempotencyKey, Recorded) {
+        (
+            (self.subject, self.idempotency_key),
+            Recorded {
+                metric: self.metric,
+                amount: self.amount,
+                usage_id: self.usage_id,
+                limit: self.quota_limit,
+                used: self.used,
+                resets_at: self.resets_at,
+            },
+        )
+    }
+}
+
 /// Whether a batch attempt looks its idempotency keys up before deciding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keys {
@@ -150,16 +167,6 @@ async fn consume_inner(
     Ok(decisions)
 }
 
-#[derive(QueryableByName)]
-struct ConsumedRow {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    quota_limit: Option<i64>,
-    #[diesel(sql_type = BigInt)]
-    used: i64,
-    #[diesel(sql_type = Timestamptz)]
-    resets_at: DateTime<Utc>,
-}
-
 /// Consumes a lone call in one statement, its own transaction: one round trip where the batch
 /// transaction takes four. The counter's UPDATE is the check (it matches only while the period
 /// runs and the amount fits, as [`batch::apply`] decides), and the event and the key are
@@ -174,7 +181,7 @@ pub async fn consume_in_one_statement(
     now: DateTime<Utc>,
 ) -> Result<Option<Recorded>, BatchError> {
     let request = &pending.request;
-    let consumed: Result<Option<ConsumedRow>, _> = Prepared(
+    let consumed: Result<Option<RecordedRow>, _> = Prepared(
         sql_query(
             // `used <= limit - amount` cannot overflow where `used + amount <= limit` could; an
             // unlimited counter still stops at the largest bigint, as the batch does.
@@ -193,7 +200,8 @@ pub async fn consume_in_one_statement(
                (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, \
                 resets_at, created_at) \
              SELECT $1, $4, $6, $2, $3, quota_limit, used, period_end, $5 FROM counter \
-             RETURNING quota_limit, used, resets_at",
+             RETURNING subject, idempotency_key, metric, amount, usage_id, quota_limit, used, \
+                       resets_at",
         )
         .bind::<SqlUuid, _>(request.subject)
         .bind::<Text, _>(&request.metric)
@@ -206,17 +214,9 @@ pub async fn consume_in_one_statement(
     .get_result(conn)
     .await
     .optional();
-    match consumed {
-        Ok(row) => Ok(row.map(|row| Recorded {
-            metric: request.metric.clone(),
-            amount: request.amount,
-            usage_id,
-            limit: row.quota_limit,
-            used: row.used,
-            resets_at: row.resets_at,
-        })),
-        Err(err) => Err(key_recorded_or(err)),
-    }
+    consumed
+        .map(|row| row.map(|row| row.into_answer().1))
+        .map_err(key_recorded_or)
 }
 
 /// The answers already recorded for the keys of `requests`.
@@ -238,22 +238,7 @@ async fn recorded_answers<'a>(
     .bind::<Array<Text>, _>(&keys)
     .load(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            (
-                (row.subject, row.idempotency_key),
-                Recorded {
-                    metric: row.metric,
-                    amount: row.amount,
-                    usage_id: row.usage_id,
-                    limit: row.quota_limit,
-                    used: row.used,
-                    resets_at: row.resets_at,
-                },
-            )
-        })
-        .collect())
+    Ok(rows.into_iter().map(RecordedRow::into_answer).collect())
 }
 
 #[derive(QueryableByName)]
