@@ -21,7 +21,7 @@ use diesel::{
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
     pooled_connection::{
-        AsyncDieselConnectionManager,
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{Object, Pool, PoolError},
     },
 };
@@ -93,8 +93,16 @@ pub fn pool(
     max_size: usize,
     acquire_timeout: Duration,
 ) -> Result<PgPool, DbError> {
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new(url_with_schema(url, schema)?);
+    // Fast: a check-out only drops connections whose socket closed or whose transaction broke.
+    // The default sends `SELECT 1` on every check-out, a round trip of its own before each
+    // query (two of a lone consume's); a connection that died unnoticed fails its first query
+    // instead, which the caller answers UNAVAILABLE and the pool then discards.
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        url_with_schema(url, schema)?,
+        config,
+    );
     Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(acquire_timeout))
