@@ -191,8 +191,8 @@ pub async fn commit_alone(
             .map_err(|err| Error::Unavailable(DbError::from(err).to_string()))?;
         match consume_in_one_statement(&mut conn, &pending, Uuid::now_v7(), clock.now()).await {
             Ok(Some(answer)) => return Ok(Decision::Allowed(answer)),
-            // A deadlock or conflict changed nothing either: the batch path retries it.
             Ok(None) => {}
+            // A deadlock or conflict changed nothing either: the batch path retries it.
             Err(BatchError::Db(err)) if retryable(&err) => {}
             Err(BatchError::KeyRecorded) => keys = Keys::LookUp,
             Err(BatchError::Db(err)) => return Err(Error::Unavailable(err.to_string())),

@@ -12,8 +12,9 @@
 //! lets the planner hash-join against a sequential scan of a mid-sized table on every batch. The
 //! counter UPDATE finds its rows by the `ctid` the lock returned (stable: we hold the lock).
 //!
-//! A lone call on an idle service is first tried as one statement, its own transaction
-//! ([`consume_in_one_statement`]); only what that cannot decide takes the batch transaction.
+//! A lone call (on an idle shard, or every call with batching off) is first tried as one
+//! statement, its own transaction ([`consume_in_one_statement`]); only what that cannot decide
+//! takes the batch transaction.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -547,7 +548,9 @@ mod tests {
         assert_eq!((after.used, after.events, after.keys), (5, 1, 1));
 
         // Past the limit: nothing written.
-        let over = consume_in_one_statement(&mut conn, &pending(subject, 1, "k2"), id, now).await;
+        let over =
+            consume_in_one_statement(&mut conn, &pending(subject, 1, "k2"), Uuid::now_v7(), now)
+                .await;
         assert!(matches!(over, Ok(None)));
         let after = state(&mut conn, subject).await;
         assert_eq!((after.used, after.events, after.keys), (5, 1, 1));
@@ -565,21 +568,87 @@ mod tests {
         let after = state(&mut conn, fresh).await;
         assert_eq!((after.used, after.events, after.keys), (1, 1, 1));
 
-        // An ended period (the batch path rolls it over) and an unlimited counter at the largest
-        // bigint (no overflow error): nothing written.
+        // The period ending now or before (the batch path rolls it over), and an unlimited
+        // counter one short of the largest bigint asked for two (no overflow error): nothing
+        // written.
         let ended = counter(&mut conn, Some(5), 0, now - chrono::Duration::days(1)).await;
+        let ending_now = counter(&mut conn, Some(5), 0, now).await;
         let full = counter(&mut conn, None, i64::MAX - 1, running).await;
-        for (subject, amount) in [(ended, 1), (full, 2)] {
-            let outcome =
-                consume_in_one_statement(&mut conn, &pending(subject, amount, "k"), id, now).await;
+        for (subject, amount) in [(ended, 1), (ending_now, 1), (full, 2)] {
+            let outcome = consume_in_one_statement(
+                &mut conn,
+                &pending(subject, amount, "k"),
+                Uuid::now_v7(),
+                now,
+            )
+            .await;
             assert!(matches!(outcome, Ok(None)));
             assert_eq!(state(&mut conn, subject).await.events, 0);
         }
         assert_eq!(state(&mut conn, full).await.used, i64::MAX - 1);
+        // Unlimited, up to the largest bigint exactly.
+        let last = consume_in_one_statement(&mut conn, &pending(full, 1, "k"), Uuid::now_v7(), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((last.used, last.limit), (i64::MAX, None));
 
         // No counter at all (the batch path creates a default one or denies).
-        let missing =
-            consume_in_one_statement(&mut conn, &pending(Uuid::now_v7(), 1, "k"), id, now).await;
+        let missing = consume_in_one_statement(
+            &mut conn,
+            &pending(Uuid::now_v7(), 1, "k"),
+            Uuid::now_v7(),
+            now,
+        )
+        .await;
         assert!(matches!(missing, Ok(None)));
+    }
+
+    /// What the one statement stores (counter, event, key) is what a batch of one stores for
+    /// the same call at the same time.
+    #[tokio::test]
+    async fn one_statement_stores_what_a_batch_of_one_stores() {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        let mut conn = db.connect(SPEC.name).await;
+        let now = Utc::now();
+        let running = now + chrono::Duration::days(10);
+        let alone = counter(&mut conn, Some(5), 3, running).await;
+        let batched = counter(&mut conn, Some(5), 3, running).await;
+
+        consume_in_one_statement(&mut conn, &pending(alone, 2, "k"), Uuid::now_v7(), now)
+            .await
+            .unwrap()
+            .unwrap();
+        let decisions = consume_batch(&mut conn, &[pending(batched, 2, "k")], now, Keys::AssumeNew)
+            .await
+            .unwrap();
+        assert!(matches!(decisions[..], [Decision::Allowed(_)]));
+        assert_eq!(
+            stored(&mut conn, alone).await,
+            stored(&mut conn, batched).await
+        );
+    }
+
+    #[derive(Debug, PartialEq, QueryableByName)]
+    struct Stored {
+        #[diesel(sql_type = Text)]
+        rows: String,
+    }
+
+    /// The subject's counter, events and keys, without the columns that name the subject or the
+    /// consumption.
+    async fn stored(conn: &mut AsyncPgConnection, subject: Uuid) -> Stored {
+        sql_query(
+            "SELECT concat_ws(' | ', \
+               (SELECT (to_jsonb(e) - 'subject')::text FROM entitlements e WHERE subject = $1), \
+               (SELECT string_agg((to_jsonb(u) - 'subject' - 'usage_id')::text, ',') \
+                FROM usage_events u WHERE subject = $1), \
+               (SELECT string_agg((to_jsonb(k) - 'subject' - 'usage_id')::text, ',') \
+                FROM idempotency_keys k WHERE subject = $1)) AS rows",
+        )
+        .bind::<SqlUuid, _>(subject)
+        .get_result(conn)
+        .await
+        .unwrap()
     }
 }
