@@ -159,7 +159,7 @@ async fn work(
             }
         }
         let batch: Vec<Pending> = jobs.iter().map(|job| job.pending.clone()).collect();
-        match run_guarded(&pool, clock.as_ref(), &batch, turn.keys()).await {
+        match guarded(run_batch(&pool, clock.as_ref(), &batch, turn.keys())).await {
             Ok(decisions) => {
                 turn.finished(batch.len(), &decisions);
                 for (job, decision) in jobs.into_iter().zip(decisions) {
@@ -182,6 +182,15 @@ pub async fn commit_alone(
     pool: &PgPool,
     clock: &dyn Clock,
     pending: Pending,
+    keys: Keys,
+) -> Result<Decision, Error> {
+    guarded(decide_alone(pool, clock, pending, keys)).await
+}
+
+async fn decide_alone(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    pending: Pending,
     mut keys: Keys,
 ) -> Result<Decision, Error> {
     if keys == Keys::AssumeNew {
@@ -198,23 +207,18 @@ pub async fn commit_alone(
             Err(BatchError::Db(err)) => return Err(Error::Unavailable(err.to_string())),
         }
     }
-    run_guarded(pool, clock, &[pending], keys)
+    run_batch(pool, clock, &[pending], keys)
         .await?
         .pop()
         .ok_or_else(|| Error::Unavailable("empty batch result".to_owned()))
 }
 
-/// [`run_batch`], where a panic (a bug) fails only its batch: unwinding out of the worker would
-/// close the shard's queue and leave its subjects UNAVAILABLE until a restart. Unwind safety: the
-/// batch shares only the pool, which discards a connection left inside a transaction, and the
-/// clock, which it only reads.
-async fn run_guarded(
-    pool: &PgPool,
-    clock: &dyn Clock,
-    batch: &[Pending],
-    keys: Keys,
-) -> Result<Vec<Decision>, Error> {
-    AssertUnwindSafe(run_batch(pool, clock, batch, keys))
+/// `work`, where a panic (a bug) fails only the calls it decides: unwinding out of the worker
+/// would close the shard's queue and leave its subjects UNAVAILABLE until a restart. Unwind
+/// safety: the work shares only the pool, which discards a connection left inside a
+/// transaction, and the clock, which it only reads.
+async fn guarded<T>(work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    AssertUnwindSafe(work)
         .catch_unwind()
         .await
         .unwrap_or_else(|_| Err(Error::Unavailable("the consume batch panicked".to_owned())))
