@@ -487,6 +487,14 @@ mod tests {
         .unwrap()
     }
 
+    /// A fresh database, a connection to it, now, and a period end ten days ahead.
+    async fn fresh() -> (TestDb, AsyncPgConnection, DateTime<Utc>, DateTime<Utc>) {
+        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
+        let conn = db.connect(SPEC.name).await;
+        let now = Utc::now();
+        (db, conn, now, now + chrono::Duration::days(10))
+    }
+
     /// A counter of `limit` holding `used`, whose period ends at `period_end`.
     async fn counter(
         conn: &mut AsyncPgConnection,
@@ -528,10 +536,7 @@ mod tests {
     /// the running period, and otherwise writes nothing and leaves the call to the batch path.
     #[tokio::test]
     async fn one_statement_consumes_only_what_fits_the_running_period() {
-        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
-        let mut conn = db.connect(SPEC.name).await;
-        let now = Utc::now();
-        let running = now + chrono::Duration::days(10);
+        let (_db, mut conn, now, running) = fresh().await;
 
         let subject = counter(&mut conn, Some(5), 3, running).await;
         let id = Uuid::now_v7();
@@ -608,10 +613,7 @@ mod tests {
     /// the same call at the same time.
     #[tokio::test]
     async fn one_statement_stores_what_a_batch_of_one_stores() {
-        let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
-        let mut conn = db.connect(SPEC.name).await;
-        let now = Utc::now();
-        let running = now + chrono::Duration::days(10);
+        let (_db, mut conn, now, running) = fresh().await;
         let alone = counter(&mut conn, Some(5), 3, running).await;
         let batched = counter(&mut conn, Some(5), 3, running).await;
 
