@@ -1,7 +1,8 @@
 //! Load generator for quota-svc: Consume calls per second and p50/p99 latency for one hot
 //! (subject, metric) and for 10,000 subjects, at 1, 64 and 512 concurrent calls, for the batched
 //! path and the one-transaction-per-call path (`QUOTA_BATCHING=false`), measured in the same run
-//! against the same PostgreSQL, plus their ratio.
+//! against the same PostgreSQL, plus their ratio, and the gRPC floor: the same server's health
+//! check at each concurrency, which no call can beat with the load generator on the same cores.
 //!
 //! Self-contained: it creates a fresh database (cloned from the migrated quota template), serves
 //! JWKS/VerifyApiKey from kit's test issuer for the service key, and starts the release
