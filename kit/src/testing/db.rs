@@ -1,12 +1,15 @@
 //! A fresh database per test, cloned from a template that holds every migrated schema the test
 //! asks for. The template's name carries a hash of the migration files, so it is built once per
 //! version of the migrations and shared by parallel tests and test processes; each test's copy is
-//! dropped when the [`TestDb`] is.
+//! dropped when the [`TestDb`] is. A copy's name carries its host and process, so the copies of a
+//! process that was killed before its drops ran are removed by the next test process on the
+//! host.
 
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use diesel::{QueryableByName, sql_query, sql_types::Text};
@@ -46,8 +49,17 @@ impl TestDb {
     /// when PostgreSQL is not reachable: tests need the real database.
     pub async fn new(schemas: &[(&'static str, db::Migrations)]) -> Self {
         let template = Self::template(schemas).await;
-        let name = format!("commerce_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = admin_connection().await;
+        if !SWEPT.swap(true, Ordering::Relaxed) {
+            sweep_dead_processes(&mut admin, &host_tag(), process_is_alive).await;
+        }
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!(
+            "{}{}_{}",
+            process_prefix(&host_tag()),
+            std::process::id(),
+            &random[..16]
+        );
         sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut admin)
             .await
@@ -148,6 +160,64 @@ impl Drop for TestDb {
     }
 }
 
+/// Whether this process has swept the copies of dead ones (once is enough).
+static SWEPT: AtomicBool = AtomicBool::new(false);
+
+/// The start of every copy's name made on the host tagged `host`: the process id and a random part
+/// follow. Another host's copies never match, so a shared server's are left alone.
+fn process_prefix(host: &str) -> String {
+    format!("commerce_test_{host}_")
+}
+
+/// A short stable tag of this host (its name's hash).
+fn host_tag() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut hasher = DefaultHasher::new();
+    name.trim().hash(&mut hasher);
+    format!("{:08x}", hasher.finish() & 0xffff_ffff)
+}
+
+/// Whether a process with this id runs on this host. Where that cannot be told (no `/proc`), every
+/// process counts as alive, so nothing is removed.
+fn process_is_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Drops this host's test copies whose process is gone (killed before its [`TestDb`]s dropped).
+async fn sweep_dead_processes(
+    admin: &mut AsyncPgConnection,
+    host: &str,
+    is_alive: impl Fn(u32) -> bool,
+) {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        datname: String,
+    }
+    let prefix = process_prefix(host);
+    let Ok(names) = sql_query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind::<Text, _>(&prefix)
+        .load::<Name>(admin)
+        .await
+    else {
+        return;
+    };
+    for Name { datname } in names {
+        let pid = datname
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !is_alive(pid)) {
+            // Best effort: a failure leaves the copy for the next sweep.
+            let _ = sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"
+            ))
+            .execute(admin)
+            .await;
+        }
+    }
+}
+
 async fn admin_connection() -> AsyncPgConnection {
     let url = server_url();
     AsyncPgConnection::establish(&url).await.unwrap_or_else(|err| {
@@ -177,5 +247,59 @@ fn hash_dir(dir: &Path, hasher: &mut DefaultHasher) {
         } else if let Ok(content) = std::fs::read(&path) {
             content.hash(hasher);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exists(admin: &mut AsyncPgConnection, name: &str) -> bool {
+        let found: Count =
+            sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
+                .bind::<Text, _>(name)
+                .get_result(admin)
+                .await
+                .unwrap_or_else(|err| panic!("looking up a database: {err}"));
+        found.count == 1
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_only_copies_of_dead_processes_on_this_host() {
+        let mut admin = admin_connection().await;
+        // A tag of its own, so concurrent test processes' real copies are never touched.
+        let host = format!("{:08x}", random_host_tag());
+        let dead = format!("{}{}_0000000000000001", process_prefix(&host), 4_000_001);
+        let alive = format!("{}{}_0000000000000002", process_prefix(&host), 4_000_002);
+        let elsewhere = format!(
+            "{}{}_0000000000000003",
+            process_prefix("ffffffff"),
+            4_000_001
+        );
+        for name in [&dead, &alive, &elsewhere] {
+            sql_query(format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|err| panic!("creating a database: {err}"));
+        }
+        sweep_dead_processes(&mut admin, &host, |pid| pid == 4_000_002).await;
+        let left = (
+            exists(&mut admin, &dead).await,
+            exists(&mut admin, &alive).await,
+            exists(&mut admin, &elsewhere).await,
+        );
+        for name in [&alive, &elsewhere] {
+            sql_query(format!("DROP DATABASE IF EXISTS \"{name}\""))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|err| panic!("dropping a database: {err}"));
+        }
+        assert_eq!(left, (false, true, true), "dead, alive, another host");
+    }
+
+    /// A random 32-bit tag (never `ffffffff`, the other host of the test).
+    fn random_host_tag() -> u32 {
+        let random = uuid::Uuid::new_v4().as_u128();
+        u32::try_from(random & 0x7fff_ffff).unwrap_or(0)
     }
 }
