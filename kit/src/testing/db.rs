@@ -169,7 +169,7 @@ fn process_prefix(host: &str) -> String {
     format!("commerce_test_{host}_")
 }
 
-/// A short stable tag of this host (its name's hash).
+/// A short tag of this host: its name's hash, the same for every test process built alike.
 fn host_tag() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let mut hasher = DefaultHasher::new();
