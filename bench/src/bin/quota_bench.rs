@@ -523,9 +523,7 @@ fn baseline_report(cases: &[Case], baselines: &Result<Vec<f64>, String>) -> Stri
         "target / the issue's figure",
     ]);
     for (baseline, &commits) in BASELINES.iter().zip(measured) {
-        let batched = cases.iter().find(|case| {
-            case.keys == baseline.keys && case.concurrency == 512 && case.mode == Mode::Batched
-        });
+        let batched = case_at(cases, baseline.keys, 512, Mode::Batched);
         table.row(vec![
             baseline.keys.to_owned(),
             rate(commits),
@@ -551,6 +549,13 @@ fn baseline_report(cases: &[Case], baselines: &Result<Vec<f64>, String>) -> Stri
     )
 }
 
+/// The measured case of `keys` at `concurrency` on `mode`'s path, if it ran.
+fn case_at<'a>(cases: &'a [Case], keys: &str, concurrency: usize, mode: Mode) -> Option<&'a Case> {
+    cases
+        .iter()
+        .find(|case| case.keys == keys && case.concurrency == concurrency && case.mode == mode)
+}
+
 /// The floor's table: each concurrency's health checks, and the batched consumes' p99 against
 /// theirs.
 fn floor_report(cases: &[Case], floor: &[(usize, Stats)]) -> String {
@@ -563,23 +568,16 @@ fn floor_report(cases: &[Case], floor: &[(usize, Stats)]) -> String {
     ]);
     for (concurrency, stats) in floor {
         let against = |keys: &str| {
-            cases
-                .iter()
-                .find(|case| {
-                    case.keys == keys
-                        && case.concurrency == *concurrency
-                        && case.mode == Mode::Batched
-                })
-                .map_or_else(
-                    || "not run".to_owned(),
-                    |case| {
-                        format!(
-                            "{:.1}×",
-                            case.stats.latency.p99().as_secs_f64()
-                                / stats.latency.p99().as_secs_f64().max(f64::EPSILON)
-                        )
-                    },
-                )
+            case_at(cases, keys, *concurrency, Mode::Batched).map_or_else(
+                || "not run".to_owned(),
+                |case| {
+                    format!(
+                        "{:.1}×",
+                        case.stats.latency.p99().as_secs_f64()
+                            / stats.latency.p99().as_secs_f64().max(f64::EPSILON)
+                    )
+                },
+            )
         };
         table.row(vec![
             concurrency.to_string(),
@@ -628,11 +626,7 @@ fn report(
     }
     let mut ratios = Table::new(&["keys", "concurrency", "batched / per-call throughput"]);
     for batched in cases.iter().filter(|case| case.mode == Mode::Batched) {
-        if let Some(per_call) = cases.iter().find(|case| {
-            case.mode == Mode::PerCall
-                && case.keys == batched.keys
-                && case.concurrency == batched.concurrency
-        }) {
+        if let Some(per_call) = case_at(cases, batched.keys, batched.concurrency, Mode::PerCall) {
             ratios.row(vec![
                 batched.keys.to_owned(),
                 batched.concurrency.to_string(),
@@ -643,11 +637,6 @@ fn report(
             ]);
         }
     }
-    let batched_at = |keys: &str, concurrency: usize, mode: Mode| {
-        cases
-            .iter()
-            .find(|case| case.keys == keys && case.concurrency == concurrency && case.mode == mode)
-    };
     let floor_p99 = floor
         .iter()
         .find(|(concurrency, _)| *concurrency == 512)
@@ -657,7 +646,7 @@ fn report(
         );
     let mut targets = String::new();
     for (keys, minimum) in [("10,000 keys", 20_000.0), ("one hot key", 15_000.0)] {
-        if let Some(case) = batched_at(keys, 512, Mode::Batched) {
+        if let Some(case) = case_at(cases, keys, 512, Mode::Batched) {
             targets.push_str(&format!(
                 "- {keys}, 512 concurrent, batched: {} (target ≥ {}): {}; p99 {} (target < 25 ms): {} \
                  (the gRPC floor's p99: {floor_p99})\n",
@@ -670,8 +659,8 @@ fn report(
         }
     }
     if let (Some(batched), Some(per_call)) = (
-        batched_at("one hot key", 512, Mode::Batched),
-        batched_at("one hot key", 512, Mode::PerCall),
+        case_at(cases, "one hot key", 512, Mode::Batched),
+        case_at(cases, "one hot key", 512, Mode::PerCall),
     ) {
         let ratio = batched.stats.per_second() / per_call.stats.per_second().max(f64::EPSILON);
         targets.push_str(&format!(

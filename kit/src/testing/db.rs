@@ -50,13 +50,14 @@ impl TestDb {
     pub async fn new(schemas: &[(&'static str, db::Migrations)]) -> Self {
         let template = Self::template(schemas).await;
         let mut admin = admin_connection().await;
+        let host = host_tag();
         if !SWEPT.swap(true, Ordering::Relaxed) {
-            sweep_dead_processes(&mut admin, &host_tag(), process_is_alive).await;
+            sweep_dead_processes(&mut admin, &host, process_is_alive).await;
         }
         let random = uuid::Uuid::new_v4().simple().to_string();
         let name = format!(
             "{}{}_{}",
-            process_prefix(&host_tag()),
+            process_prefix(&host),
             std::process::id(),
             &random[..16]
         );
