@@ -1,15 +1,20 @@
 //! What every commerce-mesh server shares: configuration ([`cli`]), the database pool and
 //! migrations ([`db`]), the server bootstrap ([`server`]), per-RPC observability ([`observe`]),
 //! logging and metrics ([`telemetry`]), shutdown ([`shutdown`]), error mapping ([`error`]), the
-//! quota client for backends ([`metering`]) and, behind the `testing` feature, the test harness
-//! ([`testing`]).
+//! handlers' helpers (wire conversions in [`convert`] and [`json`], pagination in [`page`], the
+//! time source in [`clock`]), the quota client for backends ([`metering`]) and, behind the
+//! `testing` feature, the test harness ([`testing`]).
 
 pub mod caller;
 pub mod cli;
+pub mod clock;
+pub mod convert;
 pub mod db;
 pub mod error;
+pub mod json;
 pub mod metering;
 pub mod observe;
+pub mod page;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
