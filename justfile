@@ -6,10 +6,15 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 up:
     deploy/dev/up.sh
 
+# Drops and recreates the development database and deletes .dev/ (asks first; --yes or FORCE=1 skips that).
+reset-dev *args:
+    deploy/dev/reset-dev.sh {{args}}
+
 # Runs every check CI runs: format, lints, and all tests against the local PostgreSQL.
 test:
     deploy/dev/ensure-postgres.sh commerce
     deploy/dev/test-tools.sh
+    deploy/dev/test-dev-secrets.sh
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked

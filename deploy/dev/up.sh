@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
 # `just up`: builds the mesh, prepares the local PostgreSQL and development secrets, runs the four
 # servers with their logs on this terminal, and stops them all on Ctrl-C.
+# shellcheck disable=SC2317 # functions run indirectly: by traps and by dev_secret_value
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 deploy/dev/ensure-postgres.sh commerce
-cargo build --release --locked --bins
-
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/commerce}"
-bin=target/release
-dev=.dev
-mkdir -p "$dev"
-chmod 700 "$dev"
+# Absolute paths: the servers get files of .dev/ by name.
+COMMERCE_DEV_DIR="${COMMERCE_DEV_DIR:-$PWD/.dev}"
+# shellcheck source=deploy/dev/dev-secrets.sh
+. deploy/dev/dev-secrets.sh
 
-# Development secrets, made once and kept in .dev/ (git-ignored). Production sets its own.
-if [ ! -s "$dev/auth-master-key" ]; then
-  head -c 32 /dev/urandom | base64 > "$dev/auth-master-key"
-fi
-export AUTH_MASTER_KEY="$(cat "$dev/auth-master-key")"
+# Development secrets live in the database they belong to (table dev.dev_secrets, see
+# docs/development.md); .dev/ is a cache of them. A database that holds auth data made with secrets
+# it has no record of stops here, before minutes of building, with the way out (`just reset-dev`).
+dev_secrets_init
+dev_secrets_check || exit 1
+
+cargo build --release --locked --bins
+bin="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)"
+dev="$COMMERCE_DEV_DIR"
+
+# Made once per database, only when it has none; production sets its own.
+new_master_key() { head -c 32 /dev/urandom | base64; }
+new_admin_password() { echo "dev-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"; }
+dev_secret_value auth-master-key new_master_key
+dev_secret_value admin-password new_admin_password
+dev_secrets_cache
+master_key="$(cat "$dev/auth-master-key")"
+export AUTH_MASTER_KEY="$master_key"
+unset master_key
 
 "$bin/auth-svc" migrate
-# The development admin: created once per database, its password kept in .dev/.
-if [ ! -s "$dev/admin-password" ]; then
-  echo "dev-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" > "$dev/admin-password"
-fi
+# The development admin: created once per database with the database's admin password.
 admin_password="$(cat "$dev/admin-password")"
 if ADMIN_PASSWORD="$admin_password" "$bin/auth-svc" admin create \
     --email admin@localhost --username admin --display-name "Development admin" \
