@@ -18,6 +18,7 @@ pub mod page;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod validate;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -15,18 +15,7 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 4096;
 
 /// 1–64 characters of `a-z`, `0-9`, `_`, `.`, `:` and `-`.
 pub fn metric(field: &'static str, metric: &str) -> Result<(), Error> {
-    if metric.is_empty() || metric.len() > 64 {
-        return Err(Error::invalid(field, "must be 1 to 64 characters"));
-    }
-    if !metric.bytes().all(|b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b':' | b'-')
-    }) {
-        return Err(Error::invalid(
-            field,
-            "may hold only a-z, 0-9, `_`, `.`, `:` and `-`",
-        ));
-    }
-    Ok(())
+    kit::validate::metric(metric).map_err(|problem| Error::invalid(field, problem))
 }
 
 /// Absent means 1; otherwise at least 1.
