@@ -58,6 +58,55 @@ impl FromStr for Secret {
     }
 }
 
+/// How a service authenticates its callers through auth-svc (flattened into the services'
+/// settings; each names its own service API key variable).
+#[derive(Debug, Clone, Args)]
+pub struct CallerArgs {
+    /// auth-svc gRPC URL, for the JWKS and API key verification.
+    #[arg(long, env = "AUTH_URL", default_value = "http://127.0.0.1:9001")]
+    pub auth_url: String,
+
+    /// Expected `iss` of access tokens.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "commerce-mesh")]
+    pub auth_issuer: String,
+
+    /// Expected `aud` of access tokens.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "commerce-mesh")]
+    pub auth_audience: String,
+
+    /// Seconds a verified API key is trusted before auth-svc is asked again (at most 30).
+    #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
+    pub api_key_cache_ttl_secs: u64,
+}
+
+impl CallerArgs {
+    /// The caller authentication settings.
+    pub fn auth_config(&self) -> crate::caller::AuthConfig {
+        crate::caller::AuthConfig {
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
+        }
+    }
+
+    /// Authenticates callers through auth-svc, presenting `service_key` (named by
+    /// `key_variable` in the error when missing) to verify their API keys.
+    pub fn remote_authenticator(
+        &self,
+        service_key: Option<&Secret>,
+        key_variable: &str,
+    ) -> anyhow::Result<std::sync::Arc<crate::caller::Authenticator>> {
+        let key = service_key.ok_or_else(|| {
+            anyhow::anyhow!("{key_variable} is required to verify callers with auth-svc")
+        })?;
+        let source = crate::caller::RemoteAuth::new(&self.auth_url, key.expose())?;
+        Ok(std::sync::Arc::new(crate::caller::Authenticator::new(
+            self.auth_config(),
+            std::sync::Arc::new(source),
+        )))
+    }
+}
+
 /// Settings every gRPC server of the mesh takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
