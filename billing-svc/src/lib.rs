@@ -1,15 +1,46 @@
-//! billing-svc: plans, subscriptions and payments through Alipay and WeChat Pay.
+//! billing-svc: plans, subscriptions and payments through Alipay (and WeChat Pay), provider
+//! notifications, and the entitlements it pushes to quota-svc.
 //!
-//! The billing issue builds its RPCs; until then the contract is served and every RPC answers
-//! `UNIMPLEMENTED` (tonic's generated default methods), so clients and the edge proxy can be wired.
+//! Layers: [`api`] (thin tonic handlers) → [`service`] (owns transactions) → [`domain`] (pure
+//! rules) and [`store`] (all SQL); [`providers`] speak the payment providers' protocols;
+//! [`dispatch`] delivers the entitlement outbox; [`lifecycle`] moves subscriptions and payments
+//! at their times; [`sim`] is the provider simulator behind the `provider-sim` binary.
 
+pub mod api;
+pub mod dispatch;
+pub mod domain;
+pub mod error;
+pub mod lifecycle;
+pub mod providers;
+pub mod service;
+pub mod sim;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use chrono::TimeDelta;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
     ServiceSpec,
+    caller::Authenticator,
+    cli::{CallerArgs, Secret},
+    clock::Clock,
     db::{Migrations, PgPool},
 };
-use proto::billing::billing_service_server::{BillingService, BillingServiceServer};
+use proto::billing::billing_service_server::BillingServiceServer;
 use tonic::service::Routes;
+
+use crate::{
+    api::BillingApi,
+    dispatch::Dispatcher,
+    providers::{
+        PaymentProvider,
+        alipay::{Alipay, AlipayConfig},
+        rsa_keys::{PrivateKey, PublicKey},
+    },
+    service::{Billing, Settings},
+};
 
 /// How billing-svc presents itself to the mesh.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -23,18 +54,161 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 pub const MIGRATIONS: Migrations = Migrations(&EMBEDDED);
 const EMBEDDED: EmbeddedMigrations = embed_migrations!("../migrations/billing");
 
-/// The billing gRPC service.
-#[derive(Clone)]
-pub struct Billing {
-    _pool: PgPool,
+/// billing-svc's own settings (beyond the common server flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BillingArgs {
+    #[command(flatten)]
+    pub callers: CallerArgs,
+
+    /// billing-svc's own API key (scope `service`): verifies callers' API keys with auth-svc
+    /// and delivers entitlements to quota-svc.
+    #[arg(long, env = "BILLING_SERVICE_API_KEY", hide_env_values = true)]
+    pub service_api_key: Option<Secret>,
+
+    /// quota-svc gRPC URL, where entitlements are delivered.
+    #[arg(long, env = "QUOTA_URL", default_value = "http://127.0.0.1:9003")]
+    pub quota_url: String,
+
+    /// Public base URL of the edge, to which providers post notifications
+    /// (`{url}/v1/webhooks/{provider}`).
+    #[arg(long, env = "BILLING_PUBLIC_URL", default_value = "http://127.0.0.1:9000")]
+    pub public_url: String,
+
+    /// Where Alipay sends the buyer's browser after paying when a request names no return_url.
+    #[arg(long, env = "BILLING_RETURN_URL", default_value = "http://localhost:9000/")]
+    pub return_url: String,
+
+    /// Seconds a checkout can be paid before it is closed and canceled.
+    #[arg(long, env = "CHECKOUT_EXPIRY_SECS", default_value_t = 7200)]
+    pub checkout_expiry_secs: u32,
+
+    /// Seconds a PAST_DUE subscription waits for a renewal before it expires.
+    #[arg(long, env = "GRACE_PERIOD_SECS", default_value_t = 7 * 24 * 3600)]
+    pub grace_period_secs: u32,
+
+    /// Seconds between two rounds of the lifecycle worker.
+    #[arg(long, env = "LIFECYCLE_INTERVAL_SECS", default_value_t = 30)]
+    pub lifecycle_interval_secs: u32,
+
+    /// Longest wait, in seconds, between two attempts to deliver entitlements to quota-svc.
+    #[arg(long, env = "OUTBOX_MAX_BACKOFF_SECS", default_value_t = 60)]
+    pub outbox_max_backoff_secs: u32,
+
+    #[command(flatten)]
+    pub alipay: AlipayArgs,
 }
 
-#[tonic::async_trait]
-impl BillingService for Billing {}
+/// Alipay's settings; Alipay is offered when `ALIPAY_APP_ID` is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AlipayArgs {
+    /// Alipay open platform gateway (the sandbox:
+    /// https://openapi-sandbox.dl.alipaydev.com/gateway.do).
+    #[arg(long, env = "ALIPAY_GATEWAY_URL", default_value = "https://openapi.alipay.com/gateway.do")]
+    pub alipay_gateway_url: String,
 
-/// The tonic routes billing-svc serves.
-pub fn routes(pool: PgPool) -> anyhow::Result<Routes> {
-    Ok(Routes::new(BillingServiceServer::new(Billing {
-        _pool: pool,
+    /// The application's app id; Alipay is disabled when unset.
+    #[arg(long, env = "ALIPAY_APP_ID")]
+    pub alipay_app_id: Option<String>,
+
+    /// File holding the application (merchant) private key: PEM, or the bare base64 the
+    /// Alipay console gives.
+    #[arg(long, env = "ALIPAY_PRIVATE_KEY_FILE")]
+    pub alipay_private_key_file: Option<std::path::PathBuf>,
+
+    /// File holding the Alipay public key that signs Alipay's responses and notifications.
+    #[arg(long, env = "ALIPAY_PUBLIC_KEY_FILE")]
+    pub alipay_public_key_file: Option<std::path::PathBuf>,
+}
+
+impl AlipayArgs {
+    /// The configured Alipay provider, if `ALIPAY_APP_ID` is set.
+    pub fn provider(&self) -> anyhow::Result<Option<Arc<dyn PaymentProvider>>> {
+        let Some(app_id) = &self.alipay_app_id else {
+            return Ok(None);
+        };
+        let file = |path: &Option<std::path::PathBuf>, variable: &str| {
+            path.clone()
+                .with_context(|| format!("{variable} is required with ALIPAY_APP_ID"))
+        };
+        let private_key = file(&self.alipay_private_key_file, "ALIPAY_PRIVATE_KEY_FILE")?;
+        let public_key = file(&self.alipay_public_key_file, "ALIPAY_PUBLIC_KEY_FILE")?;
+        let config = AlipayConfig {
+            gateway_url: self.alipay_gateway_url.clone(),
+            app_id: app_id.clone(),
+            merchant_private_key: PrivateKey::from_file(&private_key).with_context(|| {
+                format!("ALIPAY_PRIVATE_KEY_FILE ({})", private_key.display())
+            })?,
+            alipay_public_key: PublicKey::from_file(&public_key).with_context(|| {
+                format!("ALIPAY_PUBLIC_KEY_FILE ({})", public_key.display())
+            })?,
+        };
+        Ok(Some(Arc::new(Alipay::new(config)?)))
+    }
+}
+
+impl BillingArgs {
+    /// Authenticates callers through auth-svc with billing-svc's own API key.
+    pub fn remote_authenticator(&self) -> anyhow::Result<Arc<Authenticator>> {
+        self.callers
+            .remote_authenticator(self.service_api_key.as_ref(), "BILLING_SERVICE_API_KEY")
+    }
+
+    /// The settings of the billing rules.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            checkout_expiry: TimeDelta::seconds(self.checkout_expiry_secs.into()),
+            grace_period: TimeDelta::seconds(self.grace_period_secs.into()),
+            public_url: self.public_url.clone(),
+            default_return_url: self.return_url.clone(),
+        }
+    }
+
+    /// The providers configured.
+    pub fn providers(&self) -> anyhow::Result<Vec<Arc<dyn PaymentProvider>>> {
+        Ok(self.alipay.provider()?.into_iter().collect())
+    }
+
+    /// The entitlement dispatcher's connection to quota-svc.
+    pub fn dispatcher(&self, pool: PgPool, clock: Arc<dyn Clock>) -> anyhow::Result<Dispatcher> {
+        let key = self
+            .service_api_key
+            .as_ref()
+            .context("BILLING_SERVICE_API_KEY is required to deliver entitlements to quota-svc")?;
+        Dispatcher::new(
+            pool,
+            clock,
+            &self.quota_url,
+            key.expose(),
+            Duration::from_secs(self.outbox_max_backoff_secs.into()),
+        )
+    }
+}
+
+/// What billing-svc runs besides its handlers.
+pub struct Workers {
+    pub dispatcher: Dispatcher,
+    /// Time between two lifecycle rounds.
+    pub lifecycle_every: Duration,
+}
+
+/// The tonic routes billing-svc serves; starts the entitlement dispatcher and the lifecycle
+/// worker, so it needs a tokio runtime.
+pub fn routes(
+    billing: Arc<Billing>,
+    authenticator: Arc<Authenticator>,
+    workers: Workers,
+) -> anyhow::Result<Routes> {
+    tokio::spawn(dispatch::run(
+        workers.dispatcher,
+        Arc::downgrade(&billing),
+        billing.outbox_written(),
+    ));
+    tokio::spawn(lifecycle::run(
+        Arc::downgrade(&billing),
+        workers.lifecycle_every,
+    ));
+    Ok(Routes::new(BillingServiceServer::new(BillingApi {
+        billing,
+        auth: authenticator,
     })))
 }
