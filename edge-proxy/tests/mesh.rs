@@ -5,57 +5,18 @@
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use kit::testing::{Binary, TestDb, grpcurl_result, workspace_binary};
+use kit::testing::{
+    Binary, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key, workspace_binary,
+};
 use serde_json::{Value, json};
 
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-fn curl(args: &[&str]) -> (u16, Value) {
-    let output = Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
-    (status.parse().unwrap(), body)
-}
-
-fn post(url: &str, auth: &[&str], body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    curl(
-        &[
-            auth,
-            &["-H", "content-type: application/json", "-d", &body, url],
-        ]
-        .concat(),
-    )
-}
-
 /// Issues a service account's key with `scopes` through the auth-svc CLI, as `just up` does.
 fn service_key(db: &TestDb, service: &str, scopes: &str) -> String {
-    let output = Command::new(workspace_binary("auth-svc"))
-        .args([
-            "service-key",
-            "issue",
-            "--service",
-            service,
-            "--scopes",
-            scopes,
-        ])
-        .env("AUTH_DATABASE_URL", db.url())
-        .env("AUTH_MASTER_KEY", MASTER_KEY)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    issue_service_key(db.url(), MASTER_KEY, service, scopes)
 }
 
 fn grpcurl_json(addr: &str, key: &str, method: &str, body: &Value) -> Result<Value, String> {

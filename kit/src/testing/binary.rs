@@ -33,7 +33,18 @@ impl Binary {
         database_url: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), program, env_prefix, database_url, env)
+    }
+
+    /// [`Binary::start`] on a port chosen beforehand, for servers that must know each other's
+    /// address before either starts.
+    pub fn start_on(
+        port: u16,
+        program: &Path,
+        env_prefix: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::env::temp_dir().join(format!("commerce-test-{port}.log"));
         let log_file = std::fs::File::create(&log)

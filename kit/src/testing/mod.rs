@@ -1,9 +1,11 @@
 //! The test harness: a fresh PostgreSQL database per test cloned from a migrated template
 //! ([`TestDb`]), a TCP proxy that can cut the database off ([`TcpProxy`]), a server started
-//! in-process on an ephemeral port ([`InProcess`]), the real binaries ([`Binary`]) and grpcurl.
+//! in-process on an ephemeral port ([`InProcess`]), the real binaries ([`Binary`]), grpcurl and
+//! curl.
 
 mod binary;
 mod db;
+mod http;
 mod in_process;
 mod issuer;
 mod proxy;
@@ -11,6 +13,7 @@ mod schema;
 
 pub use binary::{Binary, free_port, grpcurl, grpcurl_ok, grpcurl_result, workspace_binary};
 pub use db::TestDb;
+pub use http::{curl, curl_post, issue_service_key};
 pub use in_process::{InProcess, wait_for_health};
 pub use issuer::{AuthServer, TestIssuer};
 pub use proxy::TcpProxy;

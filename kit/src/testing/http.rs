@@ -1,0 +1,67 @@
+//! Plain HTTP the way a user tries the mesh: curl, with JSON bodies; and the auth-svc CLI's
+//! service keys, as `just up` issues them.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::workspace_binary;
+
+/// Runs curl with `args`; returns the status and the body (JSON if it parses, else a string).
+pub fn curl(args: &[&str]) -> (u16, Value) {
+    let output = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("running curl: {err}"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl {args:?} printed no status: {text}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+    let status = status
+        .parse()
+        .unwrap_or_else(|err| panic!("curl status {status:?}: {err}"));
+    (status, body)
+}
+
+/// POSTs `body` as JSON to `url` with the extra curl arguments `auth` (e.g. `-H`, a header).
+pub fn curl_post(url: &str, auth: &[&str], body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    curl(
+        &[
+            auth,
+            &["-H", "content-type: application/json", "-d", &body, url],
+        ]
+        .concat(),
+    )
+}
+
+/// Issues a service account's API key with `scopes` through the auth-svc CLI on `database_url`
+/// sealed with `master_key`, as `just up` does.
+pub fn issue_service_key(
+    database_url: &str,
+    master_key: &str,
+    service: &str,
+    scopes: &str,
+) -> String {
+    let output = Command::new(workspace_binary("auth-svc"))
+        .args([
+            "service-key",
+            "issue",
+            "--service",
+            service,
+            "--scopes",
+            scopes,
+        ])
+        .env("AUTH_DATABASE_URL", database_url)
+        .env("AUTH_MASTER_KEY", master_key)
+        .output()
+        .unwrap_or_else(|err| panic!("running auth-svc service-key issue: {err}"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
