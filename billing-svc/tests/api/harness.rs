@@ -1,0 +1,319 @@
+//! The in-process mesh billing's tests run against: billing-svc and quota-svc over one fresh
+//! database, a test token issuer, the edge (where providers post notifications), the provider
+//! simulator, a manual clock shared by all of them, and a TCP proxy in front of quota-svc so a
+//! test can take it down.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use billing_svc::{
+    MIGRATIONS, SPEC, Workers,
+    dispatch::Dispatcher,
+    domain::plan::PlansFile,
+    providers::{
+        PaymentProvider,
+        alipay::{Alipay, AlipayConfig},
+    },
+    routes,
+    service::{Billing, Settings},
+    sim::{self, RunningSim, SimConfig},
+};
+use chrono::{TimeDelta, Utc};
+use kit::{
+    clock::ManualClock,
+    testing::{InProcess, TcpProxy, TestDb, TestIssuer},
+};
+use proto::{
+    billing::{
+        CreateSubscriptionRequest, CreateSubscriptionResponse, PaymentProvider as PbProvider,
+        billing_service_client::BillingServiceClient,
+    },
+    quota::{CheckQuotaRequest, QuotaState, quota_service_client::QuotaServiceClient},
+};
+use serde_json::{Value, json};
+use tonic::{Request, Status, transport::Channel};
+use uuid::Uuid;
+
+/// The merchant app id the tests configure.
+pub const APP_ID: &str = "2021000000000001";
+
+/// The plans every test starts with.
+pub const PLANS: &str = r#"
+[free]
+limits = { "analyses" = 10 }
+
+[[plan]]
+code = "basic"
+name = "Basic"
+price = 1999
+currency = "CNY"
+interval = "month"
+limits = { "analyses" = 100 }
+
+[[plan]]
+code = "pro"
+name = "Pro"
+price = 9900
+currency = "CNY"
+interval = "month"
+limits = { "analyses" = 1000, "exports" = "unlimited" }
+"#;
+
+pub struct Mesh {
+    pub db: TestDb,
+    pub issuer: Arc<TestIssuer>,
+    pub clock: Arc<ManualClock>,
+    pub billing: Arc<Billing>,
+    pub billing_server: InProcess,
+    pub quota_server: InProcess,
+    /// In front of quota-svc: `set_up(false)` takes it down for billing.
+    pub quota_proxy: TcpProxy,
+    pub sim: RunningSim,
+    pub edge: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        let db = TestDb::new(&[
+            (SPEC.name, MIGRATIONS),
+            (quota_svc::SPEC.name, quota_svc::MIGRATIONS),
+        ])
+        .await;
+        let issuer = Arc::new(TestIssuer::new());
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+
+        let quota_clock = clock.clone();
+        let quota_auth = issuer.authenticator();
+        let quota_server = InProcess::start(
+            quota_svc::SPEC,
+            db.url(),
+            quota_svc::MIGRATIONS,
+            |_| {},
+            move |pool| quota_svc::routes(pool, quota_auth, quota_clock, 1),
+        )
+        .await;
+        let quota_proxy = TcpProxy::start(quota_server.addr).await;
+
+        let keys = sim::test_keys();
+        let sim = sim::start(
+            SimConfig {
+                alipay_private_key: keys.alipay.clone(),
+                merchant_public_key: keys.merchant.public_key(),
+                clock: clock.clone(),
+            },
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+        .unwrap();
+
+        // The edge's address is the notify URL's base, so it is bound before billing starts.
+        let edge_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge = edge_listener.local_addr().unwrap();
+        let alipay: Arc<dyn PaymentProvider> = Arc::new(
+            Alipay::new(AlipayConfig {
+                gateway_url: sim.gateway_url(),
+                app_id: APP_ID.to_owned(),
+                merchant_private_key: keys.merchant.clone(),
+                alipay_public_key: keys.alipay.public_key(),
+            })
+            .unwrap(),
+        );
+        let service_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
+        let settings = Settings {
+            checkout_expiry: TimeDelta::hours(2),
+            grace_period: TimeDelta::days(7),
+            public_url: format!("http://{edge}"),
+            default_return_url: "http://localhost:9000/".to_owned(),
+        };
+        let billing_auth = issuer.authenticator();
+        let quota_url = format!("http://{}", quota_proxy.addr());
+        let billing_clock = clock.clone();
+        let (billing_tx, billing_rx) = std::sync::mpsc::channel();
+        let billing_server = InProcess::start(
+            SPEC,
+            db.url(),
+            MIGRATIONS,
+            |_| {},
+            move |pool| {
+                let dispatcher = Dispatcher::new(
+                    pool.clone(),
+                    billing_clock.clone(),
+                    &quota_url,
+                    &service_key,
+                    Duration::from_secs(2),
+                )?;
+                let billing = Arc::new(Billing::new(pool, billing_clock, vec![alipay], settings));
+                billing_tx.send(billing.clone())?;
+                routes(
+                    billing,
+                    billing_auth,
+                    Workers {
+                        dispatcher,
+                        // The tests run the lifecycle themselves.
+                        lifecycle_every: Duration::from_secs(3600),
+                    },
+                )
+            },
+        )
+        .await;
+        let billing = billing_rx.recv().unwrap();
+
+        let router = edge_proxy::router(
+            &edge_proxy::Upstreams {
+                auth: "http://127.0.0.1:9".to_owned(),
+                billing: format!("http://{}", billing_server.addr),
+                quota: format!("http://{}", quota_server.addr),
+            },
+            false,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                edge_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+
+        let mesh = Self {
+            db,
+            issuer,
+            clock,
+            billing,
+            billing_server,
+            quota_server,
+            quota_proxy,
+            sim,
+            edge,
+            http: reqwest::Client::new(),
+        };
+        mesh.billing
+            .apply_plans_file(&PlansFile::parse(PLANS).unwrap())
+            .await
+            .unwrap();
+        mesh
+    }
+
+    pub fn billing_client(&self) -> BillingServiceClient<Channel> {
+        BillingServiceClient::new(self.billing_server.channel.clone())
+    }
+
+    pub fn quota_client(&self) -> QuotaServiceClient<Channel> {
+        QuotaServiceClient::new(self.quota_server.channel.clone())
+    }
+
+    /// A request carrying `user`'s access token.
+    pub fn as_user<T>(&self, user: Uuid, message: T) -> Request<T> {
+        self.with_roles(user, &[], message)
+    }
+
+    /// A request carrying an administrator's access token.
+    pub fn as_admin<T>(&self, message: T) -> Request<T> {
+        self.with_roles(Uuid::now_v7(), &["admin"], message)
+    }
+
+    fn with_roles<T>(&self, user: Uuid, roles: &[&str], message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let token = self.issuer.token(user, roles);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+
+    /// Subscribes `user` to `plan` with Alipay.
+    pub async fn subscribe(&self, user: Uuid, plan: &str) -> CreateSubscriptionResponse {
+        self.billing_client()
+            .create_subscription(self.as_user(
+                user,
+                CreateSubscriptionRequest {
+                    plan_code: plan.to_owned(),
+                    provider: PbProvider::Alipay as i32,
+                    idempotency_key: Uuid::now_v7().to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Tells the simulator to pay `payment_id`'s order; returns its JSON answer.
+    pub async fn pay(&self, payment_id: &str, body: Value) -> Value {
+        let out_trade_no = payment_id.replace('-', "");
+        let response = self
+            .http
+            .post(format!(
+                "http://{}/sim/alipay/orders/{out_trade_no}:pay",
+                self.sim.addr()
+            ))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Pays once and returns the notify statuses.
+    pub async fn pay_once(&self, payment_id: &str) -> Vec<u64> {
+        statuses(&self.pay(payment_id, json!({"deliveries": 1})).await)
+    }
+
+    /// The user's quota of `metric` as quota-svc answers it.
+    pub async fn quota(&self, user: Uuid, metric: &str) -> Result<QuotaState, Status> {
+        let response = self
+            .quota_client()
+            .check_quota(self.as_user(
+                user,
+                CheckQuotaRequest {
+                    metric: metric.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        Ok(response.into_inner().quota.unwrap())
+    }
+
+    /// Waits (up to 10 s) until the user's limit of `metric` is `limit`.
+    pub async fn wait_for_limit(&self, user: Uuid, metric: &str, limit: i64) -> QuotaState {
+        let mut last = None;
+        for _ in 0..200 {
+            match self.quota(user, metric).await {
+                Ok(state) if state.limit == limit && !state.unlimited => return state,
+                other => last = Some(other),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the limit of {metric} never became {limit}: {last:?}");
+    }
+
+    /// Rows of `sql` (a query returning one text column `v`) in the billing schema.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        use diesel::{QueryableByName, sql_types::Text};
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            v: String,
+        }
+        let mut conn = self.db.connect(SPEC.name).await;
+        diesel::sql_query(sql)
+            .load::<Row>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.v)
+            .collect()
+    }
+}
+
+/// The `notifyStatuses` of a simulator answer.
+pub fn statuses(answer: &Value) -> Vec<u64> {
+    answer["notifyStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|status| status.as_u64().unwrap())
+        .collect()
+}
