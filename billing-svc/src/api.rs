@@ -190,7 +190,11 @@ fn payment_status(value: i32) -> Result<Option<PaymentStatus>, Error> {
 fn payment_pb(row: PaymentRow) -> pb::Payment {
     let status = row.status();
     // The checkout is shown only while it can still be paid.
-    let checkout = match (status, row.checkout_kind.as_deref(), row.checkout_url.clone()) {
+    let checkout = match (
+        status,
+        row.checkout_kind.as_deref(),
+        row.checkout_url.clone(),
+    ) {
         (PaymentStatus::Pending, Some("redirect_url"), Some(url)) => {
             Some(pb::payment::Checkout::RedirectUrl(url))
         }
@@ -321,7 +325,10 @@ impl BillingService for BillingApi {
         self.admin(&request).await?;
         let request = request.into_inner();
         validate::plan_code("plan_code", &request.plan_code).map_err(Error::from)?;
-        let paths = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
+        let paths = request
+            .update_mask
+            .map(|mask| mask.paths)
+            .unwrap_or_default();
         if paths.is_empty() {
             return Err(Error::invalid("update_mask", "is required and must name fields").into());
         }

@@ -71,11 +71,19 @@ pub struct BillingArgs {
 
     /// Public base URL of the edge, to which providers post notifications
     /// (`{url}/v1/webhooks/{provider}`).
-    #[arg(long, env = "BILLING_PUBLIC_URL", default_value = "http://127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "BILLING_PUBLIC_URL",
+        default_value = "http://127.0.0.1:9000"
+    )]
     pub public_url: String,
 
     /// Where Alipay sends the buyer's browser after paying when a request names no return_url.
-    #[arg(long, env = "BILLING_RETURN_URL", default_value = "http://localhost:9000/")]
+    #[arg(
+        long,
+        env = "BILLING_RETURN_URL",
+        default_value = "http://localhost:9000/"
+    )]
     pub return_url: String,
 
     /// Seconds a checkout can be paid before it is closed and canceled.
@@ -103,7 +111,11 @@ pub struct BillingArgs {
 pub struct AlipayArgs {
     /// Alipay open platform gateway (the sandbox:
     /// https://openapi-sandbox.dl.alipaydev.com/gateway.do).
-    #[arg(long, env = "ALIPAY_GATEWAY_URL", default_value = "https://openapi.alipay.com/gateway.do")]
+    #[arg(
+        long,
+        env = "ALIPAY_GATEWAY_URL",
+        default_value = "https://openapi.alipay.com/gateway.do"
+    )]
     pub alipay_gateway_url: String,
 
     /// The application's app id; Alipay is disabled when unset.
@@ -135,12 +147,10 @@ impl AlipayArgs {
         let config = AlipayConfig {
             gateway_url: self.alipay_gateway_url.clone(),
             app_id: app_id.clone(),
-            merchant_private_key: PrivateKey::from_file(&private_key).with_context(|| {
-                format!("ALIPAY_PRIVATE_KEY_FILE ({})", private_key.display())
-            })?,
-            alipay_public_key: PublicKey::from_file(&public_key).with_context(|| {
-                format!("ALIPAY_PUBLIC_KEY_FILE ({})", public_key.display())
-            })?,
+            merchant_private_key: PrivateKey::from_file(&private_key)
+                .with_context(|| format!("ALIPAY_PRIVATE_KEY_FILE ({})", private_key.display()))?,
+            alipay_public_key: PublicKey::from_file(&public_key)
+                .with_context(|| format!("ALIPAY_PUBLIC_KEY_FILE ({})", public_key.display()))?,
         };
         Ok(Some(Arc::new(Alipay::new(config)?)))
     }

@@ -3,7 +3,9 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
-use billing_svc::{BillingArgs, MIGRATIONS, SPEC, Workers, domain::plan::PlansFile, routes, service::Billing};
+use billing_svc::{
+    BillingArgs, MIGRATIONS, SPEC, Workers, domain::plan::PlansFile, routes, service::Billing,
+};
 use clap::{Parser, Subcommand};
 use kit::{ServerArgs, clock::SystemClock};
 
@@ -80,10 +82,17 @@ async fn apply_plans(
     billing: &BillingArgs,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let plans = PlansFile::parse(&text).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let plans =
+        PlansFile::parse(&text).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
     kit::server::migrate(SPEC, server, MIGRATIONS).await?;
-    let pool = kit::db::pool(server.database_url(), SPEC.name, 1, server.db_acquire_timeout())?;
+    let pool = kit::db::pool(
+        server.database_url(),
+        SPEC.name,
+        1,
+        server.db_acquire_timeout(),
+    )?;
     let service = Billing::new(pool, Arc::new(SystemClock), Vec::new(), billing.settings());
     let applied = service
         .apply_plans_file(&plans)

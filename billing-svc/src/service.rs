@@ -264,8 +264,11 @@ impl Billing {
                         Some(_) => {}
                     }
                 }
-                let listed: Vec<String> =
-                    file.plans.iter().map(|plan| plan.plan_code.clone()).collect();
+                let listed: Vec<String> = file
+                    .plans
+                    .iter()
+                    .map(|plan| plan.plan_code.clone())
+                    .collect();
                 applied.deactivated = plans::deactivate_all_but(conn, &listed, now).await?;
                 let free = plans::limits_json(&file.free);
                 if outbox::latest_defaults(conn).await?.as_ref() != Some(&free) {
@@ -331,7 +334,8 @@ impl Billing {
             Opening::Subscription { plan_code } => {
                 let plan = purchasable_plan(conn, plan_code).await?;
                 let mut superseded = None;
-                if let Some(current) = subscriptions::current_for_update(conn, request.user).await? {
+                if let Some(current) = subscriptions::current_for_update(conn, request.user).await?
+                {
                     if current.status() != SubscriptionStatus::PendingPayment {
                         return Err(Error::FailedPrecondition(format!(
                             "you already have a subscription that is {}; use ChangePlan",
@@ -495,7 +499,9 @@ impl Billing {
         self.close_at_providers(superseded.as_slice()).await;
         let result = if payment.checkout_url.is_none() && payment.status() == PaymentStatus::Pending
         {
-            let checkout = provider.create_checkout(&self.order(&payment, request)?).await?;
+            let checkout = provider
+                .create_checkout(&self.order(&payment, request)?)
+                .await?;
             self.store_checkout(&payment, &checkout).await?
         } else {
             let subscription = self.subscription_of(&payment).await?;
@@ -518,7 +524,11 @@ impl Billing {
         Ok(result)
     }
 
-    fn order(&self, payment: &PaymentRow, request: &CheckoutRequest) -> Result<CheckoutOrder, Error> {
+    fn order(
+        &self,
+        payment: &PaymentRow,
+        request: &CheckoutRequest,
+    ) -> Result<CheckoutOrder, Error> {
         Ok(CheckoutOrder {
             out_trade_no: payment.out_trade_no(),
             amount_minor: payment.amount_minor,
@@ -548,15 +558,14 @@ impl Billing {
         };
         let now = self.now();
         let mut conn = self.conn().await?;
-        let payment = match payments::set_checkout(&mut conn, payment.payment_id, kind, url, now)
-            .await?
-        {
-            Some(updated) => updated,
-            // A concurrent retry stored it first; both checkouts are for the same order.
-            None => payments::get(&mut conn, payment.payment_id)
-                .await?
-                .ok_or_else(no_payment)?,
-        };
+        let payment =
+            match payments::set_checkout(&mut conn, payment.payment_id, kind, url, now).await? {
+                Some(updated) => updated,
+                // A concurrent retry stored it first; both checkouts are for the same order.
+                None => payments::get(&mut conn, payment.payment_id)
+                    .await?
+                    .ok_or_else(no_payment)?,
+            };
         let subscription = self.subscription_of(&payment).await?;
         Ok(CheckoutResult {
             subscription,
@@ -645,7 +654,12 @@ impl Billing {
     }
 
     /// One payment of `user` (any user's for an admin).
-    pub async fn get_payment(&self, id: Uuid, user: Uuid, admin: bool) -> Result<PaymentRow, Error> {
+    pub async fn get_payment(
+        &self,
+        id: Uuid,
+        user: Uuid,
+        admin: bool,
+    ) -> Result<PaymentRow, Error> {
         let mut conn = self.conn().await?;
         payments::get(&mut conn, id)
             .await?
@@ -679,7 +693,11 @@ impl Billing {
     ) -> Result<Acknowledgement, Error> {
         let unknown = || Error::NotFound(format!("no payment provider {provider_name:?}"));
         let provider_kind: Provider = provider_name.parse().map_err(|_| unknown())?;
-        let provider = self.providers.get(&provider_kind).ok_or_else(unknown)?.clone();
+        let provider = self
+            .providers
+            .get(&provider_kind)
+            .ok_or_else(unknown)?
+            .clone();
         let now = self.now();
         let mut record = EventRow {
             event_id: Uuid::now_v7(),
@@ -717,13 +735,19 @@ impl Billing {
         let mut conn = self.conn().await?;
         let outcome = conn
             .transaction(async |conn| {
-                let outcome = self.apply_trade(conn, provider_kind, &notification.trade, now).await;
+                let outcome = self
+                    .apply_trade(conn, provider_kind, &notification.trade, now)
+                    .await;
                 // A database failure rolls everything back; the provider retries.
                 if let Err(TradeRefused::Db(err)) = outcome {
                     return Err(Error::from(err));
                 }
                 let (verdict, detail, payment_id) = match &outcome {
-                    Ok(applied) => (applied.verdict, applied.detail.clone(), Some(applied.payment_id)),
+                    Ok(applied) => (
+                        applied.verdict,
+                        applied.detail.clone(),
+                        Some(applied.payment_id),
+                    ),
                     Err(refused) => (Verdict::Refused, refused.to_string(), refused.payment_id()),
                 };
                 record.verdict = verdict.as_str().to_owned();
@@ -797,10 +821,12 @@ impl Billing {
                 let detail = self.activate(conn, &paid, paid_at, now).await?;
                 Ok(applied(Verdict::Applied, detail))
             }
-            TradeStatus::Closed => Ok(match payments::cancel_pending(conn, payment_id, now).await? {
-                Some(_) => applied(Verdict::Applied, "the checkout was closed".to_owned()),
-                None => duplicate(),
-            }),
+            TradeStatus::Closed => Ok(
+                match payments::cancel_pending(conn, payment_id, now).await? {
+                    Some(_) => applied(Verdict::Applied, "the checkout was closed".to_owned()),
+                    None => duplicate(),
+                },
+            ),
             TradeStatus::Failed => Ok(match payments::fail(conn, payment_id, now).await? {
                 Some(_) => applied(Verdict::Applied, "the payment failed".to_owned()),
                 None => duplicate(),
@@ -839,9 +865,15 @@ impl Billing {
                 return Ok(format!("paid, but {refused}: refund needed"));
             }
         };
-        let active = subscriptions::activate(conn, subscription.subscription_id, state.status, &activated, now)
-            .await?
-            .ok_or(TradeRefused::Db(diesel::result::Error::NotFound))?;
+        let active = subscriptions::activate(
+            conn,
+            subscription.subscription_id,
+            state.status,
+            &activated,
+            now,
+        )
+        .await?
+        .ok_or(TradeRefused::Db(diesel::result::Error::NotFound))?;
         let plan = plans::get(conn, &active.plan_code)
             .await?
             .ok_or(TradeRefused::UnknownOrder)?;
@@ -895,22 +927,44 @@ impl Billing {
                         let at = row.current_period_end.unwrap_or(now);
                         match subscription::period_ended(row.cancel_at_period_end) {
                             subscription::PeriodEnded::Canceled => {
-                                closed.extend(cancel_pending_payment(conn, row.subscription_id, now).await?);
-                                subscriptions::cancel(conn, row.subscription_id, from, at, now).await?;
+                                closed.extend(
+                                    cancel_pending_payment(conn, row.subscription_id, now).await?,
+                                );
+                                subscriptions::cancel(conn, row.subscription_id, from, at, now)
+                                    .await?;
                             }
                             subscription::PeriodEnded::PastDue => {
-                                subscriptions::move_to(conn, row.subscription_id, from, SubscriptionStatus::PastDue, now).await?;
+                                subscriptions::move_to(
+                                    conn,
+                                    row.subscription_id,
+                                    from,
+                                    SubscriptionStatus::PastDue,
+                                    now,
+                                )
+                                .await?;
                             }
                         }
                         outbox::enqueue(conn, &withdrawal(row.user_id), now).await?;
                     }
                     let grace_ended = now - self.settings.grace_period;
-                    let lapsed =
-                        subscriptions::claim_ended(conn, SubscriptionStatus::PastDue, grace_ended, BATCH)
-                            .await?;
+                    let lapsed = subscriptions::claim_ended(
+                        conn,
+                        SubscriptionStatus::PastDue,
+                        grace_ended,
+                        BATCH,
+                    )
+                    .await?;
                     for row in &lapsed {
-                        closed.extend(cancel_pending_payment(conn, row.subscription_id, now).await?);
-                        subscriptions::move_to(conn, row.subscription_id, SubscriptionStatus::PastDue, SubscriptionStatus::Expired, now).await?;
+                        closed
+                            .extend(cancel_pending_payment(conn, row.subscription_id, now).await?);
+                        subscriptions::move_to(
+                            conn,
+                            row.subscription_id,
+                            SubscriptionStatus::PastDue,
+                            SubscriptionStatus::Expired,
+                            now,
+                        )
+                        .await?;
                     }
                     Ok::<_, Error>((ended.len() + lapsed.len(), closed))
                 })

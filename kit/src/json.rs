@@ -66,6 +66,10 @@ mod tests {
         let json: Json =
             serde_json::from_str(r#"{"a":1.5,"b":[true,null,"x"],"c":{"d":"e"}}"#).unwrap();
         assert_eq!(from_struct(&to_struct(json.clone()).unwrap()), json);
-        assert_eq!(to_struct(Json::Array(vec![])), None, "only objects are Structs");
+        assert_eq!(
+            to_struct(Json::Array(vec![])),
+            None,
+            "only objects are Structs"
+        );
     }
 }

@@ -18,9 +18,9 @@ pub mod page;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod validate;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod validate;
 
 pub use cli::{ServerArgs, ServiceSpec};
 

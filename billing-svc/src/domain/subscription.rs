@@ -259,7 +259,10 @@ mod tests {
             at(1, 20),
         )
         .unwrap();
-        assert_eq!((active.period_start, active.period_end), (at(1, 1), at(3, 1)));
+        assert_eq!(
+            (active.period_start, active.period_end),
+            (at(1, 1), at(3, 1))
+        );
         let past_due = payment_succeeded(
             &state(SubscriptionStatus::PastDue),
             Purpose::Renewal,
@@ -289,8 +292,7 @@ mod tests {
         for status in [SubscriptionStatus::Canceled, SubscriptionStatus::Expired] {
             for purpose in [Purpose::FirstPeriod, Purpose::Renewal, Purpose::ChangePlan] {
                 assert!(
-                    payment_succeeded(&state(status), purpose, "basic", MONTHLY, at(1, 5))
-                        .is_err()
+                    payment_succeeded(&state(status), purpose, "basic", MONTHLY, at(1, 5)).is_err()
                 );
             }
             assert!(purpose_of_new_payment(status).is_err());
@@ -331,12 +333,27 @@ mod tests {
     #[test]
     fn the_quota_interval_of_a_subscription_paid_in_advance() {
         let (start, end) = (at(1, 1), at(4, 1));
-        assert_eq!(interval_at(start, end, MONTHLY, at(1, 15)), (at(1, 1), at(2, 1)));
-        assert_eq!(interval_at(start, end, MONTHLY, at(2, 1)), (at(2, 1), at(3, 1)));
-        assert_eq!(interval_at(start, end, MONTHLY, at(3, 31)), (at(3, 1), at(4, 1)));
-        assert_eq!(interval_at(start, end, MONTHLY, at(5, 1)), (at(3, 1), at(4, 1)));
+        assert_eq!(
+            interval_at(start, end, MONTHLY, at(1, 15)),
+            (at(1, 1), at(2, 1))
+        );
+        assert_eq!(
+            interval_at(start, end, MONTHLY, at(2, 1)),
+            (at(2, 1), at(3, 1))
+        );
+        assert_eq!(
+            interval_at(start, end, MONTHLY, at(3, 31)),
+            (at(3, 1), at(4, 1))
+        );
+        assert_eq!(
+            interval_at(start, end, MONTHLY, at(5, 1)),
+            (at(3, 1), at(4, 1))
+        );
         // A period shorter than one interval (the plan changed) is one interval.
-        assert_eq!(interval_at(at(1, 1), at(1, 20), MONTHLY, at(1, 5)), (at(1, 1), at(1, 20)));
+        assert_eq!(
+            interval_at(at(1, 1), at(1, 20), MONTHLY, at(1, 5)),
+            (at(1, 1), at(1, 20))
+        );
     }
 
     #[test]
@@ -350,7 +367,10 @@ mod tests {
         ] {
             assert_eq!(SubscriptionStatus::parse(status.as_str()), Some(status));
         }
-        assert_eq!(PaymentStatus::parse("partially_refunded"), Some(PaymentStatus::PartiallyRefunded));
+        assert_eq!(
+            PaymentStatus::parse("partially_refunded"),
+            Some(PaymentStatus::PartiallyRefunded)
+        );
         assert_eq!(Purpose::parse("nope"), None);
     }
 }

@@ -30,7 +30,10 @@ pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<
         return Err(Invalid::new(field, "is required"));
     }
     if length > max {
-        return Err(Invalid::new(field, format!("must be at most {max} characters")));
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -75,10 +78,7 @@ pub fn return_url(url: &str) -> Result<(), Invalid> {
         return Err(Invalid::new(FIELD, "must be at most 512 characters"));
     }
     let parsed = reqwest::Url::parse(url).map_err(|_| Invalid::new(FIELD, "not a valid URL"))?;
-    let local = matches!(
-        parsed.host_str(),
-        Some("localhost" | "127.0.0.1" | "[::1]")
-    );
+    let local = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if local => Ok(()),

@@ -91,15 +91,27 @@ pub async fn latest_defaults(conn: &mut Conn) -> QueryResult<Option<serde_json::
 /// Up to `limit` rows due by `now` that are the newest of their subject (older ones are
 /// superseded: quota-svc keeps only the highest version), locked and skipped by other
 /// dispatchers.
-pub async fn claim_due(conn: &mut Conn, now: DateTime<Utc>, limit: i64) -> QueryResult<Vec<OutboxRow>> {
+pub async fn claim_due(
+    conn: &mut Conn,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<OutboxRow>> {
     let newer = diesel::alias!(entitlement_outbox as newer);
     entitlement_outbox::table
         .filter(entitlement_outbox::delivered_at.is_null())
         .filter(entitlement_outbox::next_attempt_at.le(now))
         .filter(not(exists(
             newer
-                .filter(newer.field(entitlement_outbox::subject).eq(entitlement_outbox::subject))
-                .filter(newer.field(entitlement_outbox::version).gt(entitlement_outbox::version)),
+                .filter(
+                    newer
+                        .field(entitlement_outbox::subject)
+                        .eq(entitlement_outbox::subject),
+                )
+                .filter(
+                    newer
+                        .field(entitlement_outbox::version)
+                        .gt(entitlement_outbox::version),
+                ),
         )))
         .order(entitlement_outbox::outbox_id)
         .limit(limit)

@@ -163,7 +163,11 @@ pub async fn succeed(
 }
 
 /// PENDING → FAILED (the provider reported a failed payment).
-pub async fn fail(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> QueryResult<Option<PaymentRow>> {
+pub async fn fail(
+    conn: &mut Conn,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<PaymentRow>> {
     diesel::update(
         payments::table
             .find(id)

@@ -66,7 +66,10 @@ pub async fn insert(conn: &mut Conn, row: &SubscriptionRow) -> QueryResult<()> {
 }
 
 /// The user's current (PENDING_PAYMENT, ACTIVE or PAST_DUE) subscription, locked.
-pub async fn current_for_update(conn: &mut Conn, user: Uuid) -> QueryResult<Option<SubscriptionRow>> {
+pub async fn current_for_update(
+    conn: &mut Conn,
+    user: Uuid,
+) -> QueryResult<Option<SubscriptionRow>> {
     subscriptions::table
         .filter(subscriptions::user_id.eq(user))
         .filter(subscriptions::status.eq_any(CURRENT))
@@ -92,7 +95,10 @@ pub async fn current(conn: &mut Conn, user: Uuid) -> QueryResult<Option<Subscrip
 pub async fn latest(conn: &mut Conn, user: Uuid) -> QueryResult<Option<SubscriptionRow>> {
     subscriptions::table
         .filter(subscriptions::user_id.eq(user))
-        .order((subscriptions::created_at.desc(), subscriptions::subscription_id.desc()))
+        .order((
+            subscriptions::created_at.desc(),
+            subscriptions::subscription_id.desc(),
+        ))
         .select(SubscriptionRow::as_select())
         .first(conn)
         .await
