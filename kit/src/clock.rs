@@ -1,7 +1,7 @@
 //! The time source of the rules that depend on it (period rollover, token expiry, lockout
 //! windows): a parameter, so tests move time instead of sleeping.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -20,8 +20,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that stands still until moved. Outside the `testing` feature so that the
-/// integration tests of every crate can hand it to a server.
+/// A clock that stands still until moved. Outside the `testing` feature (as is [`OffsetClock`])
+/// so that the integration tests of every crate can hand it to a server.
 #[derive(Debug)]
 pub struct ManualClock(Mutex<DateTime<Utc>>);
 
@@ -31,26 +31,42 @@ impl ManualClock {
     }
 
     pub fn set(&self, now: DateTime<Utc>) {
-        *self.lock() = now;
+        *lock(&self.0) = now;
     }
 
     pub fn advance(&self, by: TimeDelta) {
-        *self.lock() += by;
-    }
-
-    /// A panic elsewhere while holding the lock cannot leave a half-written time behind, so a
-    /// poisoned lock is used as is.
-    fn lock(&self) -> std::sync::MutexGuard<'_, DateTime<Utc>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.0) += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.lock()
+        *lock(&self.0)
     }
+}
+
+/// The real time plus an offset that grows when told: for tests of rules that compare the times
+/// of successive calls (attempts after the last success), which a clock standing still would
+/// make equal.
+#[derive(Debug, Default)]
+pub struct OffsetClock(Mutex<TimeDelta>);
+
+impl OffsetClock {
+    pub fn advance(&self, by: TimeDelta) {
+        *lock(&self.0) += by;
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *lock(&self.0)
+    }
+}
+
+/// A panic elsewhere while holding the lock cannot leave a half-written time behind, so a
+/// poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -68,5 +84,16 @@ mod tests {
         assert_eq!(clock.now(), start + TimeDelta::minutes(5));
         clock.set(start);
         assert_eq!(clock.now(), start);
+    }
+
+    #[test]
+    fn an_offset_clock_runs_ahead_by_what_it_was_told() {
+        let clock = OffsetClock::default();
+        clock.advance(TimeDelta::hours(2));
+        let ahead = clock.now() - Utc::now();
+        assert!(
+            ahead > TimeDelta::minutes(119) && ahead <= TimeDelta::hours(2),
+            "{ahead}"
+        );
     }
 }
