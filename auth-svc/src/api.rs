@@ -2,9 +2,10 @@
 //! caller, call the domain function, map the result. The keys half's RPCs delegate to `keys` and
 //! `api_keys`.
 
-use std::collections::BTreeMap;
-
-use kit::caller::Caller;
+use kit::{
+    caller::Caller,
+    convert::{from_timestamp, timestamp, uuid},
+};
 use proto::auth::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
 
@@ -17,7 +18,6 @@ use crate::{
         users::{self, ProfileUpdate, Registration},
     },
     api_keys,
-    convert::{from_timestamp, timestamp, uuid},
     error::Error,
     keys,
     store::{audit::AuditRow, sessions::SessionRow, users::UserFilter, users::UserRow},
@@ -91,30 +91,6 @@ fn session(row: &SessionRow, current: uuid::Uuid) -> pb::Session {
     }
 }
 
-fn json_value(value: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_value).collect(),
-        }),
-        serde_json::Value::Object(map) => Kind::StructValue(json_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-fn json_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .iter()
-            .map(|(key, value)| (key.clone(), json_value(value)))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
-
 fn audit_event(row: &AuditRow) -> pb::AuditEvent {
     let id = |id: Option<uuid::Uuid>| id.map(|id| id.to_string()).unwrap_or_default();
     pb::AuditEvent {
@@ -124,7 +100,7 @@ fn audit_event(row: &AuditRow) -> pb::AuditEvent {
         actor_user_id: id(row.actor_user_id),
         subject_user_id: id(row.subject_user_id),
         client_address: row.client_address.clone(),
-        details: row.details.as_object().map(json_struct),
+        details: kit::json::to_struct(row.details.clone()),
     }
 }
 

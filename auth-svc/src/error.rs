@@ -1,7 +1,7 @@
 //! auth-svc's errors and their one mapping to gRPC statuses.
 
 use diesel_async::pooled_connection::deadpool::PoolError;
-use kit::db::DbError;
+use kit::{db::DbError, error::FieldError};
 use tonic::Status;
 
 use crate::keys::SealError;
@@ -9,11 +9,8 @@ use crate::keys::SealError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input: `INVALID_ARGUMENT` naming the field.
-    #[error("{field}: {problem}")]
-    InvalidField {
-        field: &'static str,
-        problem: String,
-    },
+    #[error(transparent)]
+    InvalidField(#[from] FieldError),
     #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("{0}")]
@@ -43,10 +40,7 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
-        Self::InvalidField {
-            field,
-            problem: problem.into(),
-        }
+        Self::InvalidField(FieldError::new(field, problem))
     }
 }
 
@@ -65,7 +59,7 @@ impl From<PoolError> for Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::InvalidField { field, problem } => kit::error::invalid_field(field, problem),
+            Error::InvalidField(err) => err.into(),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),

@@ -7,12 +7,10 @@
 pub mod accounts;
 pub mod api;
 pub mod api_keys;
-pub mod convert;
 pub mod error;
 pub mod keys;
 pub mod local_auth;
 pub mod mailer;
-pub mod page;
 pub mod store;
 
 use std::sync::Arc;
@@ -20,12 +18,13 @@ use std::sync::Arc;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
     ServiceSpec,
+    clock::Clock,
     db::{Migrations, PgPool},
 };
 use proto::auth::auth_service_server::AuthServiceServer;
 use tonic::service::Routes;
 
-use accounts::{AccountsArgs, clock::Clock};
+use accounts::AccountsArgs;
 use keys::{KeysConfig, cli::KeysArgs};
 
 /// How auth-svc presents itself to the mesh.

@@ -82,7 +82,7 @@ impl CredentialSource for LocalSource {
         let usable = match self.api_keys.verify(key, Utc::now()).await {
             Ok(usable) => usable,
             // A malformed credential is an authentication failure of the caller.
-            Err(Error::InvalidField { .. }) => {
+            Err(Error::InvalidField(_)) => {
                 return Err(Status::unauthenticated("invalid API key"));
             }
             Err(err) => return Err(err.into()),

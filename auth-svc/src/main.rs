@@ -4,15 +4,10 @@
 use std::{io::Read, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
-use auth_svc::{
-    AuthArgs, MIGRATIONS, SPEC, State,
-    accounts::{self, clock::SystemClock},
-    api_keys::cli::IssueServiceKey,
-    keys,
-};
+use auth_svc::{AuthArgs, MIGRATIONS, SPEC, State, accounts, api_keys::cli::IssueServiceKey, keys};
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use kit::ServerArgs;
+use kit::{ServerArgs, clock::SystemClock};
 
 // mimalloc: glibc malloc took a quarter of the CPU of a loaded server.
 #[global_allocator]

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
-use kit::caller::role;
+use kit::{caller::role, page};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -11,7 +11,6 @@ use super::{ClientInfo, UserStatus};
 use crate::{
     State,
     error::Error,
-    page,
     store::{
         self,
         audit::{AuditFilter, AuditRow, NewEvent},
@@ -316,7 +315,10 @@ mod tests {
         assert_eq!(roles, Some(vec!["admin".to_owned()]));
         assert!(matches!(
             parse_roles(&["root".into()]),
-            Err(Error::InvalidField { field: "roles", .. })
+            Err(Error::InvalidField(kit::error::FieldError {
+                field: "roles",
+                ..
+            }))
         ));
     }
 

@@ -3,7 +3,6 @@
 //! refresh rotation) tested without a database; the flows combine them with `crate::store`.
 
 pub mod admin;
-pub mod clock;
 pub mod config;
 pub mod lockout;
 pub mod password;

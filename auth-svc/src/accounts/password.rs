@@ -130,7 +130,7 @@ mod tests {
 
     fn problem(result: Result<(), Error>) -> String {
         match result {
-            Err(Error::InvalidField { field, problem }) => format!("{field}: {problem}"),
+            Err(Error::InvalidField(err)) => err.to_string(),
             other => panic!("expected a field error, got {other:?}"),
         }
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
+use kit::page;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -14,7 +15,6 @@ use super::{
 use crate::{
     State,
     error::Error,
-    page,
     store::{
         self,
         audit::NewEvent,

@@ -98,7 +98,7 @@ mod tests {
 
     fn field_of(result: Result<String, Error>) -> &'static str {
         match result {
-            Err(Error::InvalidField { field, .. }) => field,
+            Err(Error::InvalidField(err)) => err.field,
             other => panic!("expected a field error, got {other:?}"),
         }
     }

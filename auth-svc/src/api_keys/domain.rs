@@ -171,7 +171,7 @@ mod tests {
 
     fn field_of(result: Result<ValidKey, Error>) -> String {
         match result {
-            Err(Error::InvalidField { field, .. }) => field.to_owned(),
+            Err(Error::InvalidField(err)) => err.field.to_owned(),
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
     }
@@ -194,7 +194,10 @@ mod tests {
             assert!(
                 matches!(
                     check_secret_form(bad),
-                    Err(Error::InvalidField { field: "key", .. })
+                    Err(Error::InvalidField(kit::error::FieldError {
+                        field: "key",
+                        ..
+                    }))
                 ),
                 "{bad:?}"
             );

@@ -9,7 +9,11 @@ pub mod verifier;
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use kit::caller::hash_api_key;
+use kit::{
+    caller::hash_api_key,
+    convert::{from_timestamp, timestamp, uuid},
+    page,
+};
 use proto::auth::{
     CreateApiKeyRequest, CreateApiKeyResponse, ListApiKeysRequest, ListApiKeysResponse,
     RevokeApiKeyRequest, RevokeApiKeyResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
@@ -26,9 +30,7 @@ pub use store::revoke_all_for_user;
 use crate::{
     State,
     accounts::client_address,
-    convert::{from_timestamp, timestamp, uuid},
     error::Error,
-    page,
     store::audit::{self, NewEvent},
 };
 

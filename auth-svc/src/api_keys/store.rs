@@ -7,12 +7,10 @@ use diesel::{
     sql_types::{Array, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use kit::page::Cursor;
 use uuid::Uuid;
 
-use crate::{
-    page::Cursor,
-    store::schema::auth::{api_keys, users},
-};
+use crate::store::schema::auth::{api_keys, users};
 
 /// The status of an account that may use its keys.
 const ACTIVE: &str = "active";

@@ -3,10 +3,10 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use kit::page::Cursor;
 use uuid::Uuid;
 
 use super::schema::auth::audit_events;
-use crate::page::Cursor;
 
 /// An event to record. `details` never holds secrets.
 #[derive(Debug, Clone)]

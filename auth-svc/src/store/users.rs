@@ -3,10 +3,11 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use kit::page::Cursor;
 use uuid::Uuid;
 
 use super::schema::auth::users;
-use crate::{accounts::UserStatus, page::Cursor};
+use crate::accounts::UserStatus;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
@@ -37,15 +38,9 @@ impl UserRow {
 
 /// Which unique constraint a new or changed account collides with.
 pub fn conflicting_field(err: &diesel::result::Error) -> Option<&'static str> {
-    match err {
-        diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            info,
-        ) => match info.constraint_name() {
-            Some("users_email_key") => Some("email"),
-            Some("users_username_key") => Some("username"),
-            _ => None,
-        },
+    match kit::error::violated_unique_constraint(err)? {
+        "users_email_key" => Some("email"),
+        "users_username_key" => Some("username"),
         _ => None,
     }
 }

@@ -173,7 +173,7 @@ async fn attempts_older_than_the_window_are_pruned() {
     t.clock.advance(chrono::Duration::minutes(16));
     t.login("nobody", PASSWORD).await.unwrap_err();
     let mut conn = t.db.connect(SPEC.name).await;
-    let before = auth_svc::accounts::clock::Clock::now(&*t.clock) - chrono::Duration::minutes(15);
+    let before = kit::clock::Clock::now(&*t.clock) - chrono::Duration::minutes(15);
     let pruned = auth_svc::store::attempts::prune(&mut conn, before)
         .await
         .unwrap();
@@ -1045,7 +1045,7 @@ async fn without_smtp_mail_goes_to_the_outbox_without_its_secret() {
     let state = auth_svc::State::new(
         pool,
         &args(&[]),
-        std::sync::Arc::new(auth_svc::accounts::clock::SystemClock),
+        std::sync::Arc::new(kit::clock::SystemClock),
         None,
     )
     .unwrap();

@@ -8,12 +8,14 @@ use std::{
 
 use auth_svc::{
     AuthArgs, MIGRATIONS, SPEC, State,
-    accounts::clock::Clock,
     error::Error,
     mailer::{Mail, Mailer},
 };
-use chrono::{DateTime, Utc};
-use kit::testing::{InProcess, TestDb};
+use chrono::Utc;
+use kit::{
+    clock::OffsetClock,
+    testing::{InProcess, TestDb},
+};
 use proto::auth::{
     LoginRequest, LoginResponse, RegisterRequest, auth_service_client::AuthServiceClient,
 };
@@ -51,24 +53,6 @@ pub fn production_args() -> AuthArgs {
     <TestArgs as clap::Parser>::try_parse_from(["test", "--master-key", MASTER_KEY])
         .unwrap()
         .auth
-}
-
-/// Real time plus an offset the test advances.
-#[derive(Debug, Default)]
-pub struct TestClock {
-    offset: Mutex<chrono::Duration>,
-}
-
-impl TestClock {
-    pub fn advance(&self, by: chrono::Duration) {
-        *self.offset.lock().unwrap() += by;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now() + *self.offset.lock().unwrap()
-    }
 }
 
 /// Keeps every mail "sent".
@@ -112,7 +96,7 @@ impl RecordingMailer {
 pub fn state(
     db: &TestDb,
     args: &AuthArgs,
-    clock: Arc<TestClock>,
+    clock: Arc<OffsetClock>,
     mailer: Arc<RecordingMailer>,
 ) -> State {
     state_with_pool(db, args, clock, mailer, 4)
@@ -121,7 +105,7 @@ pub fn state(
 fn state_with_pool(
     db: &TestDb,
     args: &AuthArgs,
-    clock: Arc<TestClock>,
+    clock: Arc<OffsetClock>,
     mailer: Arc<RecordingMailer>,
     pool_size: usize,
 ) -> State {
@@ -133,7 +117,7 @@ fn state_with_pool(
 pub struct TestServer {
     pub db: TestDb,
     pub server: InProcess,
-    pub clock: Arc<TestClock>,
+    pub clock: Arc<OffsetClock>,
     pub mailer: Arc<RecordingMailer>,
     pub state: State,
 }
@@ -150,7 +134,7 @@ impl TestServer {
     /// A server whose pool holds `pool_size` connections, waited for at most a second.
     pub async fn with_pool_size(args: AuthArgs, pool_size: usize) -> Self {
         let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
-        let clock = Arc::new(TestClock::default());
+        let clock = Arc::default();
         let mailer = Arc::new(RecordingMailer::default());
         let state = state_with_pool(
             &db,

@@ -244,7 +244,7 @@ async fn key_scopes_are_limited_to_what_the_owner_may_grant() {
     );
 
     let past = CreateApiKeyRequest {
-        expires_at: Some(auth_svc::convert::timestamp(
+        expires_at: Some(kit::convert::timestamp(
             Utc::now() - chrono::Duration::seconds(1),
         )),
         ..create_request(&["quota:read"])
