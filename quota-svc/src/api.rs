@@ -3,8 +3,12 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use kit::caller::{Authenticator, Caller, role, scope};
+use kit::{
+    caller::{Authenticator, Caller, role, scope},
+    convert::{optional_time, required_time, timestamp, uuid},
+    json,
+    page::{self, Cursor},
+};
 use proto::quota::{self as pb, quota_service_server::QuotaService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -13,11 +17,10 @@ use crate::{
     domain::{
         Counter, Source,
         batch::{Decision, Request as ConsumeInput},
-        usage::{self, Bucket},
+        usage::Bucket,
         validate,
     },
     error::Error,
-    json,
     service::Core,
     store::{consume::Pending, entitlements::PlanLimits, usage::EventFilter},
 };
@@ -44,7 +47,7 @@ fn subject(caller: &Caller, requested: &str) -> Result<Uuid, Error> {
     if requested.is_empty() {
         return Ok(caller.user_id);
     }
-    let subject = validate::uuid("subject", requested)?;
+    let subject = uuid("subject", requested)?;
     let backend = caller.roles.iter().any(|held| held == role::SERVICE)
         && caller.has_scope(scope::QUOTA_CONSUME);
     if subject == caller.user_id || caller.is_admin() || caller.has_scope(scope::SERVICE) || backend
@@ -57,33 +60,6 @@ fn subject(caller: &Caller, requested: &str) -> Result<Uuid, Error> {
                 .to_owned(),
         ))
     }
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn time(
-    field: &'static str,
-    at: Option<&prost_types::Timestamp>,
-) -> Result<Option<DateTime<Utc>>, Error> {
-    at.map(|at| {
-        u32::try_from(at.nanos)
-            .ok()
-            .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
-            .ok_or_else(|| Error::invalid(field, "not a valid timestamp"))
-    })
-    .transpose()
-}
-
-fn required_time(
-    field: &'static str,
-    at: Option<&prost_types::Timestamp>,
-) -> Result<DateTime<Utc>, Error> {
-    time(field, at)?.ok_or_else(|| Error::invalid(field, "is required"))
 }
 
 fn quota_state(metric: String, counter: &Counter) -> pb::QuotaState {
@@ -162,28 +138,20 @@ impl QuotaService for Quota {
         let caller = self.caller(&request, scope::QUOTA_READ).await?;
         let request = request.into_inner();
         let subject = subject(&caller, &request.subject)?;
-        let size = usage::page_size(request.page_size)?;
-        let after = (!request.page_token.is_empty())
-            .then(|| usage::parse_metric_token(&request.page_token))
-            .transpose()?;
+        let size = page::page_size(request.page_size)?;
+        let filters = subject.to_string();
+        let after = page::decode_key_token(&request.page_token, &filters)?;
         let quotas = self.core.list(subject).await?;
-        let mut page: Vec<pb::QuotaState> = quotas
+        let mut states: Vec<pb::QuotaState> = quotas
             .iter()
             .filter(|(metric, _)| after.as_ref().is_none_or(|after| *metric > after))
-            .take(size + 1)
+            .take(usize::try_from(size + 1).unwrap_or(usize::MAX))
             .map(|(metric, counter)| quota_state(metric.clone(), counter))
             .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|q| usage::metric_token(&q.metric))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_key_token(&mut states, size, &filters, |q| &q.metric);
         Ok(Response::new(pb::ListQuotasResponse {
             subject: subject.to_string(),
-            quotas: page,
+            quotas: states,
             next_page_token,
         }))
     }
@@ -247,7 +215,7 @@ impl QuotaService for Quota {
             request.usage_id.is_empty(),
             request.idempotency_key.is_empty(),
         ) {
-            (false, true) => (Some(validate::uuid("usage_id", &request.usage_id)?), None),
+            (false, true) => (Some(uuid("usage_id", &request.usage_id)?), None),
             (true, false) => {
                 validate::idempotency_key(&request.idempotency_key)?;
                 (None, Some(request.idempotency_key))
@@ -322,25 +290,21 @@ impl QuotaService for Quota {
         if !request.metric.is_empty() {
             validate::metric("metric", &request.metric)?;
         }
-        let size = usage::page_size(request.page_size)?;
-        let filter = EventFilter {
+        let size = page::page_size(request.page_size)?;
+        let mut filter = EventFilter {
             subject,
             metric: (!request.metric.is_empty()).then_some(request.metric),
-            from: time("from", request.from.as_ref())?,
-            to: time("to", request.to.as_ref())?,
-            after: (!request.page_token.is_empty())
-                .then(|| usage::parse_event_token(&request.page_token))
-                .transpose()?,
+            from: optional_time("from", request.from.as_ref())?,
+            to: optional_time("to", request.to.as_ref())?,
+            after: None,
         };
+        let filters = filter.page_filters();
+        filter.after = page::decode_token(&request.page_token, &filters)?;
         let mut rows = self.core.events(&filter, size + 1).await?;
-        let next_page_token = if rows.len() > size {
-            rows.truncate(size);
-            rows.last()
-                .map(|row| usage::event_token(row.occurred_at, row.usage_id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut rows, size, &filters, |row| Cursor {
+            at: row.occurred_at,
+            id: row.usage_id,
+        });
         let events = rows
             .into_iter()
             .map(|row| pb::UsageEvent {
@@ -378,7 +342,7 @@ impl QuotaService for Quota {
         if request.subject.is_empty() {
             return Err(Error::invalid("subject", "is required").into());
         }
-        let subject = validate::uuid("subject", &request.subject)?;
+        let subject = uuid("subject", &request.subject)?;
         validate::metric("metric", &request.metric)?;
         let counter = self.core.reset(subject, request.metric.clone()).await?;
         Ok(Response::new(pb::ResetQuotaResponse {
@@ -394,7 +358,7 @@ impl QuotaService for Quota {
         let caller = self.auth.authenticate(&request).await?;
         caller.require_service()?;
         let request = request.into_inner();
-        let subject = validate::uuid("subject", &request.subject)?;
+        let subject = uuid("subject", &request.subject)?;
         validate::version(request.version)?;
         let limits = limits(request.limits)?;
         let period = if limits.is_empty() {

@@ -18,12 +18,14 @@ use std::{
 };
 
 use futures::FutureExt;
-use kit::db::{DbError, PgPool};
+use kit::{
+    clock::Clock,
+    db::{DbError, PgPool},
+};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
-    clock::Clock,
     domain::batch::Decision,
     error::Error,
     store::consume::{BatchError, Keys, Pending, consume_batch, consume_in_one_statement},
@@ -265,11 +267,11 @@ mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
 
     use diesel_async::RunQueryDsl;
-    use kit::testing::TestDb;
+    use kit::{clock::SystemClock, testing::TestDb};
     use uuid::Uuid;
 
     use super::*;
-    use crate::{MIGRATIONS, SPEC, clock::SystemClock, domain::batch::Request};
+    use crate::{MIGRATIONS, SPEC, domain::batch::Request};
 
     fn pending(subject: Uuid, key: &str) -> Pending {
         Pending {

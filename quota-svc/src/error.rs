@@ -1,16 +1,13 @@
 //! The quota-svc error and its one mapping to a gRPC status.
 
-use kit::db::DbError;
+use kit::{db::DbError, error::FieldError};
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input; the message starts with the field name.
-    #[error("{field}: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -26,10 +23,7 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
-        Self::Invalid {
-            field,
-            problem: problem.into(),
-        }
+        Self::Invalid(FieldError::new(field, problem))
     }
 }
 
@@ -42,7 +36,7 @@ impl From<diesel::result::Error> for Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::Invalid { field, problem } => kit::error::invalid_field(field, problem),
+            Error::Invalid(err) => err.into(),
             Error::NotFound(message) => Status::not_found(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             err @ Error::KeyReused => Status::already_exists(err.to_string()),

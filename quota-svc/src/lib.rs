@@ -6,10 +6,8 @@
 
 pub mod api;
 pub mod batcher;
-pub mod clock;
 pub mod domain;
 pub mod error;
-pub mod json;
 pub mod service;
 pub mod store;
 
@@ -19,12 +17,13 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
     ServiceSpec,
     caller::{AuthConfig, Authenticator, RemoteAuth},
+    clock::Clock,
     db::{Migrations, PgPool},
 };
 use proto::quota::quota_service_server::QuotaServiceServer;
 use tonic::service::Routes;
 
-use crate::{api::Quota, clock::Clock, service::Core};
+use crate::{api::Quota, service::Core};
 
 /// How quota-svc presents itself to the mesh.
 pub const SPEC: ServiceSpec = ServiceSpec {

@@ -3,8 +3,8 @@
 use std::{process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use kit::ServerArgs;
-use quota_svc::{MIGRATIONS, QuotaArgs, SPEC, clock::SystemClock, routes};
+use kit::{ServerArgs, clock::SystemClock};
+use quota_svc::{MIGRATIONS, QuotaArgs, SPEC, routes};
 
 // mimalloc: glibc malloc took a quarter of the CPU of a loaded server.
 #[global_allocator]

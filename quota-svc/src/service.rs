@@ -5,12 +5,14 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use kit::db::{DbError, PgPool, PooledConn};
+use kit::{
+    clock::Clock,
+    db::{DbError, PgPool, PooledConn},
+};
 use uuid::Uuid;
 
 use crate::{
     batcher::{self, Batcher},
-    clock::Clock,
     domain::{self, Counter, Holding, batch::Decision, usage::Bucket},
     error::Error,
     store::{
@@ -175,9 +177,9 @@ impl Core {
     }
 
     /// A page of events, newest first.
-    pub async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<EventRow>, Error> {
+    pub async fn events(&self, filter: &EventFilter, limit: i64) -> Result<Vec<EventRow>, Error> {
         let mut conn = self.conn().await?;
-        Ok(usage::events(&mut conn, filter, i64::try_from(limit).unwrap_or(i64::MAX)).await?)
+        Ok(usage::events(&mut conn, filter, limit).await?)
     }
 
     /// Sets `used` to 0 for the current period.

@@ -1,8 +1,6 @@
-//! Usage report buckets and the page tokens of the list RPCs.
+//! Usage report buckets.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
-use uuid::Uuid;
 
 use super::period::{add_months, month_start};
 use crate::error::Error;
@@ -76,48 +74,6 @@ impl Bucket {
     }
 }
 
-/// The keyset position after the last event of a page: `(occurred_at, usage_id)`.
-pub fn event_token(occurred_at: DateTime<Utc>, usage_id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{usage_id}", occurred_at.timestamp_micros()))
-}
-
-/// Decodes [`event_token`].
-pub fn parse_event_token(token: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
-    let bad = || Error::invalid("page_token", "not a token from a previous response");
-    let text = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(bad)?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
-}
-
-/// The keyset position after the last metric of a quota page.
-pub fn metric_token(metric: &str) -> String {
-    URL_SAFE_NO_PAD.encode(metric)
-}
-
-/// Decodes [`metric_token`].
-pub fn parse_metric_token(token: &str) -> Result<String, Error> {
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| Error::invalid("page_token", "not a token from a previous response"))
-}
-
-/// The page size: default 50, at most 200, negative is invalid.
-pub fn page_size(requested: i32) -> Result<usize, Error> {
-    match requested {
-        ..0 => Err(Error::invalid("page_size", "must not be negative")),
-        0 => Ok(50),
-        n => Ok(usize::try_from(n).unwrap_or(200).min(200)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
@@ -150,21 +106,6 @@ mod tests {
             Bucket::Month
                 .starts(at("2026-01-01T00:00:00Z"), at("2026-01-01T00:00:00Z"))
                 .is_err()
-        );
-    }
-
-    #[test]
-    fn tokens_round_trip() {
-        let id = Uuid::now_v7();
-        let when = at("2026-03-01T10:00:00.123456Z");
-        assert_eq!(
-            parse_event_token(&event_token(when, id)).unwrap(),
-            (when, id)
-        );
-        assert!(parse_event_token("garbage!").is_err());
-        assert_eq!(
-            parse_metric_token(&metric_token("api.calls")).unwrap(),
-            "api.calls"
         );
     }
 }

@@ -4,7 +4,6 @@
 //! as consumes are committed in batches, one such request would fail the whole batch.
 
 use serde_json::Value as Json;
-use uuid::Uuid;
 
 use crate::error::Error;
 
@@ -74,11 +73,6 @@ fn holds_nul(json: &Json) -> bool {
     }
 }
 
-/// A UUID (the subject, a usage id).
-pub fn uuid(field: &'static str, text: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(text).map_err(|_| Error::invalid(field, "must be a UUID"))
-}
-
 /// A limit is ≥ 0.
 pub fn limit(limit: i64) -> Result<(), Error> {
     if limit < 0 {
@@ -114,7 +108,6 @@ mod tests {
         assert!(idempotency_key("a\0b").is_err());
         assert!(metric("metric", "a\0b").is_err());
         assert!(attributes(&Json::String("x".repeat(4097))).is_err());
-        assert!(uuid("subject", "nope").is_err());
     }
 
     #[test]

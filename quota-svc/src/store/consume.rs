@@ -20,9 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    OptionalExtension, QueryableByName,
-    result::DatabaseErrorKind,
-    sql_query,
+    OptionalExtension, QueryableByName, sql_query,
     sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -444,15 +442,11 @@ async fn write(
 
 /// [`BatchError::KeyRecorded`] when `err` is a recorded idempotency key, else the error.
 fn key_recorded_or(err: diesel::result::Error) -> BatchError {
-    match err {
-        diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
-            if info.constraint_name() == Some("idempotency_keys_pkey") =>
-        {
-            tracing::debug!("an idempotency key is already recorded; retrying with lookups");
-            BatchError::KeyRecorded
-        }
-        err => err.into(),
+    if kit::error::violated_unique_constraint(&err) == Some("idempotency_keys_pkey") {
+        tracing::debug!("an idempotency key is already recorded; retrying with lookups");
+        return BatchError::KeyRecorded;
     }
+    err.into()
 }
 
 #[cfg(test)]

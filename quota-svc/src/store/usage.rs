@@ -7,6 +7,7 @@ use diesel::{
     sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use kit::page::Cursor;
 use uuid::Uuid;
 
 /// One bucket of a usage series.
@@ -75,8 +76,18 @@ pub struct EventFilter {
     pub metric: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
-    /// Keyset position: events strictly before it (newest first).
-    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Keyset position `(occurred_at, usage_id)`: events strictly before it (newest first).
+    pub after: Option<Cursor>,
+}
+
+impl EventFilter {
+    /// The filters a page token is bound to (all but the position).
+    pub fn page_filters(&self) -> String {
+        format!(
+            "{} {:?} {:?} {:?}",
+            self.subject, self.metric, self.from, self.to
+        )
+    }
 }
 
 /// Up to `limit` events, newest first.
@@ -85,7 +96,7 @@ pub async fn events(
     filter: &EventFilter,
     limit: i64,
 ) -> Result<Vec<EventRow>, diesel::result::Error> {
-    let (after_at, after_id) = filter.after.unzip();
+    let (after_at, after_id) = filter.after.map(|after| (after.at, after.id)).unzip();
     sql_query(
         "SELECT occurred_at, usage_id, kind, subject, metric, amount, idempotency_key, \
                 attributes::text AS attributes \

@@ -4,7 +4,10 @@
 use std::{process::Command, sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok};
+use kit::{
+    convert::timestamp,
+    testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok},
+};
 use proto::quota::{
     ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
 };
@@ -12,7 +15,7 @@ use quota_svc::{MIGRATIONS, SPEC};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::harness::{backend_key, metric_limits, ts, with_key};
+use super::harness::{backend_key, metric_limits, with_key};
 
 struct Replicas {
     db: TestDb,
@@ -75,8 +78,8 @@ impl Replicas {
             subject: subject.to_string(),
             plan_code: "pro".to_owned(),
             limits: metric_limits(&[("api.calls", Some(limit))]),
-            period_start: Some(ts(now - chrono::TimeDelta::days(1))),
-            period_end: Some(ts(now + chrono::TimeDelta::days(30))),
+            period_start: Some(timestamp(now - chrono::TimeDelta::days(1))),
+            period_end: Some(timestamp(now + chrono::TimeDelta::days(30))),
             version: 1,
         };
         QuotaServiceClient::new(self.channel(&self.binaries[0]))

@@ -247,8 +247,8 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
             subject: subject.to_string(),
             plan_code: "pro".to_owned(),
             limits: metric_limits(&[("api.calls", Some(100))]),
-            period_start: Some(super::harness::ts(month_start)),
-            period_end: Some(super::harness::ts(plan_end)),
+            period_start: Some(kit::convert::timestamp(month_start)),
+            period_end: Some(kit::convert::timestamp(plan_end)),
             version: 1,
         };
         mesh.client()
@@ -608,8 +608,8 @@ async fn stale_entitlement_versions_are_ignored() {
         subject: subject.to_string(),
         plan_code: "old".to_owned(),
         limits: metric_limits(&[("api.calls", Some(1))]),
-        period_start: Some(super::harness::ts(now)),
-        period_end: Some(super::harness::ts(now + TimeDelta::days(30))),
+        period_start: Some(kit::convert::timestamp(now)),
+        period_end: Some(kit::convert::timestamp(now + TimeDelta::days(30))),
         version: 4,
     };
     let response = mesh

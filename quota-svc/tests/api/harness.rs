@@ -5,12 +5,16 @@ use std::sync::Arc;
 use chrono::Utc;
 use diesel::{QueryableByName, sql_query, sql_types::BigInt};
 use diesel_async::RunQueryDsl;
-use kit::testing::{InProcess, TestDb, TestIssuer};
+use kit::{
+    clock::ManualClock,
+    convert::timestamp,
+    testing::{InProcess, TestDb, TestIssuer},
+};
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, ConsumeResponse,
     MetricLimit, quota_service_client::QuotaServiceClient,
 };
-use quota_svc::{MIGRATIONS, SPEC, clock::ManualClock, routes};
+use quota_svc::{MIGRATIONS, SPEC, routes};
 use tonic::{Request, Status, transport::Channel};
 use uuid::Uuid;
 
@@ -88,8 +92,8 @@ impl Mesh {
             subject: subject.to_string(),
             plan_code: "pro".to_owned(),
             limits: metric_limits(limits),
-            period_start: Some(ts(now - chrono::TimeDelta::days(1))),
-            period_end: Some(ts(now + chrono::TimeDelta::days(1))),
+            period_start: Some(timestamp(now - chrono::TimeDelta::days(1))),
+            period_end: Some(timestamp(now + chrono::TimeDelta::days(1))),
             version,
         };
         let response = self
@@ -133,7 +137,7 @@ impl Mesh {
     }
 
     pub fn clock_now(&self) -> chrono::DateTime<Utc> {
-        quota_svc::clock::Clock::now(self.clock.as_ref())
+        kit::clock::Clock::now(self.clock.as_ref())
     }
 
     /// `SELECT count(*)`-style checks on the quota schema.
@@ -175,11 +179,4 @@ pub fn metric_limits(limits: &[(&str, Option<i64>)]) -> Vec<MetricLimit> {
             unlimited: limit.is_none(),
         })
         .collect()
-}
-
-pub fn ts(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap(),
-    }
 }

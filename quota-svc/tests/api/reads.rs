@@ -3,6 +3,7 @@
 use chrono::TimeDelta;
 use diesel::{QueryableByName, sql_query, sql_types::Text};
 use diesel_async::RunQueryDsl;
+use kit::convert::timestamp;
 use proto::quota::{
     GetUsageRequest, ListQuotasRequest, ListUsageEventsRequest, RefundRequest, UsageBucket,
     UsageEventKind,
@@ -10,7 +11,7 @@ use proto::quota::{
 use tonic::Code;
 use uuid::Uuid;
 
-use super::harness::{Mesh, ts};
+use super::harness::Mesh;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
@@ -42,8 +43,8 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
     mesh.client().refund(mesh.as_service(refund)).await.unwrap();
     let usage = GetUsageRequest {
         metric: "api.calls".to_owned(),
-        from: Some(ts(start - TimeDelta::hours(1))),
-        to: Some(ts(mesh.clock_now() + TimeDelta::hours(1))),
+        from: Some(timestamp(start - TimeDelta::hours(1))),
+        to: Some(timestamp(mesh.clock_now() + TimeDelta::hours(1))),
         bucket: UsageBucket::Hour as i32,
         subject: subject.to_string(),
     };
@@ -76,7 +77,7 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
         assert_eq!(series.points.iter().map(|p| p.net).sum::<i64>(), net);
     }
     let too_many = GetUsageRequest {
-        from: Some(ts(start - TimeDelta::days(365))),
+        from: Some(timestamp(start - TimeDelta::days(365))),
         ..usage
     };
     let status = mesh
