@@ -21,7 +21,10 @@ use std::{
 use anyhow::Context;
 use bench::{Stats, Table, WARMUP, ms, rate, run_concurrent, run_items, verdict, write_section};
 use clap::Parser;
-use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health};
+use kit::{
+    convert::timestamp,
+    testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health},
+};
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, MetricLimit,
     quota_service_client::QuotaServiceClient,
@@ -368,13 +371,6 @@ impl Shared {
             Ok(response) => Err(format!("denied: {:?}", response.get_ref())),
             Err(status) => Err(status.to_string()),
         }
-    }
-}
-
-fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: 0,
     }
 }
 
