@@ -1,0 +1,289 @@
+//! The simulator's trades, in memory, and their life: `WAIT_BUYER_PAY` → `TRADE_SUCCESS` (paid)
+//! or `TRADE_CLOSED` (closed by the merchant, or unpaid past `time_expire`).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::{
+    domain::money::format_yuan,
+    providers::alipay::{BEIJING, format_beijing},
+};
+
+/// A trade's `trade_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TradeState {
+    WaitBuyerPay,
+    Success,
+    Closed,
+}
+
+impl TradeState {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            TradeState::WaitBuyerPay => "WAIT_BUYER_PAY",
+            TradeState::Success => "TRADE_SUCCESS",
+            TradeState::Closed => "TRADE_CLOSED",
+        }
+    }
+}
+
+/// One trade, as opened by a page-pay request.
+#[derive(Debug, Clone)]
+pub(super) struct Order {
+    pub(super) out_trade_no: String,
+    pub(super) app_id: String,
+    pub(super) amount_minor: i64,
+    pub(super) subject: String,
+    pub(super) notify_url: String,
+    pub(super) return_url: String,
+    pub(super) time_expire: Option<DateTime<Utc>>,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) state: TradeState,
+    /// Alipay's number, assigned when the buyer first pays (or a tampered payment is sent).
+    pub(super) trade_no: Option<String>,
+    /// The same on every delivery of this order's payment notification.
+    pub(super) notify_id: Option<String>,
+    pub(super) paid_at: Option<DateTime<Utc>>,
+}
+
+/// Why an order cannot be paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NotPayable;
+
+/// Why an order cannot be closed: it is not waiting for payment (`ACQ.TRADE_STATUS_ERROR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NotClosable;
+
+impl Order {
+    /// Alipay closes an unpaid trade once its `time_expire` has passed.
+    fn expire_if_due(&mut self, now: DateTime<Utc>) {
+        if self.state == TradeState::WaitBuyerPay
+            && self.time_expire.is_some_and(|expire| expire <= now)
+        {
+            self.state = TradeState::Closed;
+        }
+    }
+
+    /// The trade number, assigned on first use.
+    pub(super) fn trade_no(&mut self, now: DateTime<Utc>) -> String {
+        self.trade_no
+            .get_or_insert_with(|| new_trade_no(now))
+            .clone()
+    }
+
+    /// Marks the order paid. Paying a paid order again changes nothing (its notification is
+    /// sent again); a closed order cannot be paid.
+    pub(super) fn pay(&mut self, now: DateTime<Utc>) -> Result<(), NotPayable> {
+        match self.state {
+            TradeState::Closed => Err(NotPayable),
+            TradeState::Success => Ok(()),
+            TradeState::WaitBuyerPay => {
+                self.trade_no(now);
+                self.notify_id = Some(new_notify_id());
+                self.state = TradeState::Success;
+                self.paid_at = Some(now);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn close(&mut self) -> Result<(), NotClosable> {
+        if self.state != TradeState::WaitBuyerPay {
+            return Err(NotClosable);
+        }
+        self.state = TradeState::Closed;
+        Ok(())
+    }
+
+    /// The order as the control API shows it.
+    pub(super) fn to_json(&self) -> Value {
+        json!({
+            "outTradeNo": self.out_trade_no,
+            "tradeNo": self.trade_no,
+            "status": self.state.as_str(),
+            "totalAmount": format_yuan(self.amount_minor),
+            "subject": self.subject,
+            "appId": self.app_id,
+            "notifyUrl": self.notify_url,
+            "returnUrl": self.return_url,
+            "timeExpire": self.time_expire.map(format_beijing),
+            "gmtCreate": format_beijing(self.created_at),
+            "gmtPayment": self.paid_at.map(format_beijing),
+            "notifyId": self.notify_id,
+        })
+    }
+}
+
+/// How a request names a trade; Alipay lets `trade_no` win when both are given.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lookup<'a> {
+    OutTradeNo(&'a str),
+    TradeNo(&'a str),
+}
+
+/// Reopening an order number with another amount or subject (`ACQ.CONTEXT_INCONSISTENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Inconsistent;
+
+/// Every order the simulator has seen.
+#[derive(Debug, Default)]
+pub(super) struct OrderBook(Mutex<HashMap<String, Order>>);
+
+impl OrderBook {
+    /// Records a page-pay order, or returns the one opened before under the same number (the
+    /// buyer reloading the cashier) if it asks for the same amount and subject.
+    pub(super) fn open(&self, order: Order, now: DateTime<Utc>) -> Result<Order, Inconsistent> {
+        let mut orders = self.lock();
+        let recorded = orders
+            .entry(order.out_trade_no.clone())
+            .or_insert_with(|| order.clone());
+        if recorded.amount_minor != order.amount_minor || recorded.subject != order.subject {
+            return Err(Inconsistent);
+        }
+        recorded.expire_if_due(now);
+        Ok(recorded.clone())
+    }
+
+    /// Runs `change` on the order `lookup` names (expired first if due); `None` if unknown.
+    pub(super) fn with_order<T>(
+        &self,
+        lookup: Lookup<'_>,
+        now: DateTime<Utc>,
+        change: impl FnOnce(&mut Order) -> T,
+    ) -> Option<T> {
+        let mut orders = self.lock();
+        let order = match lookup {
+            Lookup::OutTradeNo(out_trade_no) => orders.get_mut(out_trade_no),
+            Lookup::TradeNo(trade_no) => orders
+                .values_mut()
+                .find(|order| order.trade_no.as_deref() == Some(trade_no)),
+        }?;
+        order.expire_if_due(now);
+        Some(change(order))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Order>> {
+        // No change to an order can panic half-way, so a poisoned map is still consistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Alipay's shape: the Beijing date and 20 digits.
+fn new_trade_no(now: DateTime<Utc>) -> String {
+    let digits: u128 = rand::thread_rng().gen_range(0..10_u128.pow(20));
+    format!(
+        "{}{digits:020}",
+        now.with_timezone(&BEIJING).format("%Y%m%d")
+    )
+}
+
+pub(super) fn new_notify_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn order(now: DateTime<Utc>) -> Order {
+        Order {
+            out_trade_no: "o1".to_owned(),
+            app_id: "app".to_owned(),
+            amount_minor: 1999,
+            subject: "Pro".to_owned(),
+            notify_url: String::new(),
+            return_url: String::new(),
+            time_expire: Some(now + TimeDelta::minutes(15)),
+            created_at: now,
+            state: TradeState::WaitBuyerPay,
+            trade_no: None,
+            notify_id: None,
+            paid_at: None,
+        }
+    }
+
+    #[test]
+    fn paying_assigns_the_trade_number_and_notify_id_once() {
+        let now = Utc::now();
+        let mut order = order(now);
+        order.pay(now).unwrap();
+        let (trade_no, notify_id) = (order.trade_no.clone(), order.notify_id.clone());
+        assert_eq!(order.state, TradeState::Success);
+        assert_eq!(trade_no.as_ref().map(String::len), Some(28));
+
+        order.pay(now + TimeDelta::minutes(1)).unwrap();
+
+        assert_eq!((order.trade_no, order.notify_id), (trade_no, notify_id));
+        assert_eq!(order.paid_at, Some(now));
+    }
+
+    #[test]
+    fn only_a_waiting_order_closes_and_a_closed_one_cannot_be_paid() {
+        let now = Utc::now();
+        let mut paid = order(now);
+        paid.pay(now).unwrap();
+        assert_eq!(paid.close(), Err(NotClosable));
+
+        let mut waiting = order(now);
+        waiting.close().unwrap();
+        assert_eq!(waiting.close(), Err(NotClosable));
+        assert_eq!(waiting.pay(now), Err(NotPayable));
+    }
+
+    #[test]
+    fn an_order_past_its_expiry_is_closed_when_next_seen() {
+        let now = Utc::now();
+        let book = OrderBook::default();
+        book.open(order(now), now).unwrap();
+        let lookup = Lookup::OutTradeNo("o1");
+
+        let just_before = now + TimeDelta::minutes(15) - TimeDelta::seconds(1);
+        assert_eq!(
+            book.with_order(lookup, just_before, |order| order.state),
+            Some(TradeState::WaitBuyerPay)
+        );
+        let at_expiry = now + TimeDelta::minutes(15);
+        assert_eq!(
+            book.with_order(lookup, at_expiry, |order| order.pay(at_expiry)),
+            Some(Err(NotPayable))
+        );
+    }
+
+    #[test]
+    fn reopening_an_order_finds_it_unless_amount_or_subject_differ() {
+        let now = Utc::now();
+        let book = OrderBook::default();
+        book.open(order(now), now).unwrap();
+        book.with_order(Lookup::OutTradeNo("o1"), now, |order| order.pay(now))
+            .unwrap()
+            .unwrap();
+        let trade_no = book
+            .with_order(Lookup::OutTradeNo("o1"), now, |order| {
+                order.trade_no.clone()
+            })
+            .unwrap()
+            .unwrap();
+
+        assert_eq!(
+            book.open(order(now), now).unwrap().state,
+            TradeState::Success
+        );
+        assert!(
+            book.with_order(Lookup::TradeNo(&trade_no), now, |_| ())
+                .is_some()
+        );
+        let mut dearer = order(now);
+        dearer.amount_minor += 1;
+        assert_eq!(book.open(dearer, now).unwrap_err(), Inconsistent);
+    }
+}
