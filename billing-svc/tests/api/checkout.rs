@@ -34,14 +34,14 @@ async fn a_paid_subscription_gets_its_plan_limits_and_loses_them_when_canceled()
     );
     assert_eq!(payment.status, PaymentStatus::Pending as i32);
     assert_eq!(payment.amount_minor, 1999);
-    let Some(Checkout::RedirectUrl(url)) = payment.checkout else {
+    let Some(Checkout::RedirectUrl(url)) = &payment.checkout else {
         panic!("no redirect URL: {payment:?}");
     };
     assert!(url.starts_with(&mesh.sim.gateway_url()), "{url}");
     // The checkout page shows the amount in yuan.
     let page = mesh
         .http
-        .get(&url)
+        .get(url)
         .send()
         .await
         .unwrap()
@@ -50,7 +50,7 @@ async fn a_paid_subscription_gets_its_plan_limits_and_loses_them_when_canceled()
         .unwrap();
     assert!(page.contains("19.99"), "{page}");
 
-    assert_eq!(mesh.pay_once(&payment.payment_id).await, [200]);
+    assert_eq!(mesh.pay_once(&payment).await, [200]);
     let current = mesh
         .billing_client()
         .get_current_subscription(mesh.as_user(user, GetCurrentSubscriptionRequest {}))
@@ -147,6 +147,7 @@ async fn the_same_idempotency_key_returns_the_original_checkout() {
         .unwrap();
     assert_eq!(stranger.into_inner().payment.unwrap().amount_minor, 9900);
     // A new key replaces the pending subscription (and cancels its payment).
+    mesh.open_checkout(first.payment.as_ref().unwrap()).await;
     let replaced = client
         .create_subscription(mesh.as_user(user, subscribe_request("pro", "k-2")))
         .await
@@ -170,19 +171,7 @@ async fn the_same_idempotency_key_returns_the_original_checkout() {
         first.subscription.unwrap().subscription_id
     );
     // ... and the old order is closed at the provider.
-    let order: serde_json::Value = mesh
-        .http
-        .get(format!(
-            "http://{}/sim/alipay/orders/{}",
-            mesh.sim.addr(),
-            old_payment.payment_id.replace('-', "")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = mesh.order(&old_payment.payment_id).await;
     assert_eq!(order["status"], "TRADE_CLOSED", "{order}");
 }
 
@@ -421,7 +410,7 @@ async fn changing_plan_takes_effect_when_paid() {
     let mesh = Mesh::start().await;
     let user = Uuid::now_v7();
     let first = mesh.subscribe(user, "basic").await.payment.unwrap();
-    mesh.pay_once(&first.payment_id).await;
+    mesh.pay_once(&first).await;
     mesh.wait_for_limit(user, "analyses", 100).await;
     let change = |plan: &str, key: &str| ChangePlanRequest {
         plan_code: plan.to_owned(),
@@ -448,7 +437,7 @@ async fn changing_plan_takes_effect_when_paid() {
     );
     let payment = changing.payment.unwrap();
     assert_eq!(payment.amount_minor, 9900);
-    mesh.pay_once(&payment.payment_id).await;
+    mesh.pay_once(&payment).await;
     mesh.wait_for_limit(user, "analyses", 1000).await;
     let current = mesh
         .billing_client()

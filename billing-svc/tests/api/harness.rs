@@ -24,8 +24,9 @@ use kit::{
 };
 use proto::{
     billing::{
-        CreateSubscriptionRequest, CreateSubscriptionResponse, PaymentProvider as PbProvider,
-        billing_service_client::BillingServiceClient,
+        CreateSubscriptionRequest, CreateSubscriptionResponse, Payment,
+        PaymentProvider as PbProvider, billing_service_client::BillingServiceClient,
+        payment::Checkout,
     },
     quota::{CheckQuotaRequest, QuotaState, quota_service_client::QuotaServiceClient},
 };
@@ -82,7 +83,7 @@ impl Mesh {
         let issuer = Arc::new(TestIssuer::new());
         let clock = Arc::new(ManualClock::new(Utc::now()));
 
-        let quota_clock = clock.clone();
+        let quota_clock = Arc::new(QuotaClock(clock.clone()));
         let quota_auth = issuer.authenticator();
         let quota_server = InProcess::start(
             quota_svc::SPEC,
@@ -238,9 +239,20 @@ impl Mesh {
             .into_inner()
     }
 
-    /// Tells the simulator to pay `payment_id`'s order; returns its JSON answer.
-    pub async fn pay(&self, payment_id: &str, body: Value) -> Value {
-        let out_trade_no = payment_id.replace('-', "");
+    /// Opens the payment's checkout page, as the buyer's browser does (the provider knows an
+    /// order from then on).
+    pub async fn open_checkout(&self, payment: &Payment) {
+        let Some(Checkout::RedirectUrl(url)) = &payment.checkout else {
+            panic!("no redirect URL: {payment:?}");
+        };
+        let page = self.http.get(url).send().await.unwrap();
+        assert!(page.status().is_success(), "{}", page.status());
+    }
+
+    /// Opens the checkout and tells the simulator to pay it; returns its JSON answer.
+    pub async fn pay(&self, payment: &Payment, body: Value) -> Value {
+        self.open_checkout(payment).await;
+        let out_trade_no = payment.payment_id.replace('-', "");
         let response = self
             .http
             .post(format!(
@@ -256,8 +268,24 @@ impl Mesh {
     }
 
     /// Pays once and returns the notify statuses.
-    pub async fn pay_once(&self, payment_id: &str) -> Vec<u64> {
-        statuses(&self.pay(payment_id, json!({"deliveries": 1})).await)
+    pub async fn pay_once(&self, payment: &Payment) -> Vec<u64> {
+        statuses(&self.pay(payment, json!({"deliveries": 1})).await)
+    }
+
+    /// The simulator's view of the payment's order.
+    pub async fn order(&self, payment_id: &str) -> Value {
+        self.http
+            .get(format!(
+                "http://{}/sim/alipay/orders/{}",
+                self.sim.addr(),
+                payment_id.replace('-', "")
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// The user's quota of `metric` as quota-svc answers it.
@@ -305,6 +333,16 @@ impl Mesh {
             .into_iter()
             .map(|row| row.v)
             .collect()
+    }
+}
+
+/// TEMPORARY until quota-svc takes kit's clock.
+#[derive(Debug)]
+struct QuotaClock(Arc<ManualClock>);
+
+impl quota_svc::clock::Clock for QuotaClock {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        kit::clock::Clock::now(self.0.as_ref())
     }
 }
 

@@ -24,7 +24,7 @@ impl Mesh {
     async fn paid_user(&self) -> Uuid {
         let user = Uuid::now_v7();
         let payment = self.subscribe(user, "basic").await.payment.unwrap();
-        assert_eq!(self.pay_once(&payment.payment_id).await, [200]);
+        assert_eq!(self.pay_once(&payment).await, [200]);
         user
     }
 }
@@ -96,6 +96,7 @@ async fn an_expired_checkout_is_closed_at_the_provider_and_canceled() {
     let mesh = Mesh::start().await;
     let user = Uuid::now_v7();
     let payment = mesh.subscribe(user, "basic").await.payment.unwrap();
+    mesh.open_checkout(&payment).await;
     mesh.clock.advance(TimeDelta::hours(3));
     assert_eq!(mesh.billing.run_lifecycle().await.unwrap(), 1);
     let canceled = mesh
@@ -113,19 +114,7 @@ async fn an_expired_checkout_is_closed_at_the_provider_and_canceled() {
         .unwrap();
     assert_eq!(canceled.status, PaymentStatus::Canceled as i32);
     assert!(mesh.current(user).await.is_none(), "never paid: expired");
-    let order: serde_json::Value = mesh
-        .http
-        .get(format!(
-            "http://{}/sim/alipay/orders/{}",
-            mesh.sim.addr(),
-            payment.payment_id.replace('-', "")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = mesh.order(&payment.payment_id).await;
     assert_eq!(order["status"], "TRADE_CLOSED", "{order}");
 }
 

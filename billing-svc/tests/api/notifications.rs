@@ -108,9 +108,7 @@ async fn a_notification_delivered_three_times_applies_once() {
     let mesh = Mesh::start().await;
     let user = Uuid::now_v7();
     let payment = mesh.subscribe(user, "basic").await.payment.unwrap();
-    let answer = mesh
-        .pay(&payment.payment_id, json!({"deliveries": 3}))
-        .await;
+    let answer = mesh.pay(&payment, json!({"deliveries": 3})).await;
     assert_eq!(statuses(&answer), [200, 200, 200]);
     assert_eq!(
         mesh.payment_status(user, &payment.payment_id).await,
@@ -164,13 +162,9 @@ async fn tampered_notifications_change_nothing_and_are_recorded() {
     let user = Uuid::now_v7();
     let payment = mesh.subscribe(user, "basic").await.payment.unwrap();
 
-    let forged = mesh
-        .pay(&payment.payment_id, json!({"tamper": "signature"}))
-        .await;
+    let forged = mesh.pay(&payment, json!({"tamper": "signature"})).await;
     assert_eq!(statuses(&forged), [401]);
-    let cheaper = mesh
-        .pay(&payment.payment_id, json!({"tamper": "amount"}))
-        .await;
+    let cheaper = mesh.pay(&payment, json!({"tamper": "amount"})).await;
     assert_eq!(statuses(&cheaper), [400]);
     let (foreign, _) = mesh
         .post_notification(
@@ -183,13 +177,13 @@ async fn tampered_notifications_change_nothing_and_are_recorded() {
         )
         .await;
     assert_eq!(foreign, 400);
-    let (wrong_currency, _) = mesh
+    let (other_amount, _) = mesh
         .post_notification(
             "alipay",
             notification(&mesh, &payment.payment_id, &[("total_amount", "19.98")]),
         )
         .await;
-    assert_eq!(wrong_currency, 400);
+    assert_eq!(other_amount, 400);
 
     assert_eq!(
         mesh.payment_status(user, &payment.payment_id).await,
@@ -207,7 +201,7 @@ async fn tampered_notifications_change_nothing_and_are_recorded() {
     assert!(refused[2].contains("2021999999999999"), "{refused:?}");
 
     // The genuine one still applies afterwards.
-    assert_eq!(mesh.pay_once(&payment.payment_id).await, [200]);
+    assert_eq!(mesh.pay_once(&payment).await, [200]);
     mesh.wait_for_limit(user, "analyses", 100).await;
 }
 

@@ -62,14 +62,19 @@ async fn the_price_list_is_public_cheapest_first_and_pages() {
     }
     assert_eq!(codes, ["b", "a", "c", "basic", "pro"]);
 
-    let hidden = client
-        .list_plans(Request::new(ListPlansRequest {
-            include_inactive: true,
-            ..Default::default()
-        }))
+    let hidden = || ListPlansRequest {
+        include_inactive: true,
+        ..Default::default()
+    };
+    let anonymous = client.list_plans(Request::new(hidden())).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let user = client
+        .list_plans(mesh.as_user(Uuid::now_v7(), hidden()))
         .await
         .unwrap_err();
-    assert_eq!(hidden.code(), Code::PermissionDenied);
+    assert_eq!(user.code(), Code::PermissionDenied);
+    let admin = client.list_plans(mesh.as_admin(hidden())).await.unwrap();
+    assert_eq!(admin.into_inner().plans.len(), 5);
     let got = client
         .get_plan(Request::new(GetPlanRequest {
             plan_code: "pro".to_owned(),
