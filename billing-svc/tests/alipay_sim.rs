@@ -1,5 +1,6 @@
 //! The Alipay provider against the provider simulator, in process: checkout page, query, close,
-//! payments and their notifications (genuine, tampered, for another app), wrong keys both ways.
+//! refunds, payments and their notifications (genuine, tampered, for another app), wrong keys
+//! both ways.
 //! Each test starts its own simulator on 127.0.0.1:0 and a small receiver for notifications.
 
 #![expect(clippy::unwrap_used, reason = "tests")]
@@ -16,7 +17,7 @@ use billing_svc::{
     providers::{
         Checkout, CheckoutOrder, PaymentProvider, ProviderError, RawNotification, Refusal, Trade,
         TradeStatus,
-        alipay::{Alipay, AlipayConfig, NOTIFY_SIGN_EXCLUDED, sign_content},
+        alipay::{Alipay, AlipayConfig, NOTIFY_SIGN_EXCLUDED, Refund, sign_content},
         rsa_keys::{self, PrivateKey, PublicKey},
     },
     sim::{self, RunningSim, SimConfig, test_keys},
@@ -371,6 +372,57 @@ async fn closing_succeeds_for_unknown_waiting_and_closed_orders_and_is_refused_f
     assert!(
         matches!(&refused, ProviderError::Refused { provider: Provider::Alipay, code, .. } if code == "ACQ.TRADE_STATUS_ERROR"),
         "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn refunds_are_partial_or_whole_never_twice_and_a_whole_refund_closes_the_trade() {
+    let harness = Harness::start().await;
+    let alipay = &harness.alipay;
+    let order = harness.opened_order().await;
+    let refused_code = |result: Result<Refund, ProviderError>| match result {
+        Err(ProviderError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused_code(alipay.refund(&order.out_trade_no, "r1", 999).await),
+        "ACQ.TRADE_STATUS_ERROR"
+    );
+    let (_, paid) = harness.pay(&order.out_trade_no, None).await;
+
+    let first = alipay.refund(&order.out_trade_no, "r1", 999).await.unwrap();
+    let repeated = alipay.refund(&order.out_trade_no, "r1", 999).await.unwrap();
+    let too_much = alipay.refund(&order.out_trade_no, "r2", 1001).await;
+
+    assert_eq!(
+        first,
+        Refund {
+            trade_no: paid["tradeNo"].as_str().unwrap().to_owned(),
+            refunded_total_minor: 999,
+            fund_change: true,
+        }
+    );
+    assert_eq!(
+        (repeated.refunded_total_minor, repeated.fund_change),
+        (999, false)
+    );
+    assert_eq!(refused_code(too_much), "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL");
+    assert_eq!(
+        harness.trade(&order.out_trade_no).await.status,
+        TradeStatus::Paid
+    );
+    let rest = alipay
+        .refund(&order.out_trade_no, "r2", 1000)
+        .await
+        .unwrap();
+    assert_eq!(rest.refunded_total_minor, 1999);
+    assert_eq!(
+        harness.trade(&order.out_trade_no).await.status,
+        TradeStatus::Closed
+    );
+    assert_eq!(
+        refused_code(alipay.refund("never-opened", "r1", 1).await),
+        "ACQ.TRADE_NOT_EXIST"
     );
 }
 

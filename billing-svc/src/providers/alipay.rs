@@ -28,6 +28,7 @@ pub const PRODUCTION_GATEWAY_URL: &str = "https://openapi.alipay.com/gateway.do"
 pub const PAGE_PAY: &str = "alipay.trade.page.pay";
 pub const TRADE_QUERY: &str = "alipay.trade.query";
 pub const TRADE_CLOSE: &str = "alipay.trade.close";
+pub const TRADE_REFUND: &str = "alipay.trade.refund";
 
 /// The `code` of a successful response; anything else is a business error.
 pub const SUCCESS_CODE: &str = "10000";
@@ -73,6 +74,17 @@ pub struct AlipayConfig {
 pub struct Alipay {
     config: AlipayConfig,
     http: reqwest::Client,
+}
+
+/// A refund as Alipay answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    /// Alipay's number of the refunded trade.
+    pub trade_no: String,
+    /// Everything refunded on the trade so far, this refund included, in fen.
+    pub refunded_total_minor: i64,
+    /// Whether this request moved money; `false` when it repeated an earlier `out_request_no`.
+    pub fund_change: bool,
 }
 
 impl Alipay {
@@ -156,6 +168,33 @@ impl Alipay {
             .extend_pairs(&params)
             .finish();
         Ok(format!("{}?{query}", self.config.gateway_url))
+    }
+
+    /// Refunds `amount_minor` of a paid trade (`alipay.trade.refund`). `out_request_no` names
+    /// this refund: repeating it never refunds twice, so a retry after `Unavailable` is safe.
+    /// Not part of [`PaymentProvider`] yet: billing takes refunds in a later issue.
+    pub async fn refund(
+        &self,
+        out_trade_no: &str,
+        out_request_no: &str,
+        amount_minor: i64,
+    ) -> Result<Refund, ProviderError> {
+        let biz_content = serde_json::json!({
+            "out_trade_no": out_trade_no,
+            "out_request_no": out_request_no,
+            "refund_amount": format_yuan(amount_minor),
+        })
+        .to_string();
+        let node = self
+            .call::<RefundNode>(TRADE_REFUND, biz_content)
+            .await?
+            .map_err(ResultCode::refused)?;
+        Ok(Refund {
+            refunded_total_minor: parse_yuan(&node.refund_fee)
+                .map_err(|err| unavailable(format!("{TRADE_REFUND}: refund_fee: {err}")))?,
+            fund_change: node.fund_change == "Y",
+            trade_no: node.trade_no,
+        })
     }
 
     /// Calls a server-to-server method and returns its verified response node: `Ok(node)` for
@@ -454,6 +493,14 @@ impl ResultCode {
         // The sub_code is the specific one (`ACQ.…`, `isv.…`); the code only its class.
         refused(self.sub_code.as_deref().unwrap_or(&self.code), message)
     }
+}
+
+#[derive(Deserialize)]
+struct RefundNode {
+    trade_no: String,
+    /// The trade's cumulative refunded amount.
+    refund_fee: String,
+    fund_change: String,
 }
 
 #[derive(Deserialize)]

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use super::{
     Sim,
     notify::{BUYER_ID, BUYER_LOGON_ID},
-    orders::{Inconsistent, Lookup, NotClosable, Order, TradeState},
+    orders::{Inconsistent, Lookup, NotClosable, Order, RefundRefusal, TradeState},
     page,
 };
 use crate::{
@@ -25,8 +25,8 @@ use crate::{
     providers::{
         alipay::{
             AMOUNT_RANGE_MINOR, PAGE_PAY, REQUEST_SIGN_EXCLUDED, SUCCESS_CODE, TRADE_CLOSE,
-            TRADE_NOT_EXIST, TRADE_QUERY, TRADE_STATUS_ERROR, format_beijing, parse_beijing,
-            response_node_name, sign_content,
+            TRADE_NOT_EXIST, TRADE_QUERY, TRADE_REFUND, TRADE_STATUS_ERROR, format_beijing,
+            parse_beijing, response_node_name, sign_content,
         },
         rsa_keys,
     },
@@ -97,39 +97,33 @@ pub(super) async fn handle(
     };
     let api = params.get("method").map(String::as_str).unwrap_or_default();
     let checked = check_signature(&sim, &params);
-    match api {
-        PAGE_PAY => match checked.and_then(|()| page_pay(&sim, &params)) {
+    if api == PAGE_PAY {
+        return match checked.and_then(|()| page_pay(&sim, &params)) {
             Ok(order) => page::checkout(&order),
             Err(error) => page::message(
                 StatusCode::BAD_REQUEST,
                 "The payment request was refused",
                 &format!("{} ({}): {}", error.sub_code, error.code, error.sub_msg),
             ),
-        },
-        TRADE_QUERY | TRADE_CLOSE => {
-            let node = match checked.and_then(|()| {
-                if api == TRADE_QUERY {
-                    query(&sim, &params)
-                } else {
-                    close(&sim, &params)
-                }
-            }) {
-                Ok(node) => node,
-                Err(error) => error.node(),
-            };
-            answer(&sim, &response_node_name(api), node)
-        }
-        "" => answer(
-            &sim,
-            "error_response",
-            GatewayError::missing("isv.missing-method", "缺少方法名参数").node(),
-        ),
-        _ => answer(
-            &sim,
-            "error_response",
-            GatewayError::invalid("isv.invalid-method", "不存在的方法名").node(),
-        ),
+        };
     }
+    let operation: fn(&Sim, &Params) -> Result<Value, GatewayError> = match api {
+        TRADE_QUERY => query,
+        TRADE_CLOSE => close,
+        TRADE_REFUND => refund,
+        "" => {
+            let error = GatewayError::missing("isv.missing-method", "缺少方法名参数");
+            return answer(&sim, "error_response", error.node());
+        }
+        _ => {
+            let error = GatewayError::invalid("isv.invalid-method", "不存在的方法名");
+            return answer(&sim, "error_response", error.node());
+        }
+    };
+    let node = checked
+        .and_then(|()| operation(&sim, &params))
+        .unwrap_or_else(|error| error.node());
+    answer(&sim, &response_node_name(api), node)
 }
 
 /// The query string's parameters and the form body's, decoded; a name given twice is refused,
@@ -241,6 +235,7 @@ fn page_pay(sim: &Sim, params: &Params) -> Result<Order, GatewayError> {
                 trade_no: None,
                 notify_id: None,
                 paid_at: None,
+                refunds: Vec::new(),
             },
             now,
         )
@@ -308,6 +303,52 @@ fn close(sim: &Sim, params: &Params) -> Result<Value, GatewayError> {
     let order = with_named_order(sim, params, |order| order.close().map(|()| order.clone()))?
         .map_err(|NotClosable| GatewayError::business(TRADE_STATUS_ERROR, "交易状态不合法"))?;
     Ok(Value::Object(success_node(&order)))
+}
+
+#[derive(Deserialize)]
+struct RefundContent {
+    refund_amount: String,
+    out_request_no: Option<String>,
+}
+
+/// `alipay.trade.refund`: part or all of a paid trade; a full refund closes it.
+fn refund(sim: &Sim, params: &Params) -> Result<Value, GatewayError> {
+    let content: RefundContent = biz_content(params)?;
+    let amount_minor = parse_yuan(&content.refund_amount)
+        .ok()
+        .filter(|amount| *amount > 0)
+        .ok_or_else(|| {
+            GatewayError::invalid("isv.invalid-parameter", "refund_amount must be positive")
+        })?;
+    let (order, refunded) = with_named_order(sim, params, |order| {
+        // Alipay takes the order number as the request number when none is given.
+        let request_no = content
+            .out_request_no
+            .clone()
+            .unwrap_or_else(|| order.out_trade_no.clone());
+        order
+            .refund(&request_no, amount_minor)
+            .map(|refunded| (order.clone(), refunded))
+    })?
+    .map_err(|refusal| match refusal {
+        RefundRefusal::NotPaid => GatewayError::business(TRADE_STATUS_ERROR, "交易状态不合法"),
+        RefundRefusal::Exceeds => {
+            GatewayError::business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限")
+        }
+    })?;
+    let mut node = success_node(&order);
+    let fund_change = if refunded.fund_change { "Y" } else { "N" };
+    node.insert("fund_change".to_owned(), fund_change.into());
+    node.insert(
+        "refund_fee".to_owned(),
+        format_yuan(refunded.total_minor).into(),
+    );
+    node.insert("buyer_logon_id".to_owned(), BUYER_LOGON_ID.into());
+    node.insert(
+        "gmt_refund_pay".to_owned(),
+        format_beijing(sim.config.clock.now()).into(),
+    );
+    Ok(Value::Object(node))
 }
 
 /// `code` 10000 with the order's numbers, which every successful trade answer carries.

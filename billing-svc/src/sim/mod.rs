@@ -3,9 +3,9 @@
 //! notifications), plus a control API that lets tests pay orders and tamper with notifications.
 //!
 //! Routes:
-//! - `GET|POST /gateway.do`: `alipay.trade.page.pay` (HTML checkout page), `alipay.trade.query`
-//!   and `alipay.trade.close` (signed JSON), each request's RSA2 signature checked against the
-//!   merchant's public key.
+//! - `GET|POST /gateway.do`: `alipay.trade.page.pay` (HTML checkout page), `alipay.trade.query`,
+//!   `alipay.trade.close` and `alipay.trade.refund` (signed JSON), each request's RSA2 signature
+//!   checked against the merchant's public key.
 //! - `POST /sim/alipay/checkout/{out_trade_no}`: the checkout page's Pay button; pays like the
 //!   control API, then sends the browser to the order's `return_url`.
 //! - `POST /sim/alipay/orders/{out_trade_no}:pay` with an optional JSON body

@@ -50,11 +50,31 @@ pub(super) struct Order {
     /// The same on every delivery of this order's payment notification.
     pub(super) notify_id: Option<String>,
     pub(super) paid_at: Option<DateTime<Utc>>,
+    /// Refunds made: (`out_request_no`, amount in fen).
+    pub(super) refunds: Vec<(String, i64)>,
 }
 
 /// Why an order cannot be paid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct NotPayable;
+
+/// Why a refund was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefundRefusal {
+    /// The trade is not paid (`ACQ.TRADE_STATUS_ERROR`).
+    NotPaid,
+    /// More than what is left to refund (`ACQ.REFUND_AMT_NOT_EQUAL_TOTAL`).
+    Exceeds,
+}
+
+/// What a refund request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refunded {
+    /// Everything refunded on the trade so far.
+    pub(super) total_minor: i64,
+    /// False when the request repeated an earlier one and moved no money.
+    pub(super) fund_change: bool,
+}
 
 /// Why an order cannot be closed: it is not waiting for payment (`ACQ.TRADE_STATUS_ERROR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +121,39 @@ impl Order {
         Ok(())
     }
 
+    fn refunded_minor(&self) -> i64 {
+        self.refunds.iter().map(|(_, amount)| amount).sum()
+    }
+
+    /// Refunds `amount_minor` (> 0) of a paid order. A repeated `out_request_no` refunds
+    /// nothing again; refunding the whole amount closes the trade, as at Alipay.
+    pub(super) fn refund(
+        &mut self,
+        out_request_no: &str,
+        amount_minor: i64,
+    ) -> Result<Refunded, RefundRefusal> {
+        if self.refunds.iter().any(|(no, _)| no == out_request_no) {
+            return Ok(Refunded {
+                total_minor: self.refunded_minor(),
+                fund_change: false,
+            });
+        }
+        if self.state != TradeState::Success {
+            return Err(RefundRefusal::NotPaid);
+        }
+        if self.refunded_minor() + amount_minor > self.amount_minor {
+            return Err(RefundRefusal::Exceeds);
+        }
+        self.refunds.push((out_request_no.to_owned(), amount_minor));
+        if self.refunded_minor() == self.amount_minor {
+            self.state = TradeState::Closed;
+        }
+        Ok(Refunded {
+            total_minor: self.refunded_minor(),
+            fund_change: true,
+        })
+    }
+
     /// The order as the control API shows it.
     pub(super) fn to_json(&self) -> Value {
         json!({
@@ -116,6 +169,7 @@ impl Order {
             "gmtCreate": format_beijing(self.created_at),
             "gmtPayment": self.paid_at.map(format_beijing),
             "notifyId": self.notify_id,
+            "refundedAmount": format_yuan(self.refunded_minor()),
         })
     }
 }
@@ -209,6 +263,7 @@ mod tests {
             trade_no: None,
             notify_id: None,
             paid_at: None,
+            refunds: Vec::new(),
         }
     }
 
@@ -238,6 +293,24 @@ mod tests {
         waiting.close().unwrap();
         assert_eq!(waiting.close(), Err(NotClosable));
         assert_eq!(waiting.pay(now), Err(NotPayable));
+    }
+
+    #[test]
+    fn refunds_add_up_to_the_amount_once_each_and_a_full_refund_closes_the_trade() {
+        let now = Utc::now();
+        let mut order = order(now);
+        assert_eq!(order.refund("r1", 999), Err(RefundRefusal::NotPaid));
+        order.pay(now).unwrap();
+
+        let first = order.refund("r1", 999).unwrap();
+        assert_eq!((first.total_minor, first.fund_change), (999, true));
+        assert!(!order.refund("r1", 999).unwrap().fund_change);
+        assert_eq!(order.refund("r2", 1001), Err(RefundRefusal::Exceeds));
+        let rest = order.refund("r2", 1000).unwrap();
+
+        assert_eq!((rest.total_minor, rest.fund_change), (1999, true));
+        assert_eq!(order.state, TradeState::Closed);
+        assert!(!order.refund("r2", 1000).unwrap().fund_change);
     }
 
     #[test]
