@@ -11,12 +11,13 @@ pub mod error;
 pub mod service;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
     ServiceSpec,
-    caller::{AuthConfig, Authenticator, RemoteAuth},
+    caller::Authenticator,
+    cli::CallerArgs,
     clock::Clock,
     db::{Migrations, PgPool},
 };
@@ -40,25 +41,12 @@ const EMBEDDED: EmbeddedMigrations = embed_migrations!("../migrations/quota");
 /// quota-svc's own settings (beyond the common server flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct QuotaArgs {
-    /// auth-svc gRPC URL, for the JWKS and API key verification.
-    #[arg(long, env = "AUTH_URL", default_value = "http://127.0.0.1:9001")]
-    pub auth_url: String,
+    #[command(flatten)]
+    pub callers: CallerArgs,
 
     /// quota-svc's own API key (scope `service`), sent to auth-svc to verify callers' API keys.
     #[arg(long, env = "QUOTA_SERVICE_API_KEY", hide_env_values = true)]
     pub service_api_key: Option<kit::cli::Secret>,
-
-    /// Expected `iss` of access tokens.
-    #[arg(long, env = "AUTH_ISSUER", default_value = "commerce-mesh")]
-    pub auth_issuer: String,
-
-    /// Expected `aud` of access tokens.
-    #[arg(long, env = "AUTH_AUDIENCE", default_value = "commerce-mesh")]
-    pub auth_audience: String,
-
-    /// Seconds a verified API key is trusted before auth-svc is asked again (at most 30).
-    #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
-    pub api_key_cache_ttl_secs: u64,
 
     /// Coalesce concurrent Consume calls into one transaction per batch; `false` commits each
     /// call in its own transaction (for benchmark comparison).
@@ -75,25 +63,10 @@ pub struct QuotaArgs {
 }
 
 impl QuotaArgs {
-    /// The caller authentication settings.
-    pub fn auth_config(&self) -> AuthConfig {
-        AuthConfig {
-            issuer: self.auth_issuer.clone(),
-            audience: self.auth_audience.clone(),
-            api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
-        }
-    }
-
     /// Authenticates callers through auth-svc with quota-svc's own API key.
     pub fn remote_authenticator(&self) -> anyhow::Result<Arc<Authenticator>> {
-        let key = self.service_api_key.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("QUOTA_SERVICE_API_KEY is required to verify callers with auth-svc")
-        })?;
-        let source = RemoteAuth::new(&self.auth_url, key.expose())?;
-        Ok(Arc::new(Authenticator::new(
-            self.auth_config(),
-            Arc::new(source),
-        )))
+        self.callers
+            .remote_authenticator(self.service_api_key.as_ref(), "QUOTA_SERVICE_API_KEY")
     }
 
     /// Batch workers, or 0 when batching is off.
