@@ -108,10 +108,8 @@ impl Opening<'_> {
 /// What a checkout request's transaction decided: a payment to open at the provider, or the
 /// remembered answer.
 enum Opened {
-    New {
-        payment: PaymentRow,
-        superseded: Option<PaymentRow>,
-    },
+    /// The payment, and the PENDING payment it superseded.
+    New(Box<(PaymentRow, Option<PaymentRow>)>),
     Replayed(Box<CheckoutResult>),
 }
 
@@ -472,10 +470,7 @@ impl Billing {
                         },
                     )
                     .await?;
-                    Ok(Opened::New {
-                        payment,
-                        superseded,
-                    })
+                    Ok(Opened::New(Box::new((payment, superseded))))
                 })
                 .await;
             match result {
@@ -491,10 +486,7 @@ impl Billing {
         };
         let (payment, superseded) = match opened {
             Opened::Replayed(result) => return Ok(*result),
-            Opened::New {
-                payment,
-                superseded,
-            } => (payment, superseded),
+            Opened::New(opened) => *opened,
         };
         self.close_at_providers(superseded.as_slice()).await;
         let result = if payment.checkout_url.is_none() && payment.status() == PaymentStatus::Pending
@@ -1051,10 +1043,7 @@ async fn resume(conn: &mut Conn, key: &KeyRow, fingerprint: &[u8]) -> Result<Ope
     let payment = payments::get(conn, key.payment_id)
         .await?
         .ok_or_else(no_payment)?;
-    Ok(Opened::New {
-        payment,
-        superseded: None,
-    })
+    Ok(Opened::New(Box::new((payment, None))))
 }
 
 /// Cancels the subscription's PENDING payment, if it has one; returns it to close at the

@@ -3,7 +3,7 @@
 //! (service keys from the auth-svc CLI, development keys from `provider-sim keygen`, the plans
 //! from `billing-svc plans apply`). Everything the user does is plain HTTP with curl.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     process::{Command, Stdio},

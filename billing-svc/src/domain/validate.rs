@@ -91,6 +91,8 @@ pub fn return_url(url: &str) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
     use super::*;
 
     #[test]

@@ -83,7 +83,7 @@ impl Mesh {
         let issuer = Arc::new(TestIssuer::new());
         let clock = Arc::new(ManualClock::new(Utc::now()));
 
-        let quota_clock = Arc::new(QuotaClock(clock.clone()));
+        let quota_clock = clock.clone();
         let quota_auth = issuer.authenticator();
         let quota_server = InProcess::start(
             quota_svc::SPEC,
@@ -333,16 +333,6 @@ impl Mesh {
             .into_iter()
             .map(|row| row.v)
             .collect()
-    }
-}
-
-/// TEMPORARY until quota-svc takes kit's clock.
-#[derive(Debug)]
-struct QuotaClock(Arc<ManualClock>);
-
-impl quota_svc::clock::Clock for QuotaClock {
-    fn now(&self) -> chrono::DateTime<Utc> {
-        kit::clock::Clock::now(self.0.as_ref())
     }
 }
 

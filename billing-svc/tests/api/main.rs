@@ -2,7 +2,7 @@
 //! plans, checkouts and their idempotency, notifications, the lifecycle worker, the entitlement
 //! outbox, and the schema checks.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 mod checkout;
 mod harness;
