@@ -2,7 +2,7 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Runs the whole mesh (auth 9001, billing 9002, quota 9003, edge 9000) until Ctrl-C.
+# Runs the whole mesh (auth 9001, billing 9002, quota 9003, edge 9000, payment simulator 9080) until Ctrl-C.
 up:
     deploy/dev/up.sh
 

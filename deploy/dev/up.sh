@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `just up`: builds the mesh, prepares the local PostgreSQL and development secrets, runs the four
-# servers with their logs on this terminal, and stops them all on Ctrl-C.
+# servers and the payment provider simulator with their logs on this terminal, and stops them all
+# on Ctrl-C. What it does step by step: docs/development.md.
 # shellcheck disable=SC2317 # functions run indirectly: by traps and by dev_secret_value
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,10 @@ new_master_key() { head -c 32 /dev/urandom | base64; }
 new_admin_password() { echo "dev-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"; }
 dev_secret_value auth-master-key new_master_key
 dev_secret_value admin-password new_admin_password
+# The payment providers' development key pairs (ours, the merchant's, and the simulated Alipay's),
+# for billing-svc and provider-sim. keygen writes only missing files, so it adds what the database
+# lacks.
+dev_secret_files alipay "$bin/provider-sim" keygen --dir
 dev_secrets_cache
 master_key="$(cat "$dev/auth-master-key")"
 export AUTH_MASTER_KEY="$master_key"
@@ -45,6 +50,9 @@ else
   cat "$dev/admin-create.log" >&2
   exit 1
 fi
+"$bin/billing-svc" migrate
+# The plans on sale and the free tier, as deploy/plans.toml says (idempotent).
+"$bin/billing-svc" plans apply deploy/plans.toml
 # Each service gets a fresh service API key per start; the previous ones are revoked.
 # (Assigned before export: `export X="$(cmd)"` would hide a failing cmd from `set -e`.)
 BILLING_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service billing-svc --revoke-previous)"
@@ -78,12 +86,25 @@ run() {
   pids+=("$!")
 }
 
+sim_addr=127.0.0.1:9080
 run auth "$bin/auth-svc"
-run billing "$bin/billing-svc"
+# The payment provider simulator stands in for Alipay: billing-svc's gateway calls go to it, and
+# it signs with the development "Alipay" key and checks our requests with the merchant's public key.
+run sim env PROVIDER_SIM_ADDR="$sim_addr" \
+  SIM_ALIPAY_PRIVATE_KEY_FILE="$dev/alipay/alipay-private.pem" \
+  SIM_MERCHANT_PUBLIC_KEY_FILE="$dev/alipay/merchant-public.pem" \
+  "$bin/provider-sim"
+run billing env AUTH_URL=http://127.0.0.1:9001 QUOTA_URL=http://127.0.0.1:9003 \
+  BILLING_PUBLIC_URL=http://127.0.0.1:9000 \
+  ALIPAY_GATEWAY_URL="http://$sim_addr/gateway.do" ALIPAY_APP_ID=2021000000000001 \
+  ALIPAY_PRIVATE_KEY_FILE="$dev/alipay/merchant-private.pem" \
+  ALIPAY_PUBLIC_KEY_FILE="$dev/alipay/alipay-public.pem" \
+  "$bin/billing-svc"
 run quota "$bin/quota-svc"
 run edge "$bin/edge-proxy"
 
-echo "mesh up: edge http://localhost:9000, auth :9001, billing :9002, quota :9003 (Ctrl-C stops)" >&2
+echo "mesh up: edge http://localhost:9000, auth :9001, billing :9002, quota :9003," \
+  "payment simulator http://$sim_addr (Ctrl-C stops)" >&2
 wait -n "${pids[@]}" || true
 echo "a server exited; stopping the others" >&2
 exit 1
