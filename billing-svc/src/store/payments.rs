@@ -98,13 +98,23 @@ pub async fn cancel_pending(
     id: Uuid,
     now: DateTime<Utc>,
 ) -> QueryResult<Option<PaymentRow>> {
+    leave_pending(conn, id, PaymentStatus::Canceled, now).await
+}
+
+/// PENDING → `to` without being paid; `None` if it was no longer pending.
+async fn leave_pending(
+    conn: &mut Conn,
+    id: Uuid,
+    to: PaymentStatus,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<PaymentRow>> {
     diesel::update(
         payments::table
             .find(id)
             .filter(payments::status.eq(PaymentStatus::Pending.as_str())),
     )
     .set((
-        payments::status.eq(PaymentStatus::Canceled.as_str()),
+        payments::status.eq(to.as_str()),
         payments::updated_at.eq(now),
     ))
     .returning(PaymentRow::as_returning())
@@ -168,19 +178,7 @@ pub async fn fail(
     id: Uuid,
     now: DateTime<Utc>,
 ) -> QueryResult<Option<PaymentRow>> {
-    diesel::update(
-        payments::table
-            .find(id)
-            .filter(payments::status.eq(PaymentStatus::Pending.as_str())),
-    )
-    .set((
-        payments::status.eq(PaymentStatus::Failed.as_str()),
-        payments::updated_at.eq(now),
-    ))
-    .returning(PaymentRow::as_returning())
-    .get_result(conn)
-    .await
-    .optional()
+    leave_pending(conn, id, PaymentStatus::Failed, now).await
 }
 
 /// A page of a user's payments, newest first, after the `(created_at, payment_id)` of the last

@@ -2,9 +2,8 @@
 //! limits in quota-svc, cancellation, plan changes and the payment list.
 
 use proto::billing::{
-    CancelSubscriptionRequest, ChangePlanRequest, CreatePaymentRequest, CreateSubscriptionRequest,
-    GetCurrentSubscriptionRequest, GetPaymentRequest, ListPaymentsRequest, PaymentProvider,
-    PaymentStatus, SubscriptionStatus, payment::Checkout,
+    ChangePlanRequest, CreatePaymentRequest, CreateSubscriptionRequest, GetPaymentRequest,
+    ListPaymentsRequest, PaymentProvider, PaymentStatus, SubscriptionStatus, payment::Checkout,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -51,72 +50,24 @@ async fn a_paid_subscription_gets_its_plan_limits_and_loses_them_when_canceled()
     assert!(page.contains("19.99"), "{page}");
 
     assert_eq!(mesh.pay_once(&payment).await, [200]);
-    let current = mesh
-        .billing_client()
-        .get_current_subscription(mesh.as_user(user, GetCurrentSubscriptionRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let current = mesh.current(user).await.unwrap();
     assert_eq!(current.status, SubscriptionStatus::Active as i32);
     assert!(current.current_period_end.is_some());
-    let paid = mesh
-        .billing_client()
-        .get_payment(mesh.as_user(
-            user,
-            GetPaymentRequest {
-                payment_id: payment.payment_id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let paid = mesh.payment(user, &payment.payment_id).await;
     assert_eq!(paid.status, PaymentStatus::Succeeded as i32);
     assert!(!paid.provider_trade_no.is_empty() && paid.paid_at.is_some());
     assert!(paid.checkout.is_none(), "a paid checkout is not shown");
     mesh.wait_for_limit(user, "analyses", 100).await;
 
-    let canceled = mesh
-        .billing_client()
-        .cancel_subscription(mesh.as_user(
-            user,
-            CancelSubscriptionRequest {
-                at_period_end: false,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let canceled = mesh.cancel(user, false).await;
     assert_eq!(canceled.status, SubscriptionStatus::Canceled as i32);
     assert!(canceled.canceled_at.is_some());
     mesh.wait_for_limit(user, "analyses", 10).await;
     // Repeating the cancellation is OK and changes nothing.
-    let again = mesh
-        .billing_client()
-        .cancel_subscription(mesh.as_user(
-            user,
-            CancelSubscriptionRequest {
-                at_period_end: false,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let again = mesh.cancel(user, false).await;
     assert_eq!(again.subscription_id, canceled.subscription_id);
-    let none = mesh
-        .billing_client()
-        .get_current_subscription(mesh.as_user(user, GetCurrentSubscriptionRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(none.subscription.is_none());
+    let none = mesh.current(user).await;
+    assert!(none.is_none());
 }
 
 #[tokio::test]
@@ -153,18 +104,9 @@ async fn the_same_idempotency_key_returns_the_original_checkout() {
         .await
         .unwrap()
         .into_inner();
-    let old_payment = client
-        .get_payment(mesh.as_user(
-            user,
-            GetPaymentRequest {
-                payment_id: first.payment.as_ref().unwrap().payment_id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let old_payment = mesh
+        .payment(user, &first.payment.as_ref().unwrap().payment_id)
+        .await;
     assert_eq!(old_payment.status, PaymentStatus::Canceled as i32);
     assert_ne!(
         replaced.subscription.unwrap().subscription_id,
@@ -439,14 +381,7 @@ async fn changing_plan_takes_effect_when_paid() {
     assert_eq!(payment.amount_minor, 9900);
     mesh.pay_once(&payment).await;
     mesh.wait_for_limit(user, "analyses", 1000).await;
-    let current = mesh
-        .billing_client()
-        .get_current_subscription(mesh.as_user(user, GetCurrentSubscriptionRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let current = mesh.current(user).await.unwrap();
     assert_eq!(current.plan_code, "pro");
     assert!(mesh.quota(user, "exports").await.unwrap().unlimited);
 }

@@ -24,9 +24,9 @@ use kit::{
 };
 use proto::{
     billing::{
-        CreateSubscriptionRequest, CreateSubscriptionResponse, Payment,
-        PaymentProvider as PbProvider, billing_service_client::BillingServiceClient,
-        payment::Checkout,
+        CancelSubscriptionRequest, CreateSubscriptionRequest, CreateSubscriptionResponse,
+        GetCurrentSubscriptionRequest, GetPaymentRequest, Payment, PaymentProvider as PbProvider,
+        Subscription, billing_service_client::BillingServiceClient, payment::Checkout,
     },
     quota::{CheckQuotaRequest, QuotaState, quota_service_client::QuotaServiceClient},
 };
@@ -237,6 +237,43 @@ impl Mesh {
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// The user's current subscription.
+    pub async fn current(&self, user: Uuid) -> Option<Subscription> {
+        self.billing_client()
+            .get_current_subscription(self.as_user(user, GetCurrentSubscriptionRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .subscription
+    }
+
+    /// One of the user's payments.
+    pub async fn payment(&self, user: Uuid, payment_id: &str) -> Payment {
+        self.billing_client()
+            .get_payment(self.as_user(
+                user,
+                GetPaymentRequest {
+                    payment_id: payment_id.to_owned(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .payment
+            .unwrap()
+    }
+
+    /// Cancels the user's subscription, now or at its period's end.
+    pub async fn cancel(&self, user: Uuid, at_period_end: bool) -> Subscription {
+        self.billing_client()
+            .cancel_subscription(self.as_user(user, CancelSubscriptionRequest { at_period_end }))
+            .await
+            .unwrap()
+            .into_inner()
+            .subscription
+            .unwrap()
     }
 
     /// Opens the payment's checkout page, as the buyer's browser does (the provider knows an

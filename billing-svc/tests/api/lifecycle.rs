@@ -2,24 +2,12 @@
 //! once; and entitlements that wait for quota-svc while it is down.
 
 use chrono::TimeDelta;
-use proto::billing::{
-    CancelSubscriptionRequest, GetCurrentSubscriptionRequest, GetPaymentRequest, PaymentStatus,
-    Subscription, SubscriptionStatus,
-};
+use proto::billing::{PaymentStatus, SubscriptionStatus};
 use uuid::Uuid;
 
 use super::harness::Mesh;
 
 impl Mesh {
-    async fn current(&self, user: Uuid) -> Option<Subscription> {
-        self.billing_client()
-            .get_current_subscription(self.as_user(user, GetCurrentSubscriptionRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
-            .subscription
-    }
-
     /// A user with a paid `basic` subscription whose limits reached quota-svc.
     async fn paid_user(&self) -> Uuid {
         let user = Uuid::now_v7();
@@ -61,19 +49,7 @@ async fn an_unrenewed_subscription_falls_back_to_the_free_tier_then_expires() {
 async fn cancel_at_period_end_keeps_the_plan_until_then() {
     let mesh = Mesh::start().await;
     let user = mesh.paid_user().await;
-    let canceling = mesh
-        .billing_client()
-        .cancel_subscription(mesh.as_user(
-            user,
-            CancelSubscriptionRequest {
-                at_period_end: true,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let canceling = mesh.cancel(user, true).await;
     assert_eq!(canceling.status, SubscriptionStatus::Active as i32);
     assert!(canceling.cancel_at_period_end);
     mesh.wait_for_limit(user, "analyses", 100).await;
@@ -99,19 +75,7 @@ async fn an_expired_checkout_is_closed_at_the_provider_and_canceled() {
     mesh.open_checkout(&payment).await;
     mesh.clock.advance(TimeDelta::hours(3));
     assert_eq!(mesh.billing.run_lifecycle().await.unwrap(), 1);
-    let canceled = mesh
-        .billing_client()
-        .get_payment(mesh.as_user(
-            user,
-            GetPaymentRequest {
-                payment_id: payment.payment_id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let canceled = mesh.payment(user, &payment.payment_id).await;
     assert_eq!(canceled.status, PaymentStatus::Canceled as i32);
     assert!(mesh.current(user).await.is_none(), "never paid: expired");
     let order = mesh.order(&payment.payment_id).await;

@@ -9,7 +9,7 @@ use billing_svc::{
     sim,
 };
 use kit::clock::Clock;
-use proto::billing::{CancelSubscriptionRequest, GetPaymentRequest, PaymentStatus};
+use proto::billing::PaymentStatus;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -70,19 +70,7 @@ impl Mesh {
     }
 
     async fn payment_status(&self, user: Uuid, payment_id: &str) -> i32 {
-        self.billing_client()
-            .get_payment(self.as_user(
-                user,
-                GetPaymentRequest {
-                    payment_id: payment_id.to_owned(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .payment
-            .unwrap()
-            .status
+        self.payment(user, payment_id).await.status
     }
 
     /// The recorded verdicts of the payment's notifications, oldest first.
@@ -210,10 +198,7 @@ async fn a_late_notification_for_a_canceled_payment_is_acknowledged_and_not_appl
     let mesh = Mesh::start().await;
     let user = Uuid::now_v7();
     let payment = mesh.subscribe(user, "basic").await.payment.unwrap();
-    mesh.billing_client()
-        .cancel_subscription(mesh.as_user(user, CancelSubscriptionRequest::default()))
-        .await
-        .unwrap();
+    mesh.cancel(user, false).await;
     let (status, body) = mesh
         .post_notification("alipay", notification(&mesh, &payment.payment_id, &[]))
         .await;
