@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use kit::testing::{Binary, TestDb, workspace_binary};
+use kit::testing::{Binary, TestDb, grpcurl, workspace_binary};
 
 /// `curl` returning (HTTP status, body).
 fn curl(args: &[&str]) -> (u16, String) {
@@ -35,8 +35,23 @@ fn healthz_answers_and_sigterm_stops_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_calls_are_transcoded_and_errors_come_back_as_json() {
     let db = TestDb::new(&[]).await;
-    let billing = Binary::start(&workspace_binary("billing-svc"), "BILLING", db.url(), &[]);
+    // No auth-svc: the public price list needs none, and the key is only presented to it.
+    let billing = Binary::start(
+        &workspace_binary("billing-svc"),
+        "BILLING",
+        db.url(),
+        &[("BILLING_SERVICE_API_KEY", "cmk_unused")],
+    );
     let billing_url = format!("http://{}", billing.addr);
+    // Listening comes before the migrations; SERVING after them.
+    let billing_addr = billing.addr.to_string();
+    for _ in 0..100 {
+        let health = grpcurl(&["-plaintext", &billing_addr, "grpc.health.v1.Health/Check"]);
+        if String::from_utf8_lossy(&health.stdout).contains("\"SERVING\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let edge = Binary::start(
         env!("CARGO_BIN_EXE_edge-proxy").as_ref(),
         "EDGE",
@@ -45,8 +60,19 @@ async fn rest_calls_are_transcoded_and_errors_come_back_as_json() {
     );
     let base = format!("http://{}", edge.addr);
 
-    // A routed call reaches billing-svc, whose RPCs are not built yet: 501 with the gRPC status.
+    // A routed call reaches billing-svc: its (empty) price list as proto3 JSON.
     let (status, body) = curl(&[&format!("{base}/v1/plans?pageSize=10")]);
+    assert_eq!(status, 200, "{body}");
+    let plans: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plans["plans"], serde_json::json!([]));
+    // A gRPC status comes back as HTTP with the JSON error body (refunds come in a later issue).
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        "{}",
+        &format!("{base}/v1/payments/0190c3a4-0000-7000-8000-000000000000:refund"),
+    ]);
     assert_eq!(status, 501, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["status"], "UNIMPLEMENTED");
