@@ -123,6 +123,34 @@ where
     .await
 }
 
+/// Runs `concurrency` tasks that take items from `items`, each item once, and call `call(item)`
+/// for [`WARMUP`] and then `duration`, or until no item is left; latencies are recorded as
+/// [`run_concurrent`] does. The items not taken stay in `items` for the next run. When the
+/// items run out before the deadline, the figures cover the time up to the last call's answer.
+pub async fn run_items_for<T, F, Fut, E>(
+    concurrency: usize,
+    duration: Duration,
+    items: Arc<Mutex<Vec<T>>>,
+    call: F,
+) -> (Stats, Option<E>)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
+{
+    let measure_from = Instant::now() + WARMUP;
+    let deadline = measure_from + duration;
+    run_tasks(concurrency, measure_from, move |_| {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        let item = items.lock().ok()?.pop()?;
+        Some(call(item))
+    })
+    .await
+}
+
 /// The loop shared by the runners: each task asks `next_call` for its next call until `None`;
 /// calls begun before `measure_from` are made but not counted.
 async fn run_tasks<N, Fut, E>(
@@ -233,6 +261,73 @@ pub fn rate(per_second: f64) -> String {
     format!("{grouped}/s")
 }
 
+/// Runs a PostgreSQL client tool (`psql`, `pgbench`); its standard output, or why it failed.
+pub fn run_tool(tool: &Path, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|err| format!("{} could not run: {err}", tool.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            tool.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// PostgreSQL's own rate of one transaction per call: `pgbench` running `script` (pgbench's
+/// script language; `defines` are its `-D name=value` variables) with `clients` clients for
+/// `duration` against `database_url`. Returns the transactions committed per second.
+pub fn pgbench_tps(
+    pgbench: &Path,
+    database_url: &str,
+    script: &str,
+    clients: usize,
+    duration: Duration,
+    defines: &[(&str, String)],
+) -> Result<f64, String> {
+    let file = std::env::temp_dir().join(format!(
+        "bench-pgbench-{}-{}.sql",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::write(&file, script).map_err(|err| format!("{}: {err}", file.display()))?;
+    let clients_arg = clients.max(1).to_string();
+    // pgbench refuses more threads than clients.
+    let threads = clients.clamp(1, 2).to_string();
+    let seconds = duration.as_secs().max(1).to_string();
+    let file_arg = file.to_string_lossy().into_owned();
+    let defines: Vec<String> = defines
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    let mut args = vec![
+        "-n",
+        "-c",
+        clients_arg.as_str(),
+        "-j",
+        threads.as_str(),
+        "-T",
+        seconds.as_str(),
+    ];
+    for define in &defines {
+        args.extend(["-D", define.as_str()]);
+    }
+    args.extend(["-f", file_arg.as_str(), database_url]);
+    let output = run_tool(pgbench, &args);
+    let _ = std::fs::remove_file(&file);
+    let output = output?;
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse::<f64>().ok())
+        .ok_or_else(|| format!("no `tps = ` line in pgbench's output:\n{output}"))
+}
+
 /// Writes `## title` and `body` to `path` (replacing it), creating the directory.
 pub fn write_section(path: &Path, title: &str, body: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
@@ -272,6 +367,32 @@ mod tests {
         let mut seen = seen.lock().map(|seen| seen.clone()).unwrap_or_default();
         seen.sort_unstable();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn timed_item_runs_take_each_item_once_and_leave_the_rest() {
+        let items = Arc::new(Mutex::new((0..10).collect::<Vec<u32>>()));
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&taken);
+        let (stats, error) = run_items_for(
+            2,
+            Duration::from_secs(60),
+            Arc::clone(&items),
+            move |item: u32| {
+                let record = Arc::clone(&record);
+                async move {
+                    record.lock().map_err(|_| "poisoned")?.push(item);
+                    Ok::<_, &str>(())
+                }
+            },
+        )
+        .await;
+        assert_eq!((stats.errors, error), (0, None));
+        assert!(stats.calls <= 10, "{stats:?}");
+        let mut taken = taken.lock().map(|taken| taken.clone()).unwrap_or_default();
+        taken.sort_unstable();
+        assert_eq!(taken, (0..10).collect::<Vec<_>>());
+        assert!(items.lock().map(|items| items.is_empty()).unwrap_or(false));
     }
 
     #[test]

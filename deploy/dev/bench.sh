@@ -39,6 +39,9 @@ trap - EXIT
 # quota-svc: the load generator starts its own servers (batched and one transaction per call).
 "$bin/quota_bench" --quota-bin "$bin/quota-svc"
 
+# billing-svc's webhook path: served in-process by the load generator over its own database.
+"$bin/webhook_bench"
+
 {
   echo "# Benchmark results"
   echo
