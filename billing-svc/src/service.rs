@@ -488,6 +488,9 @@ impl Billing {
             Opened::Replayed(result) => return Ok(*result),
             Opened::New(opened) => *opened,
         };
+        // No connection is held across the provider calls: a pool's worth of checkouts
+        // waiting on providers would otherwise starve the rest.
+        drop(conn);
         self.close_at_providers(superseded.as_slice()).await;
         let result = if payment.checkout_url.is_none() && payment.status() == PaymentStatus::Pending
         {
@@ -496,7 +499,8 @@ impl Billing {
                 .await?;
             self.store_checkout(&payment, &checkout).await?
         } else {
-            let subscription = self.subscription_of(&payment).await?;
+            let mut conn = self.conn().await?;
+            let subscription = subscription_of(&mut conn, &payment).await?;
             CheckoutResult {
                 subscription,
                 payment,
@@ -505,6 +509,7 @@ impl Billing {
         let answer = serde_json::to_vec(&result).map_err(|err| {
             Error::FailedPrecondition(format!("the answer could not be stored: {err}"))
         })?;
+        let mut conn = self.conn().await?;
         idempotency::set_response(
             &mut conn,
             request.user,
@@ -558,18 +563,11 @@ impl Billing {
                     .await?
                     .ok_or_else(no_payment)?,
             };
-        let subscription = self.subscription_of(&payment).await?;
+        let subscription = subscription_of(&mut conn, &payment).await?;
         Ok(CheckoutResult {
             subscription,
             payment,
         })
-    }
-
-    async fn subscription_of(&self, payment: &PaymentRow) -> Result<SubscriptionRow, Error> {
-        let mut conn = self.conn().await?;
-        subscriptions::get_for_update(&mut conn, payment.subscription_id)
-            .await?
-            .ok_or_else(no_subscription)
     }
 
     /// Closes superseded or canceled checkouts at their providers so they can no longer be
@@ -1044,6 +1042,13 @@ async fn resume(conn: &mut Conn, key: &KeyRow, fingerprint: &[u8]) -> Result<Ope
         .await?
         .ok_or_else(no_payment)?;
     Ok(Opened::New(Box::new((payment, None))))
+}
+
+/// The subscription a payment is for.
+async fn subscription_of(conn: &mut Conn, payment: &PaymentRow) -> Result<SubscriptionRow, Error> {
+    subscriptions::get(conn, payment.subscription_id)
+        .await?
+        .ok_or_else(no_subscription)
 }
 
 /// Cancels the subscription's PENDING payment, if it has one; returns it to close at the

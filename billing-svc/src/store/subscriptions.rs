@@ -105,6 +105,15 @@ pub async fn latest(conn: &mut Conn, user: Uuid) -> QueryResult<Option<Subscript
         .optional()
 }
 
+pub async fn get(conn: &mut Conn, id: Uuid) -> QueryResult<Option<SubscriptionRow>> {
+    subscriptions::table
+        .find(id)
+        .select(SubscriptionRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// The subscription, locked.
 pub async fn get_for_update(conn: &mut Conn, id: Uuid) -> QueryResult<Option<SubscriptionRow>> {
     subscriptions::table
