@@ -18,11 +18,13 @@ use std::sync::Arc;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
     ServiceSpec,
+    client_address::{ClientAddressLayer, TrustedProxies},
     clock::Clock,
     db::{Migrations, PgPool},
 };
 use proto::auth::auth_service_server::AuthServiceServer;
 use tonic::service::Routes;
+use tower::Layer;
 
 use accounts::AccountsArgs;
 use keys::{KeysConfig, cli::KeysArgs};
@@ -46,6 +48,12 @@ pub struct AuthArgs {
     pub accounts: AccountsArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
+    /// Proxies whose `x-forwarded-for` is believed (comma-separated networks or addresses, e.g.
+    /// a load balancer's subnet). The edge needs no entry: it vouches with its service key. By
+    /// default only the TCP peer counts, so a client cannot choose the address that login limits
+    /// and the audit log count by.
+    #[arg(long, env = "AUTH_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// What the handlers share; cheap to clone.
@@ -56,6 +64,7 @@ pub struct State {
     pub config: Arc<accounts::Config>,
     pub mailer: Arc<dyn mailer::Mailer>,
     pub clock: Arc<dyn Clock>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for State {
@@ -76,11 +85,13 @@ impl State {
         clock: Arc<dyn Clock>,
         mailer: Option<Arc<dyn mailer::Mailer>>,
     ) -> anyhow::Result<Self> {
+        let master_key = args.keys.master_key()?;
+        let config = accounts::Config::new(&args.accounts, &master_key)?;
         let keys = KeysConfig {
             issuer: args.accounts.issuer.clone(),
             audience: args.accounts.audience.clone(),
             access_token_ttl: args.accounts.access_token_ttl(),
-            master_key: args.keys.master_key()?,
+            master_key,
         };
         let mailer = match mailer {
             Some(mailer) => mailer,
@@ -92,15 +103,22 @@ impl State {
                 keys,
                 args.keys.api_key_cache_ttl(),
             ),
-            config: Arc::new(accounts::Config::new(&args.accounts)?),
+            config: Arc::new(config),
             mailer,
             clock,
             pool,
+            trusted_proxies: args.trusted_proxies.clone(),
         })
     }
 }
 
 /// The tonic routes serving `state`.
+/// The tonic routes serving `state`. Each request's client address is decided before any
+/// handler sees it.
 pub fn routes(state: State) -> Routes {
-    Routes::new(AuthServiceServer::new(api::Api::new(state)))
+    let client_address = ClientAddressLayer::new(
+        state.trusted_proxies.clone(),
+        Arc::clone(&state.credentials.authenticator),
+    );
+    Routes::new(client_address.layer(AuthServiceServer::new(api::Api::new(state))))
 }

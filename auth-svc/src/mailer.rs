@@ -1,6 +1,7 @@
 //! Outgoing mail (verification and password reset links). With `SMTP_URL` mail goes through SMTP
-//! (lettre, rustls); without it (development) it is kept in the `outbox` table with the secret
-//! link redacted, and the link is logged at INFO so `just up` users can follow it.
+//! (lettre, rustls); in development (`--log-mail`, which `just up` sets) it is kept in the
+//! `outbox` table with the secret link redacted, and the link is logged at INFO so `just up` users
+//! can follow it. With neither, auth-svc does not start.
 
 use std::sync::Arc;
 
@@ -44,7 +45,11 @@ pub fn from_args(args: &AccountsArgs, pool: PgPool) -> anyhow::Result<Arc<dyn Ma
                 .parse()
                 .map_err(|err| anyhow::anyhow!("MAIL_FROM: {err}"))?,
         }),
-        None => Arc::new(Outbox { pool }),
+        None if args.log_mail => Arc::new(Outbox { pool }),
+        None => anyhow::bail!(
+            "SMTP_URL is not set, so verification and password reset mail cannot be sent: set it, \
+             or in development set AUTH_LOG_MAIL=true to write each mail's link to the log"
+        ),
     })
 }
 

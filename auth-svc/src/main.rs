@@ -142,7 +142,7 @@ async fn create_admin(
     display_name: Option<&str>,
 ) -> anyhow::Result<()> {
     let password = admin_password()?;
-    let config = accounts::Config::new(&auth.accounts)?;
+    let config = accounts::Config::new(&auth.accounts, &auth.keys.master_key()?)?;
     let mut conn = keys::cli::connect(server).await?;
     let user = accounts::admin::create_admin(
         &mut conn,

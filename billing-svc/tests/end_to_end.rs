@@ -51,11 +51,12 @@ async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
         &workspace_binary("auth-svc"),
         "AUTH",
         db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY)],
+        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
     );
     let auth_url = format!("http://{}", auth.addr);
     let quota_key = issue_service_key(db.url(), MASTER_KEY, "quota-svc", "service");
     let billing_key = issue_service_key(db.url(), MASTER_KEY, "billing-svc", "service");
+    let edge_key = issue_service_key(db.url(), MASTER_KEY, "edge-proxy", "service");
     let quota = Binary::start(
         &workspace_binary("quota-svc"),
         "QUOTA",
@@ -124,6 +125,7 @@ async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
             ("AUTH_URL", &auth_url),
             ("QUOTA_URL", &quota_url),
             ("BILLING_URL", &format!("http://127.0.0.1:{billing_port}")),
+            ("EDGE_SERVICE_KEY", &edge_key),
         ],
     );
 

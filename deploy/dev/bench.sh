@@ -16,8 +16,8 @@ psql_admin "CREATE DATABASE $auth_db"
 export AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$auth_db"
 export AUTH_LISTEN_ADDR=127.0.0.1:19001 AUTH_ADMIN_ADDR=127.0.0.1:19101
 export AUTH_MASTER_KEY="$(head -c 32 /dev/urandom | base64)"
-# The bench registers its users from one address; the per-address sign-up limit would stop it.
-export REGISTRATIONS_PER_CLIENT_HOUR=0
+# The bench registers its users from one address; the sign-up limits would stop it.
+export REGISTRATIONS_PER_CLIENT_HOUR=0 REGISTRATIONS_PER_HOUR=0 AUTH_LOG_MAIL=true
 "$bin/auth-svc" migrate
 BENCH_SERVICE_KEY="$("$bin/auth-svc" service-key issue --service bench)"
 RUST_LOG=warn "$bin/auth-svc" 2>/tmp/commerce-bench-auth.log &

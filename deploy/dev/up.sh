@@ -57,7 +57,9 @@ fi
 # (Assigned before export: `export X="$(cmd)"` would hide a failing cmd from `set -e`.)
 BILLING_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service billing-svc --revoke-previous)"
 QUOTA_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service quota-svc --revoke-previous)"
-export BILLING_SERVICE_API_KEY QUOTA_SERVICE_API_KEY
+# The edge's key vouches for the client address it forwards to auth-svc.
+EDGE_SERVICE_KEY="$("$bin/auth-svc" service-key issue --service edge-proxy --revoke-previous)"
+export BILLING_SERVICE_API_KEY QUOTA_SERVICE_API_KEY EDGE_SERVICE_KEY
 # A development backend's key, for the README's examples (`$(cat .dev/backend-api-key)`): it
 # charges users' quotas (quota:consume, quota:read) but, without the `service` scope, cannot call
 # the internal RPCs. Fresh per start too.
@@ -87,7 +89,8 @@ run() {
 }
 
 sim_addr=127.0.0.1:9080
-run auth "$bin/auth-svc"
+# No SMTP in development: mail is kept in the outbox table and its links go to this log.
+run auth env AUTH_LOG_MAIL=true "$bin/auth-svc"
 # The payment provider simulator stands in for Alipay: billing-svc's gateway calls go to it, and
 # it signs with the development "Alipay" key and checks our requests with the merchant's public key.
 run sim env PROVIDER_SIM_ADDR="$sim_addr" \

@@ -2,9 +2,11 @@
 //! the contracts' `google.api.http` annotations (no hand-written routes).
 //!
 //! Credentials (`authorization`, `x-api-key`), `x-request-id`, `user-agent` and the payment
-//! providers' signature headers are passed on as gRPC metadata; `x-forwarded-for` is set to the
-//! client's address (an incoming one is kept only when `--trust-forwarded-for` says a trusted proxy
-//! sits in front), because auth-svc's brute-force protection counts by it.
+//! providers' signature headers are passed on as gRPC metadata. auth-svc's brute-force limits
+//! count by client address, so the edge decides it (the TCP peer, or behind trusted proxies the
+//! right-most untrusted `x-forwarded-for` entry), sends it as the only `x-forwarded-for` entry and
+//! vouches for it with its own service key in `x-proxy-key`; whatever a client sent in those
+//! headers is dropped.
 
 mod codec;
 pub mod routes;
@@ -21,8 +23,12 @@ use axum::{
     routing::get,
 };
 use http::uri::PathAndQuery;
+use kit::client_address::{FORWARDED_FOR_HEADER, PROXY_KEY_HEADER, TrustedProxies, client_of};
 use prost_reflect::DescriptorPool;
-use tonic::{metadata::MetadataMap, transport::Channel};
+use tonic::{
+    metadata::{Ascii, MetadataMap, MetadataValue},
+    transport::Channel,
+};
 
 use crate::{codec::DynamicCodec, routes::Route, transcode::BadRequest};
 
@@ -54,14 +60,35 @@ struct Edge {
     auth: Channel,
     billing: Channel,
     quota: Channel,
-    trust_forwarded_for: bool,
+    forwarding: Forwarding,
     rpc_timeout: Duration,
+}
+
+/// How the edge tells the services who the client is.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// Proxies in front of the edge whose `x-forwarded-for` is believed (none by default).
+    pub trusted_proxies: TrustedProxies,
+    /// The edge's own API key with the `service` scope, vouching for the address it forwards.
+    pub service_key: MetadataValue<Ascii>,
+}
+
+impl Forwarding {
+    /// `service_key` must be valid header text.
+    pub fn new(trusted_proxies: TrustedProxies, service_key: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            trusted_proxies,
+            service_key: service_key
+                .parse()
+                .map_err(|_| anyhow::anyhow!("the edge's service key is not valid header text"))?,
+        })
+    }
 }
 
 /// The edge's HTTP router.
 pub fn router(
     upstreams: &Upstreams,
-    trust_forwarded_for: bool,
+    forwarding: Forwarding,
     rpc_timeout: Duration,
 ) -> anyhow::Result<Router> {
     let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)?;
@@ -75,7 +102,7 @@ pub fn router(
         auth: channel(&upstreams.auth)?,
         billing: channel(&upstreams.billing)?,
         quota: channel(&upstreams.quota)?,
-        trust_forwarded_for,
+        forwarding,
         rpc_timeout,
     };
     Ok(Router::new()
@@ -134,12 +161,7 @@ async fn transcode_call(
         };
 
     let mut request = tonic::Request::new(message);
-    forward_metadata(
-        &headers,
-        peer,
-        edge.trust_forwarded_for,
-        request.metadata_mut(),
-    );
+    forward_metadata(&headers, peer, &edge.forwarding, request.metadata_mut());
     request.set_timeout(edge.rpc_timeout);
     let service = route.method.parent_service();
     let channel = match service.package_name() {
@@ -221,7 +243,7 @@ async fn transcode_call(
 fn forward_metadata(
     headers: &HeaderMap,
     peer: SocketAddr,
-    trust_forwarded_for: bool,
+    forwarding: &Forwarding,
     metadata: &mut MetadataMap,
 ) {
     for name in FORWARDED_HEADERS {
@@ -231,15 +253,13 @@ fn forward_metadata(
             metadata.insert(name, value);
         }
     }
-    let incoming = headers
-        .get("x-forwarded-for")
+    let chain = headers
+        .get(FORWARDED_FOR_HEADER)
         .and_then(|value| value.to_str().ok());
-    let forwarded_for = match incoming {
-        Some(chain) if trust_forwarded_for => format!("{chain}, {}", peer.ip()),
-        _ => peer.ip().to_string(),
-    };
-    if let Ok(value) = forwarded_for.parse() {
-        metadata.insert("x-forwarded-for", value);
+    let client = client_of(peer.ip(), false, chain, &forwarding.trusted_proxies);
+    if let Ok(value) = client.to_string().parse() {
+        metadata.insert(FORWARDED_FOR_HEADER, value);
+        metadata.insert(PROXY_KEY_HEADER, forwarding.service_key.clone());
     }
 }
 

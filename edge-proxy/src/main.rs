@@ -4,7 +4,8 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use edge_proxy::{Upstreams, router};
+use edge_proxy::{Forwarding, Upstreams, router};
+use kit::{cli::Secret, client_address::TrustedProxies};
 
 /// edge-proxy: REST/JSON for browsers, translated into gRPC calls to the mesh.
 #[derive(Debug, Parser)]
@@ -22,10 +23,15 @@ struct Cli {
     /// quota-svc gRPC address.
     #[arg(long, env = "QUOTA_URL", default_value = "http://127.0.0.1:9003")]
     quota_url: String,
-    /// Keep an incoming `X-Forwarded-For` (only behind a trusted load balancer); otherwise the
-    /// client's own address replaces it.
-    #[arg(long, env = "EDGE_TRUST_FORWARDED_FOR", default_value_t = false)]
-    trust_forwarded_for: bool,
+    /// Proxies in front of the edge (comma-separated networks or addresses, e.g. the load
+    /// balancer's subnet): their `X-Forwarded-For` is believed, up to its right-most entry
+    /// outside them. None by default: the TCP peer is the client.
+    #[arg(long, env = "EDGE_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: TrustedProxies,
+    /// The edge's API key with the `service` scope (`auth-svc service-key issue --service
+    /// edge-proxy`): it vouches for the client address the edge forwards to auth-svc.
+    #[arg(long, env = "EDGE_SERVICE_KEY", hide_env_values = true)]
+    service_key: Secret,
     /// Deadline of each call to a service, in milliseconds.
     #[arg(long, env = "EDGE_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     rpc_timeout_ms: u64,
@@ -44,9 +50,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         billing: cli.billing_url,
         quota: cli.quota_url,
     };
+    let forwarding = Forwarding::new(cli.trusted_proxies, cli.service_key.expose())?;
     let app = router(
         &upstreams,
-        cli.trust_forwarded_for,
+        forwarding,
         Duration::from_millis(cli.rpc_timeout_ms),
     )?;
     let listener = tokio::net::TcpListener::bind(cli.listen_addr)

@@ -5,7 +5,9 @@
 
 use std::{process::Command, time::Duration};
 
-use kit::testing::{Binary, TestDb, grpcurl, workspace_binary};
+use kit::testing::{Binary, TestDb, grpcurl, issue_service_key, workspace_binary};
+
+const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// `curl` returning (HTTP status, body).
 fn curl(args: &[&str]) -> (u16, String) {
@@ -21,7 +23,12 @@ fn curl(args: &[&str]) -> (u16, String) {
 
 #[test]
 fn healthz_answers_and_sigterm_stops_the_proxy() {
-    let mut edge = Binary::start(env!("CARGO_BIN_EXE_edge-proxy").as_ref(), "EDGE", "", &[]);
+    let mut edge = Binary::start(
+        env!("CARGO_BIN_EXE_edge-proxy").as_ref(),
+        "EDGE",
+        "",
+        &[("EDGE_SERVICE_KEY", "cmk_unused")],
+    );
     assert_eq!(
         curl(&[&format!("http://{}/healthz", edge.addr)]),
         (200, "ok".to_owned())
@@ -56,7 +63,10 @@ async fn rest_calls_are_transcoded_and_errors_come_back_as_json() {
         env!("CARGO_BIN_EXE_edge-proxy").as_ref(),
         "EDGE",
         "",
-        &[("BILLING_URL", &billing_url)],
+        &[
+            ("BILLING_URL", &billing_url),
+            ("EDGE_SERVICE_KEY", "cmk_unused"),
+        ],
     );
     let base = format!("http://{}", edge.addr);
 
@@ -112,17 +122,15 @@ async fn a_browser_signs_up_logs_in_and_manages_api_keys_through_the_edge() {
         &workspace_binary("auth-svc"),
         "AUTH",
         db.url(),
-        &[(
-            "AUTH_MASTER_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )],
+        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
     );
     let auth_url = format!("http://{}", auth.addr);
+    let edge_key = issue_service_key(db.url(), MASTER_KEY, "edge-proxy", "service");
     let edge = Binary::start(
         &workspace_binary("edge-proxy"),
         "EDGE",
         "",
-        &[("AUTH_URL", &auth_url)],
+        &[("AUTH_URL", &auth_url), ("EDGE_SERVICE_KEY", &edge_key)],
     );
     let base = format!("http://{}", edge.addr);
     let json = ["-H", "content-type: application/json"];
@@ -218,4 +226,78 @@ async fn a_browser_signs_up_logs_in_and_manages_api_keys_through_the_edge() {
         .concat(),
     );
     assert_ne!(refreshed["refreshToken"], login["refreshToken"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_forwards_the_client_address_it_decided_not_one_a_client_wrote() {
+    let db = TestDb::new(&[]).await;
+    let auth = Binary::start(
+        &workspace_binary("auth-svc"),
+        "AUTH",
+        db.url(),
+        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
+    );
+    let auth_url = format!("http://{}", auth.addr);
+    let edge_key = issue_service_key(db.url(), MASTER_KEY, "edge-proxy", "service");
+    let edge = |trusted: &str| {
+        Binary::start(
+            &workspace_binary("edge-proxy"),
+            "EDGE",
+            "",
+            &[
+                ("AUTH_URL", &auth_url),
+                ("EDGE_SERVICE_KEY", &edge_key),
+                ("EDGE_TRUSTED_PROXIES", trusted),
+            ],
+        )
+    };
+    let json = ["-H", "content-type: application/json"];
+    let post = |base: &str, path: &str, body: &str, forwarded_for: &str| {
+        let header = format!("x-forwarded-for: {forwarded_for}");
+        curl_json(
+            &[
+                &json[..],
+                &["-H", &header, "-d", body, &format!("{base}{path}")],
+            ]
+            .concat(),
+        )
+    };
+    let password = "correct horse battery staple 42";
+    let login = format!(r#"{{"usernameOrEmail":"ada","password":"{password}"}}"#);
+    // The address auth-svc recorded for a session opened through `base` with `forwarded_for`.
+    let session_address = |base: &str, forwarded_for: &str| {
+        let login = post(base, "/v1/auth/login", &login, forwarded_for);
+        let bearer = format!(
+            "authorization: Bearer {}",
+            login["accessToken"].as_str().unwrap()
+        );
+        let sessions = curl_json(&[
+            "-H",
+            &bearer,
+            &format!("{base}/v1/users/me/sessions?pageSize=1"),
+        ]);
+        sessions["sessions"][0]["clientAddress"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let direct = edge("");
+    let base = format!("http://{}", direct.addr);
+    post(
+        &base,
+        "/v1/auth/register",
+        &format!(r#"{{"email":"ada@example.org","username":"ada","password":"{password}"}}"#),
+        "6.6.6.6",
+    );
+    // Nobody is trusted in front of this edge: the client's claim is dropped.
+    assert_eq!(session_address(&base, "6.6.6.6"), "127.0.0.1");
+
+    // Behind a trusted load balancer (here: this host), its right-most untrusted entry.
+    let behind_proxy = edge("127.0.0.1");
+    let base = format!("http://{}", behind_proxy.addr);
+    assert_eq!(
+        session_address(&base, "6.6.6.6, 203.0.113.9"),
+        "203.0.113.9"
+    );
 }

@@ -40,11 +40,12 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
         &workspace_binary("auth-svc"),
         "AUTH",
         db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY)],
+        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
     );
     let auth_url = format!("http://{}", auth.addr);
     let quota_key = service_key(&db, "quota-svc", "service");
     let billing_key = service_key(&db, "billing-svc", "service");
+    let edge_key = service_key(&db, "edge-proxy", "service");
     let backend_key = service_key(&db, "python-backend", "quota:consume,quota:read");
     let quota = Binary::start(
         &workspace_binary("quota-svc"),
@@ -61,7 +62,11 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
         &workspace_binary("edge-proxy"),
         "EDGE",
         "",
-        &[("AUTH_URL", &auth_url), ("QUOTA_URL", &quota_url)],
+        &[
+            ("AUTH_URL", &auth_url),
+            ("QUOTA_URL", &quota_url),
+            ("EDGE_SERVICE_KEY", &edge_key),
+        ],
     );
     let base = format!("http://{}", edge.addr);
 

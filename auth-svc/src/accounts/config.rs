@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::{lockout, password::Hasher};
+use super::{lockout, password::Hasher, secret::HashKey};
+use crate::keys::MasterKey;
 
 /// Account, token and mail settings (flattened into the binary's command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -46,16 +47,26 @@ pub struct AccountsArgs {
         value_parser = clap::value_parser!(u8).range(0..=4)
     )]
     pub password_min_strength: u8,
-    /// Registrations allowed per client address per hour (0: unlimited, e.g. for load tests).
+    /// Registration attempts allowed per client address per hour, refused ones included (0:
+    /// unlimited, e.g. for load tests).
     #[arg(long, env = "REGISTRATIONS_PER_CLIENT_HOUR", default_value_t = 20)]
     pub registrations_per_client_hour: u32,
+    /// Registration attempts allowed per hour from all clients together, a bound on the argon2
+    /// work sign-ups can cause (0: unlimited).
+    #[arg(long, env = "REGISTRATIONS_PER_HOUR", default_value_t = 2000)]
+    pub registrations_per_hour: u32,
     /// Refuse Login until the account's email is verified.
     #[arg(long, env = "AUTH_REQUIRE_VERIFIED_EMAIL")]
     pub require_verified_email: bool,
     /// SMTP server for verification and reset mail, e.g. `smtps://user:pass@smtp.example.com`.
-    /// Unset: mail goes to the `outbox` table and its link to the log (development).
+    /// Required unless `--log-mail` is set.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+    /// Development only: without `SMTP_URL`, keep mail in the `outbox` table and write its secret
+    /// link (a reset link signs its reader in) to the log. Without this setting auth-svc refuses
+    /// to start with no `SMTP_URL`, so production never logs reset links by accident.
+    #[arg(long, env = "AUTH_LOG_MAIL")]
+    pub log_mail: bool,
     /// Sender of auth-svc's mail.
     #[arg(
         long,
@@ -83,20 +94,25 @@ pub struct Config {
     pub reset_token_ttl: chrono::Duration,
     pub require_verified_email: bool,
     pub registrations_per_client_hour: u32,
+    pub registrations_per_hour: u32,
     pub password_min_strength: u8,
     pub public_url: String,
     pub lockout: lockout::Policy,
     pub hasher: Hasher,
+    /// Keys the stored form of login names that matched no account (and of registration
+    /// emails), derived from the master key.
+    pub name_key: HashKey,
 }
 
 impl Config {
-    pub fn new(args: &AccountsArgs) -> anyhow::Result<Self> {
+    pub fn new(args: &AccountsArgs, master_key: &MasterKey) -> anyhow::Result<Self> {
         Ok(Self {
             refresh_token_ttl: chrono::Duration::days(i64::from(args.refresh_token_ttl_days)),
             email_token_ttl: chrono::Duration::hours(24),
             reset_token_ttl: chrono::Duration::minutes(30),
             require_verified_email: args.require_verified_email,
             registrations_per_client_hour: args.registrations_per_client_hour,
+            registrations_per_hour: args.registrations_per_hour,
             password_min_strength: args.password_min_strength,
             public_url: args.public_url.trim_end_matches('/').to_owned(),
             lockout: lockout::Policy::default(),
@@ -105,6 +121,7 @@ impl Config {
                 args.argon2_iterations,
                 args.argon2_parallelism,
             )?,
+            name_key: HashKey::new(master_key.derive("commerce-mesh auth login names")),
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod validate;
 
 pub use config::{AccountsArgs, Config};
 
+use kit::client_address::ClientAddress;
 use tonic::Request;
 
 /// The lifecycle state of an account, as stored in `users.status`.
@@ -42,10 +43,11 @@ impl UserStatus {
     }
 }
 
-/// Where a request came from, as reported by the edge proxy.
+/// Where a request came from.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    /// First `x-forwarded-for` entry, else the peer IP; empty if unknown.
+    /// The address [`kit::client_address::ClientAddressLayer`] decided (a forwarded address only
+    /// from a trusted proxy), else the TCP peer's; empty if unknown.
     pub address: String,
     /// `user-agent`, truncated to 512 characters; empty if unknown.
     pub user_agent: String,
@@ -55,17 +57,15 @@ const MAX_USER_AGENT_CHARS: usize = 512;
 
 impl ClientInfo {
     pub fn of<T>(request: &Request<T>) -> Self {
-        let metadata = request.metadata();
-        let address = metadata
-            .get("x-forwarded-for")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|list| list.split(',').next())
-            .map(str::trim)
-            .filter(|first| !first.is_empty())
-            .map(str::to_owned)
-            .or_else(|| request.remote_addr().map(|peer| peer.ip().to_string()))
+        let address = request
+            .extensions()
+            .get::<ClientAddress>()
+            .map(|client| client.0)
+            .or_else(|| request.remote_addr().map(|peer| peer.ip()))
+            .map(|address| address.to_string())
             .unwrap_or_default();
-        let user_agent = metadata
+        let user_agent = request
+            .metadata()
             .get("user-agent")
             .and_then(|value| value.to_str().ok())
             .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect())
@@ -87,14 +87,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_forwarded_address_wins() {
+    fn a_forwarded_address_is_not_taken_from_the_request_itself() {
         let mut request = Request::new(());
         request.metadata_mut().insert(
             "x-forwarded-for",
-            "203.0.113.7, 10.0.0.1".parse().unwrap_or_else(|_| panic!()),
+            "203.0.113.7".parse().unwrap_or_else(|_| panic!()),
         );
-        assert_eq!(client_address(&request), "203.0.113.7");
-        assert_eq!(client_address(&Request::new(())), "");
+        assert_eq!(client_address(&request), "");
+        request
+            .extensions_mut()
+            .insert(ClientAddress([198, 51, 100, 2].into()));
+        assert_eq!(client_address(&request), "198.51.100.2");
     }
 
     #[test]

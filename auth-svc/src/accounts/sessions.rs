@@ -67,18 +67,28 @@ pub fn judge_refresh(
 }
 
 /// The lockout key of a sign-in: the account when one matched, else the name tried (so unknown
-/// names lock the same way and lockout reveals nothing either), hashed: what was typed may be a
-/// password put into the wrong box.
-fn account_key(user: Option<&UserRow>, name: &str) -> String {
+/// names lock the same way and lockout reveals nothing either), keyed-hashed: what was typed may
+/// be a password put into the wrong box, and a plain hash of it could be brute-forced offline.
+fn account_key(state: &State, user: Option<&UserRow>, name: &str) -> String {
     user.map_or_else(
-        || format!("name:{}", hex::encode(secret::hash(name))),
+        || {
+            let hash = secret::keyed_hash(&state.config.name_key, name);
+            format!("name:{}", hex::encode(hash))
+        },
         |user| user.id.to_string(),
     )
 }
 
-/// How long a password attempt waits before asking again when the limit is full only of
-/// attempts still being checked.
-const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a password attempt waits before asking again, the `retry`th time (0-based), when the
+/// limit is full only of attempts still being checked: doubling from 20 ms up to 320 ms, so a
+/// crowd of waiters does not re-run the admission transaction every few milliseconds.
+pub fn recheck_delay(retry: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(20 << retry.min(4))
+}
+
+/// The longest a password attempt waits for others to be checked; then it is refused as if
+/// locked for a second (a check takes far less unless the server is overloaded).
+pub const MAX_ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What the lockout rule made of a new password attempt.
 enum Admission {
@@ -103,7 +113,8 @@ pub(crate) async fn begin_attempt(
     client: &ClientInfo,
 ) -> Result<Uuid, Error> {
     let policy = state.config.lockout;
-    loop {
+    let mut waited = std::time::Duration::ZERO;
+    for retry in 0.. {
         let now = state.clock.now();
         let since = now - policy.window;
         let mut conn = state.pool.get().await?;
@@ -137,12 +148,20 @@ pub(crate) async fn begin_attempt(
         drop(conn);
         match admission {
             Admission::Begun(id) => return Ok(id),
-            Admission::Wait => tokio::time::sleep(RECHECK_INTERVAL).await,
+            Admission::Wait if waited < MAX_ADMISSION_WAIT => {
+                let delay = recheck_delay(retry);
+                tokio::time::sleep(delay).await;
+                waited += delay;
+            }
+            Admission::Wait => break,
             Admission::Locked { retry_after_secs } => {
                 return Err(Error::LockedOut { retry_after_secs });
             }
         }
     }
+    Err(Error::LockedOut {
+        retry_after_secs: 1,
+    })
 }
 
 /// Records whether the password of attempt `id` (from [`begin_attempt`]) was right.
@@ -165,7 +184,7 @@ pub async fn login(
         let mut conn = state.pool.get().await?;
         store::users::find_by_login(&mut conn, &name).await?
     };
-    let key = account_key(user.as_ref(), &name);
+    let key = account_key(state, user.as_ref(), &name);
     let subject = user.as_ref().map(|user| user.id);
     let attempt = begin_attempt(state, &key, subject, client).await?;
     let now = state.clock.now();
@@ -358,30 +377,40 @@ pub async fn logout(state: &State, client: &ClientInfo, token: &str) -> Result<(
     .await
 }
 
-/// How often old login attempts are pruned.
+/// How often old login and registration attempts are pruned.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Deletes login attempts older than the lockout window every [`PRUNE_INTERVAL`], so the table
-/// stays small whatever an attacker tries. Every replica may run it; deleting is idempotent.
+/// Deletes login and registration attempts that no limit counts any more every
+/// [`PRUNE_INTERVAL`], so the tables stay small whatever an attacker tries. Every replica may run it; deleting is idempotent.
 pub fn spawn_attempt_pruning(state: &State) {
     let state = state.clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
         loop {
             ticks.tick().await;
-            let before = state.clock.now() - state.config.lockout.window;
+            let now = state.clock.now();
             let pruned = match state.pool.get().await {
-                Ok(mut conn) => store::attempts::prune(&mut conn, before)
-                    .await
-                    .map_err(Error::from),
+                Ok(mut conn) => prune_attempts(&mut conn, &state, now).await,
                 Err(err) => Err(err.into()),
             };
             match pruned {
-                Ok(rows) => tracing::debug!(rows, "pruned old login attempts"),
-                Err(err) => tracing::warn!(%err, "pruning login attempts failed"),
+                Ok(rows) => tracing::debug!(rows, "pruned old login and registration attempts"),
+                Err(err) => tracing::warn!(%err, "pruning login and registration attempts failed"),
             }
         }
     });
+}
+
+/// Deletes the login attempts older than the lockout window and the registration attempts older
+/// than their hour; returns how many.
+async fn prune_attempts(
+    conn: &mut diesel_async::AsyncPgConnection,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<usize, Error> {
+    let logins = store::attempts::prune(conn, now - state.config.lockout.window).await?;
+    let registrations = store::registrations::prune(conn, now - chrono::Duration::hours(1)).await?;
+    Ok(logins + registrations)
 }
 
 /// A page of `user_id`'s active sessions and the next page token.
@@ -478,6 +507,22 @@ mod tests {
             judge_refresh(&token, &session, active, now),
             RefreshVerdict::Refuse
         );
+    }
+
+    #[test]
+    fn waiting_admissions_back_off_and_give_up() {
+        let delays: Vec<u128> = (0..6)
+            .map(|retry| recheck_delay(retry).as_millis())
+            .collect();
+        assert_eq!(delays, [20, 40, 80, 160, 320, 320]);
+        // About a dozen checks in the longest wait, not one every 20 ms (150).
+        let mut waited = std::time::Duration::ZERO;
+        let mut checks = 0;
+        while waited < MAX_ADMISSION_WAIT {
+            waited += recheck_delay(checks);
+            checks += 1;
+        }
+        assert!(checks <= 14, "{checks} checks");
     }
 
     #[test]

@@ -37,9 +37,15 @@ pub struct Registration<'a> {
 
 pub(crate) fn already_exists(err: diesel::result::Error) -> Error {
     match store::users::conflicting_field(&err) {
-        Some("email") => Error::AlreadyExists("email: already registered".into()),
-        Some(field) => Error::AlreadyExists(format!("{field}: already taken")),
+        Some(field) => taken_error(field),
         None => err.into(),
+    }
+}
+
+fn taken_error(field: &str) -> Error {
+    match field {
+        "email" => Error::AlreadyExists("email: already registered".into()),
+        field => Error::AlreadyExists(format!("{field}: already taken")),
     }
 }
 
@@ -78,6 +84,11 @@ fn send(state: &State, mail: Mail) {
     });
 }
 
+/// Register: validated, then limited (every attempt counts per address and overall), then
+/// checked for a taken email or username, and only then hashed, so probes cost no argon2 run.
+/// A taken email or username counts as a failed password attempt of the client address (the
+/// budget logins share) and of that email, which bounds enumeration the way lockout bounds
+/// guessing.
 pub async fn register(
     state: &State,
     client: &ClientInfo,
@@ -97,28 +108,23 @@ pub async fn register(
         &email,
         state.config.password_min_strength,
     )?;
-    let now = state.clock.now();
-    let mut conn = state.pool.get().await?;
-    let limit = state.config.registrations_per_client_hour;
-    // Unknown addresses are not limited: they would all share one budget.
-    if limit > 0 && !client.address.is_empty() {
-        let recent = store::audit::count_from_client(
-            &mut conn,
-            "user.registered",
-            &client.address,
-            now - chrono::Duration::hours(1),
-        )
-        .await?;
-        if recent >= i64::from(limit) {
-            return Err(Error::ResourceExhausted(
-                "too many registrations from this client; retry later".into(),
-            ));
-        }
+    admit_registration(state, client).await?;
+    let key = format!(
+        "registration:{}",
+        hex::encode(secret::keyed_hash(&state.config.name_key, &email))
+    );
+    let attempt = begin_attempt(state, &key, None, client).await?;
+    let taken = {
+        let mut conn = state.pool.get().await?;
+        store::users::taken_field(&mut conn, &email, &username).await?
+    };
+    settle_attempt(state, attempt, taken.is_none()).await?;
+    if let Some(field) = taken {
+        return Err(taken_error(field));
     }
-    // The connection goes back to the pool while argon2 runs, so slow hashes cannot starve it.
-    drop(conn);
+    // No connection is held while argon2 runs, so slow hashes cannot starve the pool.
     let hash = state.config.hasher.hash(input.password.to_owned()).await?;
-    let mut conn = state.pool.get().await?;
+    let now = state.clock.now();
     let user = UserRow {
         id: Uuid::now_v7(),
         email,
@@ -134,6 +140,7 @@ pub async fn register(
         deleted_at: None,
     };
     let (token, mail) = verification(state, &user, now);
+    let mut conn = state.pool.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {
         store::users::insert(conn, &user)
             .await
@@ -152,6 +159,37 @@ pub async fn register(
     .await?;
     send(state, mail);
     Ok(user)
+}
+
+/// Counts a registration attempt of `client` unless the address (limit per hour; unknown
+/// addresses share no budget) or everyone together (limit per hour) reached the limit:
+/// `RESOURCE_EXHAUSTED` then.
+async fn admit_registration(state: &State, client: &ClientInfo) -> Result<(), Error> {
+    let now = state.clock.now();
+    let since = now - chrono::Duration::hours(1);
+    let per_client = i64::from(state.config.registrations_per_client_hour);
+    let overall = i64::from(state.config.registrations_per_hour);
+    let mut conn = state.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        if per_client > 0 && !client.address.is_empty() {
+            store::registrations::lock(conn, &client.address).await?;
+            let recent =
+                store::registrations::count_since(conn, Some(&client.address), since).await?;
+            if recent >= per_client {
+                return Err(Error::ResourceExhausted(
+                    "too many registrations from this client; retry later".into(),
+                ));
+            }
+        }
+        if overall > 0 && store::registrations::count_since(conn, None, since).await? >= overall {
+            tracing::warn!(overall, "the hourly registration limit is reached");
+            return Err(Error::ResourceExhausted(
+                "too many registrations right now; retry later".into(),
+            ));
+        }
+        Ok(store::registrations::record(conn, &client.address, now).await?)
+    })
+    .await
 }
 
 /// Consumes a single-use email token of `purpose`: `FAILED_PRECONDITION` when unknown, used or

@@ -6,6 +6,11 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 /// Bounds what a client may make the server hash or compare.
 pub const MAX_SECRET_CHARS: usize = 1024;
+/// Usernames of the mesh's service accounts (`auth-svc service-key issue`): nobody else may take
+/// one, or pass for a service in the audit log and in lists.
+pub const SERVICE_USERNAME_PREFIX: &str = "svc-";
+/// The email domain of the service accounts, reserved for the same reason.
+pub const SERVICE_EMAIL_DOMAIN: &str = "service.invalid";
 
 /// A trimmed, lower-cased email address: one `@`, a non-empty local part of at most 64
 /// characters, and a domain of letters, digits and hyphens in dot-separated labels (a single
@@ -35,11 +40,16 @@ pub fn email(field: &'static str, raw: &str) -> Result<String, Error> {
             && !label.ends_with('-')
             && label.chars().all(|c| c.is_alphanumeric() || c == '-')
     });
-    if local_ok && domain_ok {
-        Ok(email)
-    } else {
-        Err(invalid())
+    if !(local_ok && domain_ok) {
+        return Err(invalid());
     }
+    if domain == SERVICE_EMAIL_DOMAIN {
+        return Err(Error::invalid(
+            field,
+            format!("the domain {SERVICE_EMAIL_DOMAIN} is reserved for service accounts"),
+        ));
+    }
+    Ok(email)
 }
 
 /// A lower-cased username: 3–32 characters of `a-z`, `0-9`, `_`, `.` and `-` (upper case
@@ -57,6 +67,14 @@ pub fn username(raw: &str) -> Result<String, Error> {
         return Err(Error::invalid(
             "username",
             "must be 3–32 characters of a-z, 0-9, _, . and -",
+        ));
+    }
+    if username.starts_with(SERVICE_USERNAME_PREFIX) {
+        return Err(Error::invalid(
+            "username",
+            format!(
+                "names starting with `{SERVICE_USERNAME_PREFIX}` are reserved for service accounts"
+            ),
         ));
     }
     Ok(username)

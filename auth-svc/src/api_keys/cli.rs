@@ -14,7 +14,12 @@ use super::{
     domain::{Grantor, KeyRequest},
     store,
 };
-use crate::{error::Error, keys::cli::connect, store::schema::auth::users};
+use crate::{
+    accounts::validate::{SERVICE_EMAIL_DOMAIN, SERVICE_USERNAME_PREFIX},
+    error::Error,
+    keys::cli::connect,
+    store::schema::auth::users,
+};
 
 /// Issue an API key for a service account; prints only the key.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +54,7 @@ fn account_name(service: &str) -> Result<String, Error> {
             "1–28 characters of a-z, 0-9 and -",
         ));
     }
-    Ok(format!("svc-{service}"))
+    Ok(format!("{SERVICE_USERNAME_PREFIX}{service}"))
 }
 
 /// The id of service account `username`, created (active, role `service`, no password) if
@@ -63,7 +68,7 @@ async fn ensure_service_account(
     diesel::insert_into(users::table)
         .values((
             users::id.eq(Uuid::now_v7()),
-            users::email.eq(format!("{username}@service.invalid")),
+            users::email.eq(format!("{username}@{SERVICE_EMAIL_DOMAIN}")),
             users::username.eq(username),
             users::display_name.eq(username),
             users::roles.eq(&roles),

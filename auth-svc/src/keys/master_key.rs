@@ -50,6 +50,17 @@ impl FromStr for MasterKey {
     }
 }
 
+impl MasterKey {
+    /// A key for one `purpose` (HKDF-SHA256), so the master key itself seals only signing keys
+    /// and a key used elsewhere reveals nothing about it.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut key = [0_u8; 32];
+        // 32 bytes is far below HKDF-SHA256's limit of 255 blocks, so expanding cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0).expand(purpose.as_bytes(), &mut key);
+        key
+    }
+}
+
 /// Sealing or opening failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {

@@ -3,9 +3,10 @@
 //! published public keys, and rotation.
 //!
 //! A rotated key keeps verifying: its public half stays in the JWKS until every token it signed
-//! has expired ([`ring::is_published`]). Replicas pick up a rotation within [`RELOAD_INTERVAL`];
-//! the JWKS is read from the database on every call (verifiers fetch it rarely and cache it), so
-//! a new key is published before any replica signs with it.
+//! has expired ([`ring::is_published`]). Replicas pick up a rotation within [`RELOAD_INTERVAL`].
+//! `GetJwks` is public, so it is served from memory, read again at most every
+//! [`JWKS_CACHE_TTL`]; a new key signs only after [`ring::PUBLISH_BEFORE_SIGNING`], by when every
+//! replica's copy lists it.
 
 pub mod cli;
 mod master_key;
@@ -13,7 +14,7 @@ pub mod ring;
 pub mod store;
 
 use std::{
-    sync::RwLock,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -35,6 +36,10 @@ use crate::{State, error::Error};
 /// How often a replica re-reads which key is current, so a rotation made elsewhere (the CLI,
 /// another replica) takes effect.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a replica serves its copy of the JWKS: unauthenticated floods of `GetJwks` reach the
+/// database at most once per interval.
+pub const JWKS_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// Token settings and the key sealing signing keys.
 #[derive(Debug, Clone)]
@@ -68,6 +73,15 @@ pub struct Signer {
     config: KeysConfig,
     current: RwLock<Option<CurrentKey>>,
     loading: tokio::sync::Mutex<()>,
+    jwks: RwLock<Option<PublishedKeys>>,
+    jwks_loading: tokio::sync::Mutex<()>,
+}
+
+/// The JWKS as last read.
+#[derive(Clone)]
+struct PublishedKeys {
+    keys: Arc<Vec<proto::auth::Jwk>>,
+    loaded_at: Instant,
 }
 
 impl std::fmt::Debug for Signer {
@@ -85,6 +99,8 @@ impl Signer {
             config,
             current: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
+            jwks: RwLock::new(None),
+            jwks_loading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -96,7 +112,7 @@ impl Signer {
         roles: &[String],
         now: DateTime<Utc>,
     ) -> Result<(String, DateTime<Utc>), Error> {
-        let current = self.current_key().await?;
+        let current = self.current_key(now).await?;
         let subject = TokenSubject {
             user_id,
             session_id,
@@ -117,12 +133,40 @@ impl Signer {
         Ok((token, expires_at))
     }
 
-    /// The public keys that verify unexpired tokens at `now`, current first.
-    pub async fn jwks(&self, now: DateTime<Utc>) -> Result<Vec<proto::auth::Jwk>, Error> {
+    /// The public keys that verify unexpired tokens, current first, as read at most
+    /// [`JWKS_CACHE_TTL`] ago.
+    pub async fn jwks(&self) -> Result<Arc<Vec<proto::auth::Jwk>>, Error> {
+        if let Some(keys) = self.fresh_jwks() {
+            return Ok(keys);
+        }
+        // One read at a time; the others wait for its result.
+        let _loading = self.jwks_loading.lock().await;
+        if let Some(keys) = self.fresh_jwks() {
+            return Ok(keys);
+        }
+        let keys = Arc::new(self.read_jwks(Utc::now()).await?);
+        if let Ok(mut slot) = self.jwks.write() {
+            *slot = Some(PublishedKeys {
+                keys: Arc::clone(&keys),
+                loaded_at: Instant::now(),
+            });
+        }
+        Ok(keys)
+    }
+
+    fn fresh_jwks(&self) -> Option<Arc<Vec<proto::auth::Jwk>>> {
+        let slot = self.jwks.read().ok()?;
+        slot.as_ref()
+            .filter(|published| published.loaded_at.elapsed() < JWKS_CACHE_TTL)
+            .map(|published| Arc::clone(&published.keys))
+    }
+
+    /// The JWKS at `now`, read from the database.
+    pub async fn read_jwks(&self, now: DateTime<Utc>) -> Result<Vec<proto::auth::Jwk>, Error> {
         let mut keys = store::all(&mut *self.pool.get().await?).await?;
         if !keys.iter().any(|key| key.rotated_at.is_none()) {
             // A fresh database: create the first key, so verifiers never see an empty JWKS.
-            self.current_key().await?;
+            self.current_key(now).await?;
             keys = store::all(&mut *self.pool.get().await?).await?;
         }
         let public = keys.iter().filter_map(SigningKeyRow::public).collect();
@@ -132,7 +176,9 @@ impl Signer {
             .collect())
     }
 
-    async fn current_key(&self) -> Result<CurrentKey, Error> {
+    /// The key to sign with at `now` ([`ring::signing_key`]), chosen again every
+    /// [`RELOAD_INTERVAL`].
+    async fn current_key(&self, now: DateTime<Utc>) -> Result<CurrentKey, Error> {
         if let Some(current) = self.fresh_current() {
             return Ok(current);
         }
@@ -142,7 +188,15 @@ impl Signer {
             return Ok(current);
         }
         let mut conn = self.pool.get().await?;
-        let row = current_or_create(&mut conn, &self.config.master_key, Utc::now()).await?;
+        current_or_create(&mut conn, &self.config.master_key, now).await?;
+        let rows = store::all(&mut conn).await?;
+        let public: Vec<_> = rows.iter().filter_map(SigningKeyRow::public).collect();
+        let chosen = ring::signing_key(&public, self.config.token_ttl(), now)
+            .ok_or_else(|| Error::Internal("no current signing key".to_owned()))?;
+        let row = rows
+            .into_iter()
+            .find(|row| row.kid == chosen.kid)
+            .ok_or_else(|| Error::Internal("the chosen signing key vanished".to_owned()))?;
         let current = CurrentKey {
             key: open(&self.config.master_key, &row)?,
             kid: row.kid,
@@ -245,6 +299,8 @@ pub async fn get_jwks(
     state: &State,
     _request: Request<proto::auth::GetJwksRequest>,
 ) -> Result<Response<proto::auth::GetJwksResponse>, Status> {
-    let keys = state.credentials.signer.jwks(Utc::now()).await?;
-    Ok(Response::new(proto::auth::GetJwksResponse { keys }))
+    let keys = state.credentials.signer.jwks().await?;
+    Ok(Response::new(proto::auth::GetJwksResponse {
+        keys: keys.as_ref().clone(),
+    }))
 }

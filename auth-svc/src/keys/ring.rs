@@ -52,6 +52,28 @@ pub fn published(
     keys
 }
 
+/// How long a new key is published before it signs: longer than a replica keeps its copy of the
+/// JWKS (`super::JWKS_CACHE_TTL`), so every copy lists a key before any token signed with it exists.
+pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::seconds(10);
+
+/// The key to sign with at `now`: the current key once it has been published for
+/// [`PUBLISH_BEFORE_SIGNING`]; until then the key it replaced (still published), or the current
+/// key if there is none (a fresh database: no token exists that a stale copy could miss).
+pub fn signing_key(
+    keys: &[PublicKey],
+    token_ttl: Duration,
+    now: DateTime<Utc>,
+) -> Option<&PublicKey> {
+    let current = keys.iter().find(|key| key.rotated_at.is_none())?;
+    if current.created_at + PUBLISH_BEFORE_SIGNING <= now {
+        return Some(current);
+    }
+    keys.iter()
+        .filter(|key| key.rotated_at.is_some() && is_published(key, token_ttl, now))
+        .max_by_key(|key| key.rotated_at)
+        .or(Some(current))
+}
+
 /// The JWKS entry of a key.
 pub fn jwk(key: &PublicKey) -> proto::auth::Jwk {
     proto::auth::Jwk {
@@ -172,5 +194,23 @@ mod tests {
         assert_eq!((claims.iss.as_str(), claims.aud.as_str()), ("iss", "aud"));
         assert_eq!(claims.exp - claims.iat, 900);
         assert_eq!(expires_at.timestamp(), claims.exp);
+    }
+
+    #[test]
+    fn a_new_key_signs_only_once_every_jwks_copy_lists_it() {
+        let ttl = Duration::minutes(15);
+        let at =
+            |seconds| DateTime::UNIX_EPOCH + Duration::minutes(200) + Duration::seconds(seconds);
+        let keys = vec![key("previous", 100, Some(200)), key("current", 200, None)];
+        let kid = |now| signing_key(&keys, ttl, now).map(|key| key.kid.as_str());
+        assert_eq!(kid(at(0)), Some("previous"));
+        assert_eq!(kid(at(9)), Some("previous"));
+        assert_eq!(kid(at(10)), Some("current"));
+        // A fresh database has only the current key: it signs at once.
+        let first = vec![key("first", 200, None)];
+        assert_eq!(
+            signing_key(&first, ttl, at(0)).map(|key| key.kid.as_str()),
+            Some("first")
+        );
     }
 }

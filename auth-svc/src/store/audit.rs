@@ -50,22 +50,6 @@ pub async fn record(
         .map(drop)
 }
 
-/// How many `event_type` events came from `client_address` since `since`.
-pub async fn count_from_client(
-    conn: &mut AsyncPgConnection,
-    event_type: &str,
-    client_address: &str,
-    since: DateTime<Utc>,
-) -> QueryResult<i64> {
-    audit_events::table
-        .filter(audit_events::client_address.eq(client_address))
-        .filter(audit_events::event_type.eq(event_type))
-        .filter(audit_events::occurred_at.gt(since))
-        .count()
-        .get_result(conn)
-        .await
-}
-
 /// Filters of ListAuditEvents; `to` is exclusive.
 #[derive(Debug, Default)]
 pub struct AuditFilter {

@@ -5,6 +5,7 @@ pub mod attempts;
 pub mod audit;
 pub mod email_tokens;
 pub mod outbox;
+pub mod registrations;
 pub mod schema;
 pub mod sessions;
 pub mod users;

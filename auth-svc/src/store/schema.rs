@@ -72,6 +72,14 @@ pub mod auth {
     }
 
     diesel::table! {
+        auth.registration_attempts (id) {
+            id -> Uuid,
+            attempted_at -> Timestamptz,
+            client_address -> Text,
+        }
+    }
+
+    diesel::table! {
         auth.sessions (id) {
             id -> Uuid,
             user_id -> Uuid,
@@ -124,6 +132,7 @@ pub mod auth {
         login_attempts,
         outbox,
         refresh_tokens,
+        registration_attempts,
         sessions,
         signing_keys,
         users,

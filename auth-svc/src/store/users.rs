@@ -45,6 +45,28 @@ pub fn conflicting_field(err: &diesel::result::Error) -> Option<&'static str> {
     }
 }
 
+/// Which of `email` and `username` a non-deleted account holds already (email first), the way
+/// [`conflicting_field`] would report it on insert.
+pub async fn taken_field(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    username: &str,
+) -> QueryResult<Option<&'static str>> {
+    let holders: Vec<(String, String)> = users::table
+        .filter(users::email.eq(email).or(users::username.eq(username)))
+        .filter(users::status.ne(UserStatus::Deleted.as_str()))
+        .select((users::email, users::username))
+        .load(conn)
+        .await?;
+    Ok(if holders.iter().any(|(held, _)| held == email) {
+        Some("email")
+    } else if holders.is_empty() {
+        None
+    } else {
+        Some("username")
+    })
+}
+
 pub async fn insert(conn: &mut AsyncPgConnection, row: &UserRow) -> QueryResult<()> {
     diesel::insert_into(users::table)
         .values(row)

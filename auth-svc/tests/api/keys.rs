@@ -542,7 +542,7 @@ struct SigningKeyRow {
 async fn private_keys_are_sealed_with_the_master_key() {
     let keys = Keys::new().await;
     let signer = &keys.state.credentials.signer;
-    signer.jwks(Utc::now()).await.unwrap();
+    signer.read_jwks(Utc::now()).await.unwrap();
     let rows: Vec<SigningKeyRow> =
         sql_query("SELECT kid, public_key, private_key_sealed FROM signing_keys")
             .load(&mut keys.conn().await)
@@ -591,7 +591,7 @@ fn hex_key(byte: u8) -> String {
 async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
     let keys = Keys::new().await;
     let now = Utc::now();
-    let first = keys.state.credentials.signer.jwks(now).await.unwrap();
+    let first = keys.state.credentials.signer.read_jwks(now).await.unwrap();
     assert_eq!(first.len(), 1);
     let user = keys.user(&[]).await;
     let old_token = keys.as_user(user, &[], ()).await;
@@ -599,7 +599,7 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
     let new_kid = keys::rotate(&mut keys.conn().await, &master_key(), now)
         .await
         .unwrap();
-    let jwks = keys.state.credentials.signer.jwks(now).await.unwrap();
+    let jwks = keys.state.credentials.signer.read_jwks(now).await.unwrap();
     let kids: Vec<&str> = jwks.iter().map(|k| k.kid.as_str()).collect();
     assert_eq!(
         kids,
@@ -622,7 +622,7 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
         .state
         .credentials
         .signer
-        .jwks(after_expiry)
+        .read_jwks(after_expiry)
         .await
         .unwrap()
         .into_iter()
@@ -630,18 +630,27 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
         .collect();
     assert_eq!(kids, std::slice::from_ref(&new_kid));
 
-    // A process started after the rotation signs with the new key; tokens of the old key still verify.
-    let fresh = Keys::state_on(&keys.db, "commerce-mesh", "commerce-mesh");
-    let (token, _) = fresh
-        .credentials
-        .signer
-        .issue_access_token(user, Uuid::now_v7(), &[], now)
-        .await
-        .unwrap();
-    assert_eq!(
-        jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),
-        Some(new_kid.as_str())
-    );
+    // A process started right after the rotation still signs with the previous key (a replica's
+    // JWKS copy may not list the new one yet); once every copy lists it, with the new key. Tokens
+    // of the old key still verify.
+    let kid_signing_at = async |at| {
+        let fresh = Keys::state_on(&keys.db, "commerce-mesh", "commerce-mesh");
+        let (token, _) = fresh
+            .credentials
+            .signer
+            .issue_access_token(user, Uuid::now_v7(), &[], at)
+            .await
+            .unwrap();
+        (
+            fresh,
+            token.clone(),
+            jsonwebtoken::decode_header(&token).unwrap().kid.unwrap(),
+        )
+    };
+    let (_, _, kid) = kid_signing_at(now).await;
+    assert_eq!(kid, first[0].kid);
+    let (fresh, token, kid) = kid_signing_at(now + keys::ring::PUBLISH_BEFORE_SIGNING).await;
+    assert_eq!(kid, new_kid);
     let authenticator = &fresh.credentials.authenticator;
     assert!(authenticator.verify_token(&token).await.is_ok());
     assert!(authenticator.authenticate(&old_token).await.is_ok());
@@ -723,7 +732,7 @@ async fn the_authenticator_accepts_only_genuine_tokens() {
     let none = serde_json::json!({"alg": "none", "typ": "JWT", "kid": kid});
     refused(format!("{}.{}.", b64(&none), b64(&claims))).await;
     // HS256 with the public key as the HMAC secret (algorithm confusion).
-    let jwk = signer.jwks(now).await.unwrap().remove(0);
+    let jwk = signer.read_jwks(now).await.unwrap().remove(0);
     let public_key = URL_SAFE_NO_PAD.decode(&jwk.x).unwrap();
     let claims_struct: AccessClaims = serde_json::from_value(claims.clone()).unwrap();
     for secret in [public_key.clone(), jwk.x.clone().into_bytes()] {
@@ -836,7 +845,7 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
         std::path::Path::new(env!("CARGO_BIN_EXE_auth-svc")),
         "AUTH",
         db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY)],
+        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
     );
     let addr = server.addr.to_string();
 
@@ -882,23 +891,32 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
     let refused = verify(first, second).unwrap_err();
     assert!(refused.contains("Unauthenticated"), "{refused}");
 
-    // A rotation by the CLI is published at once.
+    // A rotation by the CLI is published within the JWKS cache's lifetime (the server answers
+    // GetJwks from memory), long before the new key signs anything.
     let kid = auth_svc(&db, &["keys", "rotate"]);
-    let jwks = grpcurl_json(&[
-        "-plaintext",
-        "-d",
-        "{}",
-        &addr,
-        "commerce.auth.v1.AuthService/GetJwks",
-    ])
-    .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert_eq!(kids, [kid.trim(), published[0]["kid"].as_str().unwrap()]);
+    let expected = [kid.trim(), published[0]["kid"].as_str().unwrap()];
+    let published_by = std::time::Instant::now() + auth_svc::keys::JWKS_CACHE_TTL * 2;
+    loop {
+        let jwks = grpcurl_json(&[
+            "-plaintext",
+            "-d",
+            "{}",
+            &addr,
+            "commerce.auth.v1.AuthService/GetJwks",
+        ])
+        .unwrap();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        if kids == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < published_by, "{kids:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Uses noted since the last periodic write are written on shutdown.
     let (status, _) = server.terminate(Duration::from_secs(10));

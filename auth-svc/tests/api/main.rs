@@ -6,3 +6,4 @@
 mod accounts;
 mod common;
 mod keys;
+mod security;

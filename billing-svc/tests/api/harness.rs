@@ -19,6 +19,7 @@ use billing_svc::{
 };
 use chrono::{TimeDelta, Utc};
 use kit::{
+    client_address::TrustedProxies,
     clock::ManualClock,
     testing::{InProcess, TcpProxy, TestDb, TestIssuer},
 };
@@ -164,7 +165,8 @@ impl Mesh {
                 billing: format!("http://{}", billing_server.addr),
                 quota: format!("http://{}", quota_server.addr),
             },
-            false,
+            // No auth-svc here (the issuer fakes it): nothing verifies the key.
+            edge_proxy::Forwarding::new(TrustedProxies::default(), "cmk_unused").unwrap(),
             Duration::from_secs(10),
         )
         .unwrap();
