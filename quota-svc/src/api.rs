@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kit::{
-    caller::{Authenticator, Caller, role, scope},
+    caller::{Authenticator, Caller, Credential, role, scope},
     convert::{optional_time, required_time, timestamp, uuid},
     json,
     page::{self, Cursor},
@@ -17,6 +17,7 @@ use crate::{
     domain::{
         Counter, Source,
         batch::{Decision, Request as ConsumeInput},
+        consumer::{Consumer, Refunder, SignedInWith},
         usage::Bucket,
         validate,
     },
@@ -59,6 +60,25 @@ fn subject(caller: &Caller, requested: &str) -> Result<Uuid, Error> {
              `quota:consume` of an owner with the `service` role"
                 .to_owned(),
         ))
+    }
+}
+
+/// The caller as the maker of a consumption.
+fn consumer(caller: &Caller) -> Consumer {
+    Consumer {
+        principal: caller.user_id,
+        with: match caller.credential {
+            Credential::Session { .. } => SignedInWith::Session,
+            Credential::ApiKey { .. } => SignedInWith::ApiKey,
+        },
+    }
+}
+
+/// The caller as a refunder: services and admins may refund any consumption.
+fn refunder(caller: &Caller) -> Refunder {
+    Refunder {
+        principal: caller.user_id,
+        privileged: caller.has_scope(scope::SERVICE) || caller.is_admin(),
     }
 }
 
@@ -196,6 +216,7 @@ impl QuotaService for Quota {
                     metric: request.metric,
                     amount,
                     idempotency_key: request.idempotency_key,
+                    consumer: consumer(&caller),
                 },
                 attributes,
             })
@@ -228,7 +249,10 @@ impl QuotaService for Quota {
                 .into());
             }
         };
-        let refunded = self.core.refund(subject, usage_id, key).await?;
+        let refunded = self
+            .core
+            .refund(subject, refunder(&caller), usage_id, key)
+            .await?;
         Ok(Response::new(pb::RefundResponse {
             usage_id: refunded.usage_id.to_string(),
             refunded_amount: refunded.amount,

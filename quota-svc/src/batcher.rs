@@ -271,7 +271,13 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::{MIGRATIONS, SPEC, domain::batch::Request};
+    use crate::{
+        MIGRATIONS, SPEC,
+        domain::{
+            batch::Request,
+            consumer::{Consumer, SignedInWith},
+        },
+    };
 
     fn pending(subject: Uuid, key: &str) -> Pending {
         Pending {
@@ -280,6 +286,10 @@ mod tests {
                 metric: "api.calls".to_owned(),
                 amount: 1,
                 idempotency_key: key.to_owned(),
+                consumer: Consumer {
+                    principal: subject,
+                    with: SignedInWith::Session,
+                },
             },
             attributes: None,
         }

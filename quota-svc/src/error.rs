@@ -3,6 +3,8 @@
 use kit::{db::DbError, error::FieldError};
 use tonic::Status;
 
+use crate::domain::consumer::RefundRefused;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input; the message starts with the field name.
@@ -24,6 +26,12 @@ pub enum Error {
 impl Error {
     pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
         Self::Invalid(FieldError::new(field, problem))
+    }
+}
+
+impl From<RefundRefused> for Error {
+    fn from(refused: RefundRefused) -> Self {
+        Self::PermissionDenied(refused.to_string())
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::Counter;
+use super::{Counter, consumer::Consumer};
 
 /// One validated Consume request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Request {
     pub metric: String,
     pub amount: i64,
     pub idempotency_key: String,
+    /// Recorded with the consumption: who may refund it.
+    pub consumer: Consumer,
 }
 
 /// The answer recorded with an idempotency key: what an allowed consumption returned.
@@ -106,7 +108,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::Source;
+    use crate::domain::{Source, consumer::SignedInWith};
+
+    /// The subject consuming its own quota.
+    fn by(subject: Uuid) -> Consumer {
+        Consumer {
+            principal: subject,
+            with: SignedInWith::Session,
+        }
+    }
 
     fn counter(limit: Option<i64>) -> Counter {
         Counter {
@@ -135,6 +145,7 @@ mod tests {
             metric: "m".to_owned(),
             amount,
             idempotency_key: key.to_owned(),
+            consumer: by(subject),
         };
         let decisions = apply(
             &mut counters,
@@ -169,6 +180,7 @@ mod tests {
                 metric: "nope".to_owned(),
                 amount: 1,
                 idempotency_key: "k".to_owned(),
+                consumer: by(Uuid::from_u128(1)),
             }],
             ids(),
         );
@@ -183,6 +195,7 @@ mod tests {
             metric: metric.to_owned(),
             amount,
             idempotency_key: key.to_owned(),
+            consumer: by(subject),
         };
         let mut counters = HashMap::from([
             ((subject, "unlimited".to_owned()), counter(None)),
@@ -240,6 +253,7 @@ mod tests {
                     metric: ["a", "b", "c"][metric].to_owned(),
                     amount,
                     idempotency_key: format!("k{key}"),
+                    consumer: by(Uuid::from_u128(subject)),
                 })
                 .collect()
         })

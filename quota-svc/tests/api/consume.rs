@@ -9,7 +9,10 @@ use proto::quota::{
 };
 use quota_svc::{
     SPEC,
-    domain::batch::{Decision, Request as BatchRequest},
+    domain::{
+        batch::{Decision, Request as BatchRequest},
+        consumer::{Consumer, SignedInWith},
+    },
     store::consume::{BatchError, Keys, Pending, consume_batch},
 };
 use tonic::Code;
@@ -98,6 +101,10 @@ async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
             metric: "api.calls".to_owned(),
             amount,
             idempotency_key: key.to_owned(),
+            consumer: Consumer {
+                principal: subject,
+                with: SignedInWith::Session,
+            },
         },
         attributes: None,
     };
