@@ -123,6 +123,7 @@ fn consume_response(decision: Decision) -> Result<pb::ConsumeResponse, Error> {
             ..Default::default()
         },
         Decision::KeyReused => return Err(Error::KeyReused),
+        Decision::KeyTaken => return Err(Error::KeyTaken),
     })
 }
 

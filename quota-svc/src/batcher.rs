@@ -72,10 +72,12 @@ impl Turn {
 
     fn finished(&mut self, calls: usize, decisions: &[Decision]) {
         self.last_batch = calls;
-        if decisions
-            .iter()
-            .any(|decision| matches!(decision, Decision::Replayed(_) | Decision::KeyReused))
-        {
+        if decisions.iter().any(|decision| {
+            matches!(
+                decision,
+                Decision::Replayed(_) | Decision::KeyReused | Decision::KeyTaken
+            )
+        }) {
             self.look_up_until = Instant::now() + LOOK_UP_AFTER_REPLAY;
         }
     }

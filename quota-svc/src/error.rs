@@ -16,6 +16,8 @@ pub enum Error {
     PermissionDenied(String),
     #[error("idempotency_key: already used with a different metric or amount")]
     KeyReused,
+    #[error("idempotency_key: already used for this subject by another caller")]
+    KeyTaken,
     /// The consume batch could not be committed (database down, queue closed); nothing consumed.
     #[error("{0}")]
     Unavailable(String),
@@ -47,7 +49,7 @@ impl From<Error> for Status {
             Error::Invalid(err) => err.into(),
             Error::NotFound(message) => Status::not_found(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
-            err @ Error::KeyReused => Status::already_exists(err.to_string()),
+            err @ (Error::KeyReused | Error::KeyTaken) => Status::already_exists(err.to_string()),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "consume batch failed");
                 Status::unavailable("quota is unavailable; nothing was consumed; retry later")

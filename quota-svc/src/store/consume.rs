@@ -69,6 +69,8 @@ struct RecordedRow {
     used: i64,
     #[diesel(sql_type = Timestamptz)]
     resets_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    consumed_by: Option<Uuid>,
 }
 
 impl RecordedRow {
@@ -83,6 +85,7 @@ impl RecordedRow {
                 limit: self.quota_limit,
                 used: self.used,
                 resets_at: self.resets_at,
+                consumed_by: self.consumed_by,
             },
         )
     }
@@ -201,7 +204,7 @@ pub async fn consume_in_one_statement(
              SELECT $1, $4, $6, $2, $3, quota_limit, used, period_end, $5, $8, $9 \
              FROM counter \
              RETURNING subject, idempotency_key, metric, amount, usage_id, quota_limit, used, \
-                       resets_at",
+                       resets_at, consumed_by",
         )
         .bind::<SqlUuid, _>(request.subject)
         .bind::<Text, _>(&request.metric)
@@ -231,7 +234,7 @@ async fn recorded_answers<'a>(
         .unzip();
     let rows: Vec<RecordedRow> = sql_query(
         "SELECT i.subject, i.idempotency_key, i.metric, i.amount, i.usage_id, i.quota_limit, \
-                i.used, i.resets_at \
+                i.used, i.resets_at, i.consumed_by \
          FROM unnest($1::uuid[], $2::text[]) AS k(subject, idempotency_key), \
          LATERAL (SELECT * FROM idempotency_keys i \
                   WHERE i.subject = k.subject AND i.idempotency_key = k.idempotency_key) i",

@@ -299,3 +299,63 @@ async fn a_user_cannot_refund_a_batch_of_backend_charges() {
     }
     assert_eq!(state(&mesh, user).await, (40, 0, 0));
 }
+
+/// A user who consumes the key a backend is about to use (say a request id the user chose),
+/// refunds it as their own consumption, and then has the backend charge that key, is not
+/// answered with a replay: the backend's call is ALREADY_EXISTS and the backend does not do the
+/// work for free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_take_a_backends_idempotency_key_to_have_its_charge_replayed() {
+    let mesh = Mesh::start().await;
+    let user = Uuid::now_v7();
+    mesh.plan(user, &[("api.calls", Some(10))], 1).await;
+    let account = Uuid::now_v7();
+    let backend = backend_key_of(&mesh, account);
+    let session = mesh.issuer.token(user, &[]);
+    let taken = mesh
+        .client()
+        .consume(as_token(&session, consume("", 1, "req-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(taken.allowed);
+    refund(&mesh, as_token(&session, by_key(user, "req-1")))
+        .await
+        .unwrap();
+    let status = mesh
+        .client()
+        .consume(with_key(consume(&user.to_string(), 1, "req-1"), &backend))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("another caller"), "{status:?}");
+    assert_eq!(state(&mesh, user).await, (0, 1, 1));
+
+    // The other way round: the user is not answered with the backend's charge either, while
+    // another key of the backend's account replays it.
+    let charged = mesh
+        .client()
+        .consume(with_key(consume(&user.to_string(), 2, "job-1"), &backend))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(charged.allowed && !charged.replayed);
+    let status = mesh
+        .client()
+        .consume(as_token(&session, consume("", 2, "job-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    let replayed = mesh
+        .client()
+        .consume(with_key(
+            consume(&user.to_string(), 2, "job-1"),
+            &backend_key_of(&mesh, account),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.usage_id, charged.usage_id);
+    assert_eq!(state(&mesh, user).await, (2, 1, 1));
+}
