@@ -149,10 +149,9 @@ async fn another_backend_cannot_refund_what_a_backend_charged() {
         .into_inner();
     assert!(charged.allowed);
     let other = backend_key_of(&mesh, Uuid::now_v7());
-    let refund_1 = by_id(&charged.usage_id);
     let refund_1 = RefundRequest {
         subject: user.to_string(),
-        ..refund_1
+        ..by_id(&charged.usage_id)
     };
     assert_refused(refund(&mesh, with_key(refund_1.clone(), &other)).await);
     assert_eq!(state(&mesh, user).await, (2, 0, 0));
