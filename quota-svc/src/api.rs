@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kit::{
-    caller::{Authenticator, Caller, role, scope},
+    caller::{Authenticator, Caller, Credential, role, scope},
     convert::{optional_time, required_time, timestamp, uuid},
     json,
     page::{self, Cursor},
@@ -17,6 +17,7 @@ use crate::{
     domain::{
         Counter, Source,
         batch::{Decision, Request as ConsumeInput},
+        consumer::{Consumer, Refunder, SignedInWith},
         usage::Bucket,
         validate,
     },
@@ -62,6 +63,25 @@ fn subject(caller: &Caller, requested: &str) -> Result<Uuid, Error> {
     }
 }
 
+/// The caller as the maker of a consumption.
+fn consumer(caller: &Caller) -> Consumer {
+    Consumer {
+        principal: caller.user_id,
+        with: match caller.credential {
+            Credential::Session { .. } => SignedInWith::Session,
+            Credential::ApiKey { .. } => SignedInWith::ApiKey,
+        },
+    }
+}
+
+/// The caller as a refunder: services and admins may refund any consumption.
+fn refunder(caller: &Caller) -> Refunder {
+    Refunder {
+        principal: caller.user_id,
+        privileged: caller.has_scope(scope::SERVICE) || caller.is_admin(),
+    }
+}
+
 fn quota_state(metric: String, counter: &Counter) -> pb::QuotaState {
     pb::QuotaState {
         metric,
@@ -103,6 +123,7 @@ fn consume_response(decision: Decision) -> Result<pb::ConsumeResponse, Error> {
             ..Default::default()
         },
         Decision::KeyReused => return Err(Error::KeyReused),
+        Decision::KeyTaken => return Err(Error::KeyTaken),
     })
 }
 
@@ -196,6 +217,7 @@ impl QuotaService for Quota {
                     metric: request.metric,
                     amount,
                     idempotency_key: request.idempotency_key,
+                    consumer: consumer(&caller),
                 },
                 attributes,
             })
@@ -228,7 +250,10 @@ impl QuotaService for Quota {
                 .into());
             }
         };
-        let refunded = self.core.refund(subject, usage_id, key).await?;
+        let refunded = self
+            .core
+            .refund(subject, refunder(&caller), usage_id, key)
+            .await?;
         Ok(Response::new(pb::RefundResponse {
             usage_id: refunded.usage_id.to_string(),
             refunded_amount: refunded.amount,

@@ -72,10 +72,12 @@ impl Turn {
 
     fn finished(&mut self, calls: usize, decisions: &[Decision]) {
         self.last_batch = calls;
-        if decisions
-            .iter()
-            .any(|decision| matches!(decision, Decision::Replayed(_) | Decision::KeyReused))
-        {
+        if decisions.iter().any(|decision| {
+            matches!(
+                decision,
+                Decision::Replayed(_) | Decision::KeyReused | Decision::KeyTaken
+            )
+        }) {
             self.look_up_until = Instant::now() + LOOK_UP_AFTER_REPLAY;
         }
     }
@@ -271,7 +273,13 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::{MIGRATIONS, SPEC, domain::batch::Request};
+    use crate::{
+        MIGRATIONS, SPEC,
+        domain::{
+            batch::Request,
+            consumer::{Consumer, SignedInWith},
+        },
+    };
 
     fn pending(subject: Uuid, key: &str) -> Pending {
         Pending {
@@ -280,6 +288,10 @@ mod tests {
                 metric: "api.calls".to_owned(),
                 amount: 1,
                 idempotency_key: key.to_owned(),
+                consumer: Consumer {
+                    principal: subject,
+                    with: SignedInWith::Session,
+                },
             },
             attributes: None,
         }

@@ -3,6 +3,8 @@
 use kit::{db::DbError, error::FieldError};
 use tonic::Status;
 
+use crate::domain::consumer::RefundRefused;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input; the message starts with the field name.
@@ -14,6 +16,8 @@ pub enum Error {
     PermissionDenied(String),
     #[error("idempotency_key: already used with a different metric or amount")]
     KeyReused,
+    #[error("idempotency_key: already used for this subject by another caller")]
+    KeyTaken,
     /// The consume batch could not be committed (database down, queue closed); nothing consumed.
     #[error("{0}")]
     Unavailable(String),
@@ -24,6 +28,12 @@ pub enum Error {
 impl Error {
     pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
         Self::Invalid(FieldError::new(field, problem))
+    }
+}
+
+impl From<RefundRefused> for Error {
+    fn from(refused: RefundRefused) -> Self {
+        Self::PermissionDenied(refused.to_string())
     }
 }
 
@@ -39,7 +49,7 @@ impl From<Error> for Status {
             Error::Invalid(err) => err.into(),
             Error::NotFound(message) => Status::not_found(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
-            err @ Error::KeyReused => Status::already_exists(err.to_string()),
+            err @ (Error::KeyReused | Error::KeyTaken) => Status::already_exists(err.to_string()),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "consume batch failed");
                 Status::unavailable("quota is unavailable; nothing was consumed; retry later")

@@ -13,7 +13,12 @@ use uuid::Uuid;
 
 use crate::{
     batcher::{self, Batcher},
-    domain::{self, Counter, Holding, batch::Decision, usage::Bucket},
+    domain::{
+        self, Counter, Holding,
+        batch::Decision,
+        consumer::{self, Refunder},
+        usage::Bucket,
+    },
     error::Error,
     store::{
         consume::{Keys, Pending},
@@ -86,17 +91,19 @@ impl Core {
         }
     }
 
-    /// Gives a consumption back once.
+    /// Gives a consumption back once, if `refunder` may refund it.
     pub async fn refund(
         &self,
         subject: Uuid,
+        refunder: Refunder,
         usage_id: Option<Uuid>,
         idempotency_key: Option<String>,
     ) -> Result<Refunded, Error> {
         let now = self.now();
         let mut conn = self.conn().await?;
         conn.transaction(async |conn| {
-            refund_inner(conn, subject, usage_id, idempotency_key.as_deref(), now).await
+            let key = idempotency_key.as_deref();
+            refund_inner(conn, subject, &refunder, usage_id, key, now).await
         })
         .await
     }
@@ -261,6 +268,7 @@ async fn maintain(core: std::sync::Weak<Core>) {
 async fn refund_inner(
     conn: &mut AsyncPgConnection,
     subject: Uuid,
+    refunder: &Refunder,
     usage_id: Option<Uuid>,
     idempotency_key: Option<&str>,
     now: DateTime<Utc>,
@@ -275,6 +283,8 @@ async fn refund_inner(
                     .to_owned(),
             )
         })?;
+    // Before the counter is touched; a replay of a refund is refused alike.
+    consumer::may_refund(refunder, consumption.consumed_by)?;
     let mut counter = entitlements::lock_counter(conn, subject, &consumption.metric, now).await?;
     let already_refunded = consumption.refunded_at.is_some();
     if !already_refunded {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::Counter;
+use super::{Counter, consumer::Consumer};
 
 /// One validated Consume request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Request {
     pub metric: String,
     pub amount: i64,
     pub idempotency_key: String,
+    /// Recorded with the consumption: who may refund it.
+    pub consumer: Consumer,
 }
 
 /// The answer recorded with an idempotency key: what an allowed consumption returned.
@@ -28,6 +30,8 @@ pub struct Recorded {
     pub limit: Option<i64>,
     pub used: i64,
     pub resets_at: DateTime<Utc>,
+    /// The principal that made the consumption; `None` for keys recorded before it was.
+    pub consumed_by: Option<Uuid>,
 }
 
 /// The decision for one request.
@@ -41,6 +45,10 @@ pub enum Decision {
     Denied { counter: Option<Counter> },
     /// The key was used before with another metric or amount.
     KeyReused,
+    /// The key was recorded for the subject by another principal. Replayed, it would let a user
+    /// consume a key a backend is about to use, refund it as their own, and have the backend's
+    /// charge answered by the replay: the work for free.
+    KeyTaken,
 }
 
 /// A counter key.
@@ -64,7 +72,13 @@ pub fn apply(
         .map(|request| {
             let key = (request.subject, request.idempotency_key.clone());
             if let Some(first) = previous.get(&key).or_else(|| recorded_here.get(&key)) {
-                return if first.metric == request.metric && first.amount == request.amount {
+                // Checked first: another caller learns nothing of the recorded answer.
+                return if first
+                    .consumed_by
+                    .is_some_and(|by| by != request.consumer.principal)
+                {
+                    Decision::KeyTaken
+                } else if first.metric == request.metric && first.amount == request.amount {
                     Decision::Replayed(first.clone())
                 } else {
                     Decision::KeyReused
@@ -92,6 +106,7 @@ pub fn apply(
                 limit: counter.limit,
                 used: counter.used,
                 resets_at: counter.period_end,
+                consumed_by: Some(request.consumer.principal),
             };
             recorded_here.insert(key, answer.clone());
             Decision::Allowed(answer)
@@ -106,7 +121,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::Source;
+    use crate::domain::{Source, consumer::SignedInWith};
+
+    /// The subject consuming its own quota.
+    fn by(subject: Uuid) -> Consumer {
+        Consumer {
+            principal: subject,
+            with: SignedInWith::Session,
+        }
+    }
 
     fn counter(limit: Option<i64>) -> Counter {
         Counter {
@@ -135,6 +158,7 @@ mod tests {
             metric: "m".to_owned(),
             amount,
             idempotency_key: key.to_owned(),
+            consumer: by(subject),
         };
         let decisions = apply(
             &mut counters,
@@ -160,6 +184,54 @@ mod tests {
     }
 
     #[test]
+    fn a_key_recorded_by_another_caller_is_taken_not_replayed() {
+        let subject = Uuid::from_u128(7);
+        let backend = Uuid::from_u128(8);
+        let mut counters = HashMap::from([((subject, "m".to_owned()), counter(Some(5)))]);
+        let request = |key: &str, principal| Request {
+            subject,
+            metric: "m".to_owned(),
+            amount: 1,
+            idempotency_key: key.to_owned(),
+            consumer: by(principal),
+        };
+        let mut legacy = HashMap::new();
+        let first = |key: &str| {
+            apply(
+                &mut counters.clone(),
+                &HashMap::new(),
+                &[request(key, subject)],
+                ids(),
+            )
+        };
+        let Decision::Allowed(mut recorded) = first("old").remove(0) else {
+            panic!("allowed")
+        };
+        recorded.consumed_by = None;
+        legacy.insert((subject, "old".to_owned()), recorded.clone());
+        let decisions = apply(
+            &mut counters,
+            &legacy,
+            &[
+                request("a", subject),
+                request("a", backend),
+                request("a", subject),
+                request("old", backend),
+            ],
+            ids(),
+        );
+        let Decision::Allowed(first) = &decisions[0] else {
+            panic!("{decisions:?}")
+        };
+        assert_eq!(first.consumed_by, Some(subject));
+        assert_eq!(decisions[1], Decision::KeyTaken);
+        assert_eq!(decisions[2], Decision::Replayed(first.clone()));
+        // Recorded before consumers were: replayed for anyone.
+        assert_eq!(decisions[3], Decision::Replayed(recorded));
+        assert_eq!(counters[&(subject, "m".to_owned())].used, 1);
+    }
+
+    #[test]
     fn unknown_metrics_are_denied() {
         let decisions = apply(
             &mut HashMap::new(),
@@ -169,6 +241,7 @@ mod tests {
                 metric: "nope".to_owned(),
                 amount: 1,
                 idempotency_key: "k".to_owned(),
+                consumer: by(Uuid::from_u128(1)),
             }],
             ids(),
         );
@@ -183,6 +256,7 @@ mod tests {
             metric: metric.to_owned(),
             amount,
             idempotency_key: key.to_owned(),
+            consumer: by(subject),
         };
         let mut counters = HashMap::from([
             ((subject, "unlimited".to_owned()), counter(None)),
@@ -233,13 +307,16 @@ mod tests {
     }
 
     fn requests() -> impl Strategy<Value = Vec<Request>> {
-        prop::collection::vec((0u128..3, 0usize..3, amount(), 0u8..12), 0..60).prop_map(|raw| {
+        // The subject itself, or one backend charging every subject.
+        let raw = (0u128..3, 0usize..3, amount(), 0u8..12, prop::bool::ANY);
+        prop::collection::vec(raw, 0..60).prop_map(|raw| {
             raw.into_iter()
-                .map(|(subject, metric, amount, key)| Request {
+                .map(|(subject, metric, amount, key, backend)| Request {
                     subject: Uuid::from_u128(subject),
                     metric: ["a", "b", "c"][metric].to_owned(),
                     amount,
                     idempotency_key: format!("k{key}"),
+                    consumer: by(Uuid::from_u128(if backend { 100 } else { subject })),
                 })
                 .collect()
         })

@@ -1,7 +1,8 @@
-//! Quota rules as plain Rust: input validation, periods and their rollover, and the in-memory
-//! application of a batch of consumptions. No I/O: time and ids are parameters.
+//! Quota rules as plain Rust: input validation, periods and their rollover, the in-memory
+//! application of a batch of consumptions, and who may refund one. No I/O: time and ids are parameters.
 
 pub mod batch;
+pub mod consumer;
 pub mod period;
 pub mod usage;
 pub mod validate;

@@ -69,6 +69,8 @@ struct RecordedRow {
     used: i64,
     #[diesel(sql_type = Timestamptz)]
     resets_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    consumed_by: Option<Uuid>,
 }
 
 impl RecordedRow {
@@ -83,6 +85,7 @@ impl RecordedRow {
                 limit: self.quota_limit,
                 used: self.used,
                 resets_at: self.resets_at,
+                consumed_by: self.consumed_by,
             },
         )
     }
@@ -197,10 +200,11 @@ pub async fn consume_in_one_statement(
              ) \
              INSERT INTO idempotency_keys \
                (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, \
-                resets_at, created_at) \
-             SELECT $1, $4, $6, $2, $3, quota_limit, used, period_end, $5 FROM counter \
+                resets_at, created_at, consumed_by, consumed_with) \
+             SELECT $1, $4, $6, $2, $3, quota_limit, used, period_end, $5, $8, $9 \
+             FROM counter \
              RETURNING subject, idempotency_key, metric, amount, usage_id, quota_limit, used, \
-                       resets_at",
+                       resets_at, consumed_by",
         )
         .bind::<SqlUuid, _>(request.subject)
         .bind::<Text, _>(&request.metric)
@@ -208,7 +212,9 @@ pub async fn consume_in_one_statement(
         .bind::<Text, _>(&request.idempotency_key)
         .bind::<Timestamptz, _>(now)
         .bind::<SqlUuid, _>(usage_id)
-        .bind::<Nullable<Text>, _>(pending.attributes.as_deref()),
+        .bind::<Nullable<Text>, _>(pending.attributes.as_deref())
+        .bind::<SqlUuid, _>(request.consumer.principal)
+        .bind::<Text, _>(request.consumer.with.as_str()),
     )
     .get_result(conn)
     .await
@@ -228,7 +234,7 @@ async fn recorded_answers<'a>(
         .unzip();
     let rows: Vec<RecordedRow> = sql_query(
         "SELECT i.subject, i.idempotency_key, i.metric, i.amount, i.usage_id, i.quota_limit, \
-                i.used, i.resets_at \
+                i.used, i.resets_at, i.consumed_by \
          FROM unnest($1::uuid[], $2::text[]) AS k(subject, idempotency_key), \
          LATERAL (SELECT * FROM idempotency_keys i \
                   WHERE i.subject = k.subject AND i.idempotency_key = k.idempotency_key) i",
@@ -377,6 +383,8 @@ async fn write(
     let mut limits = Vec::new();
     let mut used = Vec::new();
     let mut resets = Vec::new();
+    let mut consumed_by = Vec::new();
+    let mut consumed_with = Vec::new();
     for (pending, decision) in batch.iter().zip(decisions) {
         if let Decision::Allowed(answer) = decision {
             ids.push(answer.usage_id);
@@ -388,6 +396,8 @@ async fn write(
             limits.push(answer.limit);
             used.push(answer.used);
             resets.push(answer.resets_at);
+            consumed_by.push(pending.request.consumer.principal);
+            consumed_with.push(pending.request.consumer.with.as_str());
         }
     }
     let written = Prepared(
@@ -413,12 +423,13 @@ async fn write(
          ) \
          INSERT INTO idempotency_keys \
            (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, resets_at, \
-            created_at) \
+            created_at, consumed_by, consumed_with) \
          SELECT u.subject, u.idempotency_key, u.usage_id, u.metric, u.amount, u.quota_limit, \
-                u.used, u.resets_at, $14 \
+                u.used, u.resets_at, $14, u.consumed_by, u.consumed_with \
          FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], \
-                     $11::int8[], $12::int8[], $13::timestamptz[]) \
-           AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at)",
+                     $11::int8[], $12::int8[], $13::timestamptz[], $15::uuid[], $16::text[]) \
+           AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at, \
+                consumed_by, consumed_with)",
         )
         .bind::<Array<Text>, _>(&c_tids)
         .bind::<Array<BigInt>, _>(&c_used)
@@ -433,7 +444,9 @@ async fn write(
         .bind::<Array<Nullable<BigInt>>, _>(&limits)
         .bind::<Array<BigInt>, _>(&used)
         .bind::<Array<Timestamptz>, _>(&resets)
-        .bind::<Timestamptz, _>(now),
+        .bind::<Timestamptz, _>(now)
+        .bind::<Array<SqlUuid>, _>(&consumed_by)
+        .bind::<Array<Text>, _>(&consumed_with),
     )
     .execute(conn)
     .await;
@@ -457,7 +470,10 @@ mod tests {
     use kit::testing::TestDb;
 
     use super::*;
-    use crate::{MIGRATIONS, SPEC};
+    use crate::{
+        MIGRATIONS, SPEC,
+        domain::consumer::{Consumer, SignedInWith},
+    };
 
     #[derive(QueryableByName)]
     struct State {
@@ -514,6 +530,12 @@ mod tests {
         subject
     }
 
+    /// The one backend that charges every subject of these tests.
+    const BACKEND: Consumer = Consumer {
+        principal: Uuid::from_u128(1),
+        with: SignedInWith::ApiKey,
+    };
+
     fn pending(subject: Uuid, amount: i64, key: &str) -> Pending {
         Pending {
             request: Request {
@@ -521,9 +543,79 @@ mod tests {
                 metric: "api.calls".to_owned(),
                 amount,
                 idempotency_key: key.to_owned(),
+                consumer: BACKEND,
             },
             attributes: Some(r#"{"file":"a.pdf"}"#.to_owned()),
         }
+    }
+
+    #[derive(Debug, PartialEq, QueryableByName)]
+    struct KeyConsumer {
+        #[diesel(sql_type = Text)]
+        idempotency_key: String,
+        #[diesel(sql_type = SqlUuid)]
+        consumed_by: Uuid,
+        #[diesel(sql_type = Text)]
+        consumed_with: String,
+    }
+
+    /// Every consumption records the caller that made it, next to its own key: in a batch of
+    /// callers of both kinds (the arrays line up) and in the one statement.
+    #[tokio::test]
+    async fn each_consumption_records_who_made_it() {
+        let (_db, mut conn, now, running) = fresh().await;
+        let subject = counter(&mut conn, Some(20), 0, running).await;
+        let user = Consumer {
+            principal: subject,
+            with: SignedInWith::Session,
+        };
+        let backend = BACKEND;
+        let by = |consumer: Consumer, amount, key| {
+            let mut pending = pending(subject, amount, key);
+            pending.request.consumer = consumer;
+            pending
+        };
+        let batch = [
+            by(user, 1, "a"),
+            by(backend, 2, "b"),
+            by(backend, 3, "c"),
+            by(user, 4, "d"),
+        ];
+        let decisions = consume_batch(&mut conn, &batch, now, Keys::AssumeNew)
+            .await
+            .unwrap();
+        assert!(
+            decisions
+                .iter()
+                .all(|decision| matches!(decision, Decision::Allowed(_)))
+        );
+        consume_in_one_statement(&mut conn, &by(backend, 1, "e"), Uuid::now_v7(), now)
+            .await
+            .unwrap()
+            .unwrap();
+        let recorded: Vec<KeyConsumer> = sql_query(
+            "SELECT idempotency_key, consumed_by, consumed_with FROM idempotency_keys \
+             WHERE subject = $1 ORDER BY idempotency_key",
+        )
+        .bind::<SqlUuid, _>(subject)
+        .load(&mut conn)
+        .await
+        .unwrap();
+        let expected: Vec<KeyConsumer> = [
+            ("a", user),
+            ("b", backend),
+            ("c", backend),
+            ("d", user),
+            ("e", backend),
+        ]
+        .into_iter()
+        .map(|(key, consumer)| KeyConsumer {
+            idempotency_key: key.to_owned(),
+            consumed_by: consumer.principal,
+            consumed_with: consumer.with.as_str().to_owned(),
+        })
+        .collect();
+        assert_eq!(recorded, expected);
     }
 
     /// The one-statement consume writes the counter, the event and the key when the amount fits

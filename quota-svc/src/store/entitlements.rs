@@ -197,6 +197,9 @@ pub struct Consumption {
     pub created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     pub refunded_at: Option<DateTime<Utc>>,
+    /// The principal that consumed; `None` for consumptions made before it was recorded.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub consumed_by: Option<Uuid>,
 }
 
 /// Locks the subject's consumption found by usage id or idempotency key.
@@ -207,7 +210,7 @@ pub async fn lock_consumption(
     idempotency_key: Option<&str>,
 ) -> Result<Option<Consumption>, diesel::result::Error> {
     sql_query(
-        "SELECT usage_id, metric, amount, resets_at, created_at, refunded_at \
+        "SELECT usage_id, metric, amount, resets_at, created_at, refunded_at, consumed_by \
          FROM idempotency_keys \
          WHERE subject = $1 AND (usage_id = $2 OR idempotency_key = $3) FOR UPDATE",
     )

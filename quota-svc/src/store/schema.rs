@@ -45,6 +45,8 @@ pub mod quota {
             resets_at -> Timestamptz,
             created_at -> Timestamptz,
             refunded_at -> Nullable<Timestamptz>,
+            consumed_by -> Nullable<Uuid>,
+            consumed_with -> Nullable<Text>,
         }
     }
 

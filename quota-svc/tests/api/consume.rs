@@ -9,7 +9,10 @@ use proto::quota::{
 };
 use quota_svc::{
     SPEC,
-    domain::batch::{Decision, Request as BatchRequest},
+    domain::{
+        batch::{Decision, Request as BatchRequest},
+        consumer::{Consumer, SignedInWith},
+    },
     store::consume::{BatchError, Keys, Pending, consume_batch},
 };
 use tonic::Code;
@@ -91,13 +94,30 @@ async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
     let mesh = Mesh::start().await;
     let subject = Uuid::now_v7();
     mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
-    let old = mesh.consume(subject, "api.calls", 2, "old").await.unwrap();
+    // Consumed by the subject itself, as the batch below: a replay answers only its consumer.
+    let old = ConsumeRequest {
+        metric: "api.calls".to_owned(),
+        subject: String::new(),
+        amount: Some(2),
+        idempotency_key: "old".to_owned(),
+        attributes: None,
+    };
+    let old = mesh
+        .client()
+        .consume(mesh.as_user(subject, old))
+        .await
+        .unwrap()
+        .into_inner();
     let pending = |key: &str, amount: i64| Pending {
         request: BatchRequest {
             subject,
             metric: "api.calls".to_owned(),
             amount,
             idempotency_key: key.to_owned(),
+            consumer: Consumer {
+                principal: subject,
+                with: SignedInWith::Session,
+            },
         },
         attributes: None,
     };

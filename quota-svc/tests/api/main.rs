@@ -8,6 +8,7 @@ mod consume;
 mod harness;
 mod metering;
 mod reads;
+mod refunds;
 mod schema;
 
 use kit::testing::TestDb;
