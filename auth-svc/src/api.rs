@@ -252,6 +252,7 @@ impl AuthService for Api {
         let update = ProfileUpdate {
             display_name: request.display_name.as_deref(),
             email: request.email.as_deref(),
+            current_password: &request.current_password,
         };
         let (row, email_verification_required) =
             users::update_me(&self.state, &client, caller.user_id, &update).await?;
@@ -275,6 +276,7 @@ impl AuthService for Api {
             session_id,
             &request.old_password,
             &request.new_password,
+            request.revoke_api_keys,
         )
         .await?;
         Ok(Response::new(pb::ChangePasswordResponse {}))

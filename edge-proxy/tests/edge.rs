@@ -5,7 +5,9 @@
 
 use std::{process::Command, time::Duration};
 
-use kit::testing::{Binary, TestDb, grpcurl, issue_service_key, workspace_binary};
+use kit::testing::{
+    Binary, TestDb, grpcurl, issue_service_key, verify_email_by_logged_link, workspace_binary,
+};
 
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -145,6 +147,8 @@ async fn a_browser_signs_up_logs_in_and_manages_api_keys_through_the_edge() {
     ]
     .concat());
     assert_eq!(registered["user"]["email"], "ada@example.org");
+    // API keys need a verified email: Ada follows the link of her confirmation mail.
+    verify_email_by_logged_link(&auth, &base, "ada@example.org");
 
     let (status, body) = curl(
         &[

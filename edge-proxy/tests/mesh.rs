@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use kit::testing::{
-    Binary, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key, workspace_binary,
+    Binary, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key,
+    verify_email_by_logged_link, workspace_binary,
 };
 use serde_json::{Value, json};
 
@@ -97,6 +98,8 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
     );
     assert_eq!(status, 200, "{registered}");
     let user_id = registered["user"]["userId"].as_str().unwrap().to_owned();
+    // API keys need a verified email: Ada follows the link of her confirmation mail.
+    verify_email_by_logged_link(&auth, &base, "ada@example.org");
     let (_, login) = post(
         &format!("{base}/v1/auth/login"),
         &[],

@@ -30,6 +30,24 @@ pub struct AccountsArgs {
         value_parser = clap::value_parser!(u32).range(1..=365)
     )]
     pub refresh_token_ttl_days: u32,
+    /// Absolute lifetime of a session, in days from its sign-in (1–365): refreshing never extends
+    /// it further, so a stolen refresh token cannot be kept alive forever.
+    #[arg(
+        long,
+        env = "SESSION_MAX_LIFETIME_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=365)
+    )]
+    pub session_max_lifetime_days: u32,
+    /// CreateApiKey without the password needs a sign-in at most this many minutes old (1–1440),
+    /// so a stolen access token cannot be turned into a lasting key.
+    #[arg(
+        long,
+        env = "API_KEY_REAUTH_MINUTES",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=1440)
+    )]
+    pub api_key_reauth_minutes: u32,
     /// argon2id memory cost in KiB (OWASP: 19456 = 19 MiB).
     #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -90,6 +108,8 @@ impl AccountsArgs {
 #[derive(Debug)]
 pub struct Config {
     pub refresh_token_ttl: chrono::Duration,
+    pub session_max_lifetime: chrono::Duration,
+    pub api_key_reauth: chrono::Duration,
     pub email_token_ttl: chrono::Duration,
     pub reset_token_ttl: chrono::Duration,
     pub require_verified_email: bool,
@@ -108,6 +128,8 @@ impl Config {
     pub fn new(args: &AccountsArgs, master_key: &MasterKey) -> anyhow::Result<Self> {
         Ok(Self {
             refresh_token_ttl: chrono::Duration::days(i64::from(args.refresh_token_ttl_days)),
+            session_max_lifetime: chrono::Duration::days(i64::from(args.session_max_lifetime_days)),
+            api_key_reauth: chrono::Duration::minutes(i64::from(args.api_key_reauth_minutes)),
             email_token_ttl: chrono::Duration::hours(24),
             reset_token_ttl: chrono::Duration::minutes(30),
             require_verified_email: args.require_verified_email,

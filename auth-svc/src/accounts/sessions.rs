@@ -48,22 +48,49 @@ pub enum RefreshVerdict {
     Refuse,
 }
 
-/// The rotation rule for `token` of `session` owned by a user in `status`.
+/// The rotation rule for `token` of `session` owned by a user in `status`; a session older than
+/// `max_lifetime` is over whatever its tokens say (sessions of before the limit included).
 pub fn judge_refresh(
     token: &RefreshTokenRow,
     session: &SessionRow,
     status: UserStatus,
+    max_lifetime: chrono::Duration,
     now: DateTime<Utc>,
 ) -> RefreshVerdict {
     if session.revoked_at.is_some() {
         RefreshVerdict::Refuse
     } else if token.rotated_at.is_some() {
         RefreshVerdict::Reused
-    } else if token.expires_at <= now || session.expires_at <= now || status != UserStatus::Active {
+    } else if token.expires_at <= now
+        || session.expires_at <= now
+        || session.created_at + max_lifetime <= now
+        || status != UserStatus::Active
+    {
         RefreshVerdict::Refuse
     } else {
         RefreshVerdict::Rotate
     }
+}
+
+/// When a refresh token issued at `now` in a session signed in at `signed_in_at` expires: `ttl`
+/// later, but never after the session's absolute end, so refreshing cannot extend it forever.
+pub fn refresh_expiry(
+    signed_in_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+    max_lifetime: chrono::Duration,
+) -> DateTime<Utc> {
+    (now + ttl).min(signed_in_at + max_lifetime)
+}
+
+/// Whether `session` (the caller's, if it exists) is a sign-in of the last `window`: unrevoked
+/// and created (at Login; refreshes do not renew it) less than `window` before `now`.
+pub fn signed_in_within(
+    session: Option<&SessionRow>,
+    window: chrono::Duration,
+    now: DateTime<Utc>,
+) -> bool {
+    session.is_some_and(|session| session.revoked_at.is_none() && now - session.created_at < window)
 }
 
 /// The lockout key of a sign-in: the account when one matched, else the name tried (so unknown
@@ -232,7 +259,12 @@ pub async fn login(
         ));
     }
     let (refresh_token, refresh_hash) = secret::new_token();
-    let refresh_expires_at = now + state.config.refresh_token_ttl;
+    let refresh_expires_at = refresh_expiry(
+        now,
+        now,
+        state.config.refresh_token_ttl,
+        state.config.session_max_lifetime,
+    );
     let session = SessionRow {
         id: Uuid::now_v7(),
         user_id: user.id,
@@ -291,7 +323,7 @@ pub async fn refresh(state: &State, client: &ClientInfo, token: &str) -> Result<
     let presented = secret::hash(validate::required("refresh_token", token)?);
     let now = state.clock.now();
     let (new_token, new_hash) = secret::new_token();
-    let expires_at = now + state.config.refresh_token_ttl;
+    let config = &state.config;
     let mut conn = state.pool.get().await?;
     let outcome = conn
         .transaction::<_, Error, _>(async |conn| {
@@ -302,7 +334,8 @@ pub async fn refresh(state: &State, client: &ClientInfo, token: &str) -> Result<
             let user = store::users::find(conn, session.user_id)
                 .await?
                 .ok_or_else(|| Error::Internal("a session without its user".into()))?;
-            match judge_refresh(&token, &session, user.status(), now) {
+            match judge_refresh(&token, &session, user.status(), config.session_max_lifetime, now)
+            {
                 RefreshVerdict::Refuse => Ok(None),
                 RefreshVerdict::Reused => {
                     store::sessions::revoke(conn, session.id, "refresh_token_reuse", now).await?;
@@ -318,6 +351,12 @@ pub async fn refresh(state: &State, client: &ClientInfo, token: &str) -> Result<
                     Ok(None)
                 }
                 RefreshVerdict::Rotate => {
+                    let expires_at = refresh_expiry(
+                        session.created_at,
+                        now,
+                        config.refresh_token_ttl,
+                        config.session_max_lifetime,
+                    );
                     store::sessions::mark_rotated(conn, &presented, now).await?;
                     let next = RefreshTokenRow {
                         token_hash: new_hash,
@@ -328,15 +367,15 @@ pub async fn refresh(state: &State, client: &ClientInfo, token: &str) -> Result<
                     };
                     store::sessions::insert_token(conn, &next).await?;
                     store::sessions::touch(conn, session.id, now, expires_at).await?;
-                    Ok(Some((session.id, user)))
+                    Ok(Some((session.id, expires_at, user)))
                 }
             }
         })
         .await?;
-    // The session id and user of a rotated token; `None`: refused (after committing any
-    // revocation for reuse).
+    // The session id, new expiry and user of a rotated token; `None`: refused (after committing
+    // any revocation for reuse).
     drop(conn);
-    let Some((session_id, user)) = outcome else {
+    let Some((session_id, expires_at, user)) = outcome else {
         return Err(Error::Unauthenticated(INVALID_REFRESH_TOKEN));
     };
     let (access_token, access_token_expires_at) = state
@@ -466,6 +505,8 @@ mod tests {
 
     use super::*;
 
+    const LIFETIME: Duration = Duration::days(30);
+
     fn fixtures(now: DateTime<Utc>) -> (RefreshTokenRow, SessionRow) {
         let session = SessionRow {
             id: Uuid::nil(),
@@ -494,17 +535,17 @@ mod tests {
         let (mut token, mut session) = fixtures(now);
         let active = UserStatus::Active;
         assert_eq!(
-            judge_refresh(&token, &session, active, now),
+            judge_refresh(&token, &session, active, LIFETIME, now),
             RefreshVerdict::Rotate
         );
         token.rotated_at = Some(now);
         assert_eq!(
-            judge_refresh(&token, &session, active, now),
+            judge_refresh(&token, &session, active, LIFETIME, now),
             RefreshVerdict::Reused
         );
         session.revoked_at = Some(now);
         assert_eq!(
-            judge_refresh(&token, &session, active, now),
+            judge_refresh(&token, &session, active, LIFETIME, now),
             RefreshVerdict::Refuse
         );
     }
@@ -531,14 +572,59 @@ mod tests {
         let (token, session) = fixtures(now);
         let later = now + Duration::days(31);
         assert_eq!(
-            judge_refresh(&token, &session, UserStatus::Active, later),
+            judge_refresh(&token, &session, UserStatus::Active, LIFETIME, later),
             RefreshVerdict::Refuse
         );
         for status in [UserStatus::Disabled, UserStatus::Deleted] {
             assert_eq!(
-                judge_refresh(&token, &session, status, now),
+                judge_refresh(&token, &session, status, LIFETIME, now),
                 RefreshVerdict::Refuse
             );
         }
+    }
+
+    #[test]
+    fn a_session_ends_at_its_absolute_lifetime_however_often_refreshed() {
+        let signed_in = Utc::now();
+        let (mut token, mut session) = fixtures(signed_in);
+        let ttl = Duration::days(30);
+        let lifetime = Duration::days(7);
+        // Refreshed a day before the end: the new token stops at the end, not 30 days later.
+        let late = signed_in + Duration::days(6);
+        let expiry = refresh_expiry(signed_in, late, ttl, lifetime);
+        assert_eq!(expiry, signed_in + lifetime);
+        assert_eq!(
+            refresh_expiry(signed_in, signed_in, Duration::days(1), lifetime),
+            signed_in + Duration::days(1)
+        );
+        // A session whose tokens still run (e.g. issued before the limit) ends anyway.
+        token.expires_at = signed_in + Duration::days(60);
+        session.expires_at = token.expires_at;
+        let active = UserStatus::Active;
+        assert_eq!(
+            judge_refresh(&token, &session, active, lifetime, late),
+            RefreshVerdict::Rotate
+        );
+        assert_eq!(
+            judge_refresh(&token, &session, active, lifetime, signed_in + lifetime),
+            RefreshVerdict::Refuse
+        );
+    }
+
+    #[test]
+    fn only_a_fresh_unrevoked_sign_in_is_recent() {
+        let signed_in = Utc::now();
+        let (_, mut session) = fixtures(signed_in);
+        let window = Duration::minutes(10);
+        let within = signed_in + Duration::minutes(9);
+        assert!(signed_in_within(Some(&session), window, within));
+        assert!(!signed_in_within(
+            Some(&session),
+            window,
+            signed_in + window
+        ));
+        assert!(!signed_in_within(None, window, within));
+        session.revoked_at = Some(signed_in);
+        assert!(!signed_in_within(Some(&session), window, within));
     }
 }

@@ -12,7 +12,7 @@ use super::{
     validate,
 };
 use crate::{
-    State,
+    State, api_keys,
     error::Error,
     mailer::Mail,
     store::{
@@ -256,9 +256,54 @@ pub async fn me(state: &State, user_id: Uuid) -> Result<UserRow, Error> {
 pub struct ProfileUpdate<'a> {
     pub display_name: Option<&'a str>,
     pub email: Option<&'a str>,
+    /// Required to change the email: an access token alone must not be enough to move the
+    /// account (and its password resets) to another inbox.
+    pub current_password: &'a str,
 }
 
-/// Applies `update`; returns the user and whether a verification mail was sent.
+/// Checks `password` against `user`'s as one attempt of the account's lockout (a caller holding
+/// only a stolen token cannot guess more freely here than at Login): `PERMISSION_DENIED` naming
+/// `field` when wrong, `RESOURCE_EXHAUSTED` while locked.
+pub(crate) async fn confirm_password(
+    state: &State,
+    client: &ClientInfo,
+    user: &UserRow,
+    field: &'static str,
+    password: &str,
+) -> Result<(), Error> {
+    validate::required(field, password)?;
+    let attempt = begin_attempt(state, &user.id.to_string(), Some(user.id), client).await?;
+    let matches = state
+        .config
+        .hasher
+        .verify(password.to_owned(), user.password_hash.clone())
+        .await?;
+    settle_attempt(state, attempt, matches).await?;
+    if matches {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!("{field}: wrong password")))
+    }
+}
+
+/// The notice to `user`'s old address that its email is now `new_email`: a takeover is then
+/// not silent.
+fn email_changed_notice(state: &State, user: &UserRow, new_email: &str) -> Mail {
+    Mail {
+        to: user.email.clone(),
+        subject: "Your email address was changed".into(),
+        intro: format!(
+            "Hello {}, the email address of your account {} was changed to {new_email}. \
+             If you did this, there is nothing to do. If you did not, someone knows your \
+             password and controls your account: contact support at once.",
+            user.display_name, user.username
+        ),
+        link: state.config.public_url.clone(),
+    }
+}
+
+/// Applies `update`; returns the user and whether a verification mail was sent. A new email
+/// needs the current password; the old address is told.
 pub async fn update_me(
     state: &State,
     client: &ClientInfo,
@@ -273,27 +318,49 @@ pub async fn update_me(
         .email
         .map(|email| validate::email("email", email))
         .transpose()?;
+    let mut password_confirmed = false;
+    if let Some(email) = &email {
+        let current = me(state, user_id).await?;
+        if *email != current.email {
+            confirm_password(
+                state,
+                client,
+                &current,
+                "current_password",
+                update.current_password,
+            )
+            .await?;
+            password_confirmed = true;
+        }
+    }
     let now = state.clock.now();
     let mut conn = state.pool.get().await?;
-    let (user, mail) = conn
+    let (user, mails) = conn
         .transaction::<_, Error, _>(async |conn| {
             let current = store::users::lock(conn, user_id)
                 .await?
                 .filter(|user| user.status() != UserStatus::Deleted)
                 .ok_or(Error::Unauthenticated("the account no longer exists"))?;
             let new_email = email.filter(|email| *email != current.email);
+            if new_email.is_some() && !password_confirmed {
+                // Another UpdateMe changed the email between the check and this transaction.
+                return Err(Error::FailedPrecondition(
+                    "the email changed meanwhile; retry with current_password".into(),
+                ));
+            }
             let change = ProfileChange {
                 display_name,
                 email_verified_at: new_email.as_ref().map(|_| None),
+                email_changed_at: new_email.as_ref().map(|_| now),
                 email: new_email.clone(),
                 updated_at: now,
             };
             let user = store::users::update_profile(conn, user_id, &change)
                 .await
                 .map_err(already_exists)?;
-            let mail = match &new_email {
-                Some(_) => {
-                    let (token, mail) = verification(state, &user, now);
+            let mails = match &new_email {
+                Some(new_email) => {
+                    let (token, verify) = verification(state, &user, now);
                     store::email_tokens::insert(conn, &token).await?;
                     let event = NewEvent {
                         event_type: "email.changed",
@@ -303,22 +370,22 @@ pub async fn update_me(
                         details: json!({}),
                     };
                     store::audit::record(conn, &event, now).await?;
-                    Some(mail)
+                    vec![verify, email_changed_notice(state, &current, new_email)]
                 }
-                None => None,
+                None => Vec::new(),
             };
-            Ok((user, mail))
+            Ok((user, mails))
         })
         .await?;
-    let verification_sent = mail.is_some();
-    if let Some(mail) = mail {
+    let verification_sent = !mails.is_empty();
+    for mail in mails {
         send(state, mail);
     }
     Ok((user, verification_sent))
 }
 
 /// ChangePassword: needs the old password (wrong ones count towards lockout); revokes every
-/// session but `session_id`.
+/// session but `session_id` and every unused reset link, and the API keys if asked.
 pub async fn change_password(
     state: &State,
     client: &ClientInfo,
@@ -326,8 +393,8 @@ pub async fn change_password(
     session_id: Uuid,
     old_password: &str,
     new_password: &str,
+    revoke_api_keys: bool,
 ) -> Result<(), Error> {
-    validate::required("old_password", old_password)?;
     let user = {
         let mut conn = state.pool.get().await?;
         store::users::find(&mut conn, user_id)
@@ -335,19 +402,8 @@ pub async fn change_password(
             .filter(|user| user.status() == UserStatus::Active)
             .ok_or(Error::Unauthenticated("the account is not active"))?
     };
-    let attempt = begin_attempt(state, &user.id.to_string(), Some(user.id), client).await?;
+    confirm_password(state, client, &user, "old_password", old_password).await?;
     let now = state.clock.now();
-    let old_matches = state
-        .config
-        .hasher
-        .verify(old_password.to_owned(), user.password_hash.clone())
-        .await?;
-    settle_attempt(state, attempt, old_matches).await?;
-    if !old_matches {
-        return Err(Error::PermissionDenied(
-            "old_password: wrong password".into(),
-        ));
-    }
     password::check_policy(
         "new_password",
         new_password,
@@ -357,31 +413,47 @@ pub async fn change_password(
     )?;
     let new_hash = state.config.hasher.hash(new_password.to_owned()).await?;
     let mut conn = state.pool.get().await?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        store::users::set_password(conn, user_id, &new_hash, now).await?;
-        let revoked = store::sessions::revoke_all_of_user(
-            conn,
-            user_id,
-            Some(session_id),
-            "password_changed",
-            now,
-        )
+    let keys_revoked = conn
+        .transaction::<_, Error, _>(async |conn| {
+            store::users::set_password(conn, user_id, &new_hash, now).await?;
+            let revoked = store::sessions::revoke_all_of_user(
+                conn,
+                user_id,
+                Some(session_id),
+                "password_changed",
+                now,
+            )
+            .await?;
+            let links_revoked =
+                store::email_tokens::use_up(conn, user_id, PASSWORD_RESET, now).await?;
+            let keys = if revoke_api_keys {
+                api_keys::revoke_all_for_user(conn, user_id, now).await?
+            } else {
+                Vec::new()
+            };
+            let event = NewEvent {
+                event_type: "password.changed",
+                actor: Some(user_id),
+                subject: Some(user_id),
+                client_address: &client.address,
+                details: json!({
+                    "sessions_revoked": revoked,
+                    "reset_links_revoked": links_revoked,
+                    "api_keys_revoked": keys.len(),
+                }),
+            };
+            store::audit::record(conn, &event, now).await?;
+            Ok(!keys.is_empty())
+        })
         .await?;
-        let event = NewEvent {
-            event_type: "password.changed",
-            actor: Some(user_id),
-            subject: Some(user_id),
-            client_address: &client.address,
-            details: json!({ "sessions_revoked": revoked }),
-        };
-        store::audit::record(conn, &event, now).await?;
-        Ok(())
-    })
-    .await
+    if keys_revoked {
+        state.credentials.forget_user_keys(user_id);
+    }
+    Ok(())
 }
 
-/// RequestPasswordReset: mails a reset link if an active account has `email`; answers the same
-/// either way.
+/// RequestPasswordReset: mails a reset link if an active account has `email` and it may receive
+/// one (see [`store::users::find_resettable_by_email`]); answers the same either way.
 pub async fn request_password_reset(
     state: &State,
     client: &ClientInfo,
@@ -392,7 +464,7 @@ pub async fn request_password_reset(
     let mut conn = state.pool.get().await?;
     let mail = conn
         .transaction::<_, Error, _>(async |conn| {
-            let Some(user) = store::users::find_active_by_email(conn, &email).await? else {
+            let Some(user) = store::users::find_resettable_by_email(conn, &email).await? else {
                 return Ok(None);
             };
             let recent = store::email_tokens::count_since(
@@ -440,7 +512,9 @@ pub async fn request_password_reset(
     Ok(())
 }
 
-/// ConfirmPasswordReset: sets the password, marks the email verified, revokes every session.
+/// ConfirmPasswordReset: sets the password, marks the email verified, revokes every session,
+/// API key and other reset link: whoever held the account before the owner proved the inbox
+/// keeps nothing.
 pub async fn confirm_password_reset(
     state: &State,
     client: &ClientInfo,
@@ -452,38 +526,50 @@ pub async fn confirm_password_reset(
     let now = state.clock.now();
     let mut conn = state.pool.get().await?;
     // One transaction: a new password failing the policy rolls back, so the token stays usable.
-    conn.transaction::<_, Error, _>(async |conn| {
-        let row = consume(conn, PASSWORD_RESET, token, now).await?;
-        let user = store::users::lock(conn, row.user_id)
-            .await?
-            .filter(|user| user.status() == UserStatus::Active)
-            .ok_or_else(|| {
-                Error::FailedPrecondition("the token is unknown, expired or already used".into())
-            })?;
-        password::check_policy(
-            "new_password",
-            new_password,
-            &user.username,
-            &user.email,
-            state.config.password_min_strength,
-        )?;
-        let hash = state.config.hasher.hash(new_password.to_owned()).await?;
-        store::users::set_password(conn, row.user_id, &hash, now).await?;
-        if user.email == row.email && user.email_verified_at.is_none() {
-            store::users::set_email_verified(conn, row.user_id, now).await?;
-        }
-        let revoked =
-            store::sessions::revoke_all_of_user(conn, row.user_id, None, "password_reset", now)
-                .await?;
-        let event = NewEvent {
-            event_type: "password.reset",
-            actor: Some(row.user_id),
-            subject: Some(row.user_id),
-            client_address: &client.address,
-            details: json!({ "sessions_revoked": revoked }),
-        };
-        store::audit::record(conn, &event, now).await?;
-        Ok(())
-    })
-    .await
+    let user_id = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let row = consume(conn, PASSWORD_RESET, token, now).await?;
+            let user = store::users::lock(conn, row.user_id)
+                .await?
+                .filter(|user| user.status() == UserStatus::Active)
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(
+                        "the token is unknown, expired or already used".into(),
+                    )
+                })?;
+            password::check_policy(
+                "new_password",
+                new_password,
+                &user.username,
+                &user.email,
+                state.config.password_min_strength,
+            )?;
+            let hash = state.config.hasher.hash(new_password.to_owned()).await?;
+            store::users::set_password(conn, row.user_id, &hash, now).await?;
+            if user.email == row.email && user.email_verified_at.is_none() {
+                store::users::set_email_verified(conn, row.user_id, now).await?;
+            }
+            let revoked =
+                store::sessions::revoke_all_of_user(conn, row.user_id, None, "password_reset", now)
+                    .await?;
+            let keys = api_keys::revoke_all_for_user(conn, row.user_id, now).await?;
+            let links_revoked =
+                store::email_tokens::use_up(conn, row.user_id, PASSWORD_RESET, now).await?;
+            let event = NewEvent {
+                event_type: "password.reset",
+                actor: Some(row.user_id),
+                subject: Some(row.user_id),
+                client_address: &client.address,
+                details: json!({
+                    "sessions_revoked": revoked,
+                    "api_keys_revoked": keys.len(),
+                    "reset_links_revoked": links_revoked,
+                }),
+            };
+            store::audit::record(conn, &event, now).await?;
+            Ok(row.user_id)
+        })
+        .await?;
+    state.credentials.forget_user_keys(user_id);
+    Ok(())
 }

@@ -29,7 +29,7 @@ pub use store::revoke_all_for_user;
 
 use crate::{
     State,
-    accounts::client_address,
+    accounts::{ClientInfo, UserStatus, client_address, sessions, users},
     error::Error,
     store::audit::{self, NewEvent},
 };
@@ -96,6 +96,45 @@ fn to_proto(row: &ApiKeyRow) -> proto::auth::ApiKey {
     }
 }
 
+/// A key outlives sessions and password changes, so only a proven owner may mint one: the email
+/// is verified, and the caller signed in within the configured minutes or sends the password
+/// (checked as ChangePassword checks the old one, towards lockout).
+async fn confirm_owner(
+    state: &State,
+    client: &ClientInfo,
+    user_id: Uuid,
+    session_id: Uuid,
+    password: &str,
+) -> Result<(), Error> {
+    let (user, session) = {
+        let mut conn = state.pool.get().await?;
+        let user = crate::store::users::find(&mut conn, user_id)
+            .await?
+            .filter(|user| user.status() == UserStatus::Active)
+            .ok_or(Error::Unauthenticated("the account is not active"))?;
+        let session = crate::store::sessions::find_of_user(&mut conn, user_id, session_id).await?;
+        (user, session)
+    };
+    if user.email_verified_at.is_none() {
+        return Err(Error::FailedPrecondition(
+            "verify your email address before creating API keys".into(),
+        ));
+    }
+    if !password.is_empty() {
+        return users::confirm_password(state, client, &user, "password", password).await;
+    }
+    let window = state.config.api_key_reauth;
+    if sessions::signed_in_within(session.as_ref(), window, state.clock.now()) {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "creating an API key needs a sign-in of the last {} minutes: sign in again, or send \
+             your password in `password`",
+            window.num_minutes()
+        )))
+    }
+}
+
 /// `CreateApiKey`: a signed-in user creates a key for themselves.
 pub async fn create_api_key(
     state: &State,
@@ -106,8 +145,8 @@ pub async fn create_api_key(
         .authenticator
         .authenticate(&request)
         .await?;
-    caller.require_session()?;
-    let client_address = client_address(&request);
+    let session_id = caller.require_session()?;
+    let client = ClientInfo::of(&request);
     let request = request.into_inner();
     let expires_at = request
         .expires_at
@@ -119,13 +158,21 @@ pub async fn create_api_key(
         scopes: &request.scopes,
         expires_at,
     };
+    confirm_owner(
+        state,
+        &client,
+        caller.user_id,
+        session_id,
+        &request.password,
+    )
+    .await?;
     let mut conn = state.pool.get().await.map_err(Error::from)?;
     let (row, secret) = create(
         &mut conn,
         caller.user_id,
         &key_request,
         Grantor::Owner,
-        &client_address,
+        &client.address,
         state.clock.now(),
     )
     .await?;

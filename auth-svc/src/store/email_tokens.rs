@@ -73,3 +73,22 @@ pub async fn count_since(
         .get_result(conn)
         .await
 }
+
+/// Marks every unused `purpose` token of `user_id` used (older reset links die once the password
+/// changed); how many.
+pub async fn use_up(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    purpose: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::update(
+        email_tokens::table
+            .filter(email_tokens::user_id.eq(user_id))
+            .filter(email_tokens::purpose.eq(purpose))
+            .filter(email_tokens::used_at.is_null()),
+    )
+    .set(email_tokens::used_at.eq(now))
+    .execute(conn)
+    .await
+}

@@ -109,14 +109,22 @@ pub async fn find_by_login(
         .optional()
 }
 
-/// The active account with this (normalised) email.
-pub async fn find_active_by_email(
+/// The active account with this (normalised) email if a reset link may go there: the address is
+/// verified, or it is still the one the account registered with (whoever registered it first
+/// cannot read that inbox, so the link lets its owner reclaim the account). An address set by
+/// UpdateMe and not yet verified gets nothing: it proves nothing about the account's owner.
+pub async fn find_resettable_by_email(
     conn: &mut AsyncPgConnection,
     email: &str,
 ) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::email.eq(email))
         .filter(users::status.eq(UserStatus::Active.as_str()))
+        .filter(
+            users::email_verified_at
+                .is_not_null()
+                .or(users::email_changed_at.is_null()),
+        )
         .select(UserRow::as_select())
         .first(conn)
         .await
@@ -168,6 +176,8 @@ pub struct ProfileChange {
     pub email: Option<String>,
     /// `Some(None)` clears the verification (a new email).
     pub email_verified_at: Option<Option<DateTime<Utc>>>,
+    /// Set with a new email: it is no longer the address the account registered with.
+    pub email_changed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
 

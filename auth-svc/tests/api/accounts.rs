@@ -616,6 +616,7 @@ async fn email_verification_profile_changes_and_password_change() {
             UpdateMeRequest {
                 display_name: Some("Don".into()),
                 email: Some("don@example.org".into()),
+                current_password: PASSWORD.into(),
             },
         ))
         .await
@@ -646,6 +647,7 @@ async fn email_verification_profile_changes_and_password_change() {
             ChangePasswordRequest {
                 old_password: "not my password 1".into(),
                 new_password: NEW_PASSWORD.into(),
+                revoke_api_keys: false,
             },
         ))
         .await
@@ -657,6 +659,7 @@ async fn email_verification_profile_changes_and_password_change() {
             ChangePasswordRequest {
                 old_password: PASSWORD.into(),
                 new_password: NEW_PASSWORD.into(),
+                revoke_api_keys: false,
             },
         ))
         .await
@@ -713,7 +716,7 @@ async fn admins_list_disable_and_delete_users() {
     let t = TestServer::start().await;
     let (admin_id, admin) = t.admin("root").await;
     let token = admin.access_token.as_str();
-    let (ada_id, ada) = t.signup("ada").await;
+    let (ada_id, ada) = t.verified_signup("ada").await;
     t.signup("alan").await;
     t.signup("grace").await;
 
@@ -861,6 +864,7 @@ async fn admins_list_disable_and_delete_users() {
             "user.updated",
             "api_key.created",
             "login.succeeded",
+            "email.verified",
             "user.registered"
         ]
     );
@@ -1103,4 +1107,414 @@ async fn concurrent_logins_at_full_argon2_cost_do_not_starve_a_small_pool() {
         let login = result.unwrap_or_else(|status| panic!("login failed: {status:?}"));
         assert!(!login.access_token.is_empty());
     }
+}
+
+/// A CreateApiKey request for a `quota:read` key, with `password` ("" for none).
+fn key_request(password: &str) -> proto::auth::CreateApiKeyRequest {
+    proto::auth::CreateApiKeyRequest {
+        name: "laptop".into(),
+        scopes: vec!["quota:read".into()],
+        expires_at: None,
+        password: password.into(),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+/// The number in `details->>key` of the newest audit event of `event_type`.
+async fn audited_count(t: &TestServer, event_type: &str, key: &str) -> i64 {
+    sql_query(
+        "SELECT (details->>$2)::bigint AS count FROM audit_events WHERE event_type = $1 \
+         ORDER BY occurred_at DESC LIMIT 1",
+    )
+    .bind::<Text, _>(event_type)
+    .bind::<Text, _>(key)
+    .get_result::<Count>(&mut t.db.connect(SPEC.name).await)
+    .await
+    .unwrap()
+    .count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatters_api_key_dies_when_the_owner_resets_the_password() {
+    let t = TestServer::start().await;
+    // Someone registered the owner's address first and holds a key (made before keys needed a
+    // verified email, or leaked some other way), verified and cached by this process.
+    let (squatter_id, squatter) = t.signup("victim").await;
+    let scopes = vec!["quota:read".to_owned()];
+    let (_, key) = auth_svc::api_keys::create(
+        &mut t.db.connect(SPEC.name).await,
+        squatter_id.parse().unwrap(),
+        &auth_svc::api_keys::domain::KeyRequest {
+            name: "squat",
+            scopes: &scopes,
+            expires_at: None,
+        },
+        auth_svc::api_keys::Grantor::Owner,
+        "",
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let authenticator = &t.state.credentials.authenticator;
+    authenticator.verify_api_key(&key).await.unwrap();
+
+    // The owner reclaims the address by "forgot password": the unverified address the account
+    // registered with still gets the link.
+    t.client()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "victim@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let token = t.mailer.token("victim@example.com", "Reset", 0).await;
+    t.client()
+        .confirm_password_reset(ConfirmPasswordResetRequest {
+            token,
+            new_password: NEW_PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+
+    let refused = authenticator.verify_api_key(&key).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refresh_refused = t
+        .client()
+        .refresh(refresh(&squatter.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refresh_refused.code(), Code::Unauthenticated);
+    assert_eq!(
+        audited_count(&t, "password.reset", "api_keys_revoked").await,
+        1
+    );
+    let owner = t.login("victim", NEW_PASSWORD).await.unwrap();
+    assert!(owner.user.unwrap().email_verified);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_access_token_cannot_mint_an_api_key_after_the_reauth_window() {
+    let t = TestServer::start().await;
+    let (_, login) = t.verified_signup("ada").await;
+    let create = |token: &str, password: &str| {
+        let request = bearer(token, key_request(password));
+        let mut client = t.client();
+        async move { client.create_api_key(request).await }
+    };
+    // Just signed in: no password needed.
+    create(&login.access_token, "").await.unwrap();
+
+    // Eleven minutes later the same session (as a thief holding its tokens) needs the password,
+    // and refreshing does not make the sign-in recent again.
+    t.clock.advance(chrono::Duration::minutes(11));
+    let stale = create(&login.access_token, "").await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(stale.message().contains("sign in again"), "{stale:?}");
+    let refreshed = t
+        .client()
+        .refresh(refresh(&login.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let stale = create(&refreshed.access_token, "").await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    let wrong = create(&refreshed.access_token, "not the password 9")
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    assert!(wrong.message().starts_with("password:"), "{wrong:?}");
+
+    // The owner proves it: with the password, or by signing in again.
+    create(&refreshed.access_token, PASSWORD).await.unwrap();
+    let again = t.login("ada", PASSWORD).await.unwrap();
+    create(&again.access_token, "").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_account_cannot_create_api_keys() {
+    let t = TestServer::start().await;
+    let (_, login) = t.signup("alan").await;
+    for password in ["", PASSWORD] {
+        let refused = t
+            .client()
+            .create_api_key(bearer(&login.access_token, key_request(password)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            "verify your email address before creating API keys"
+        );
+    }
+    t.verify_email("alan").await;
+    t.api_key(&login.access_token, "laptop", &["quota:read"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_access_token_cannot_change_the_email() {
+    let t = TestServer::start().await;
+    let (_, login) = t.verified_signup("grace").await;
+    let update = |current_password: &str| {
+        let request = bearer(
+            &login.access_token,
+            UpdateMeRequest {
+                display_name: None,
+                email: Some("thief@example.org".into()),
+                current_password: current_password.into(),
+            },
+        );
+        let mut client = t.client();
+        async move { client.update_me(request).await }
+    };
+    let missing = update("").await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
+    assert!(
+        missing.message().starts_with("current_password:"),
+        "{missing:?}"
+    );
+    // Guesses count towards the account's lockout: five wrong ones and even the right one waits.
+    for _ in 0..5 {
+        let wrong = update("a guess of the thief 1").await.unwrap_err();
+        assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    }
+    let locked = update(PASSWORD).await.unwrap_err();
+    assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+    let me = t
+        .client()
+        .get_me(bearer(&login.access_token, GetMeRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        (me.email.as_str(), me.email_verified),
+        ("grace@example.com", true)
+    );
+    // The display name needs no password.
+    t.client()
+        .update_me(bearer(
+            &login.access_token,
+            UpdateMeRequest {
+                display_name: Some("Grace H.".into()),
+                email: None,
+                current_password: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    // After the window, the owner with the password changes it.
+    t.clock.advance(chrono::Duration::minutes(16));
+    let changed = update(PASSWORD).await.unwrap().into_inner();
+    assert_eq!(changed.user.unwrap().email, "thief@example.org");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_address_is_told_of_an_email_change() {
+    let t = TestServer::start().await;
+    let (_, login) = t.verified_signup("edsger").await;
+    t.client()
+        .update_me(bearer(
+            &login.access_token,
+            UpdateMeRequest {
+                display_name: None,
+                email: Some("edsger@new.example".into()),
+                current_password: PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let notice = t
+        .mailer
+        .mail("edsger@example.com", "email address was changed", 0)
+        .await;
+    assert!(notice.intro.contains("edsger@new.example"), "{notice:?}");
+    assert!(notice.intro.contains("If you did not"), "{notice:?}");
+    assert!(!notice.link.contains("token="), "{notice:?}");
+    t.mailer.token("edsger@new.example", "Confirm", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_is_not_mailed_to_an_unverified_changed_address() {
+    let t = TestServer::start().await;
+    let (user_id, login) = t.verified_signup("barbara").await;
+    t.client()
+        .update_me(bearer(
+            &login.access_token,
+            UpdateMeRequest {
+                display_name: None,
+                email: Some("barbara@elsewhere.example".into()),
+                current_password: PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let reset = || {
+        let mut client = t.client();
+        async move {
+            client
+                .request_password_reset(RequestPasswordResetRequest {
+                    email: "barbara@elsewhere.example".into(),
+                })
+                .await
+        }
+    };
+    // The same answer, but no link: nothing proves this inbox is the owner's.
+    reset().await.unwrap();
+    let resets = || async {
+        sql_query(
+            "SELECT count(*) AS count FROM email_tokens \
+             WHERE user_id = $1::uuid AND purpose = 'password_reset'",
+        )
+        .bind::<Text, _>(&user_id)
+        .get_result::<Count>(&mut t.db.connect(SPEC.name).await)
+        .await
+        .unwrap()
+        .count
+    };
+    assert_eq!(resets().await, 0);
+    // Once verified, it gets one.
+    let token = t
+        .mailer
+        .token("barbara@elsewhere.example", "Confirm", 0)
+        .await;
+    t.client()
+        .verify_email(VerifyEmailRequest { token })
+        .await
+        .unwrap();
+    reset().await.unwrap();
+    assert_eq!(resets().await, 1);
+    t.mailer
+        .token("barbara@elsewhere.example", "Reset", 0)
+        .await;
+    assert_eq!(t.mailer.count("barbara@elsewhere.example", "Reset"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_stops_at_the_absolute_session_lifetime() {
+    let t = TestServer::start().await;
+    let (_, login) = t.signup("niklaus").await;
+    // To the microsecond, as PostgreSQL keeps the sign-in time.
+    let micros = |at: prost_types::Timestamp| at.seconds * 1_000_000 + i64::from(at.nanos / 1000);
+    let end = micros(login.refresh_token_expires_at.unwrap());
+    let mut refresh_token = login.refresh_token;
+    // Refreshing every ten days never moves the end of the session (30 days after the login).
+    for _ in 0..2 {
+        t.clock.advance(chrono::Duration::days(10));
+        let refreshed = t
+            .client()
+            .refresh(refresh(&refresh_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(micros(refreshed.refresh_token_expires_at.unwrap()), end);
+        refresh_token = refreshed.refresh_token;
+    }
+    t.clock.advance(chrono::Duration::days(10));
+    let over = t
+        .client()
+        .refresh(refresh(&refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::Unauthenticated, "{over:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_reset_link_dies_after_a_reset() {
+    let t = TestServer::start().await;
+    t.signup("tony").await;
+    for _ in 0..2 {
+        t.client()
+            .request_password_reset(RequestPasswordResetRequest {
+                email: "tony@example.com".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let older = t.mailer.token("tony@example.com", "Reset", 0).await;
+    let newer = t.mailer.token("tony@example.com", "Reset", 1).await;
+    let confirm = |token: String, password: &str| {
+        let request = ConfirmPasswordResetRequest {
+            token,
+            new_password: password.into(),
+        };
+        let mut client = t.client();
+        async move { client.confirm_password_reset(request).await }
+    };
+    confirm(newer, NEW_PASSWORD).await.unwrap();
+    let dead = confirm(older, PASSWORD).await.unwrap_err();
+    assert_eq!(dead.code(), Code::FailedPrecondition, "{dead:?}");
+    t.login("tony", NEW_PASSWORD).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_reset_link_dies_after_a_password_change() {
+    let t = TestServer::start().await;
+    let (_, login) = t.signup("frances").await;
+    t.client()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "frances@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let link = t.mailer.token("frances@example.com", "Reset", 0).await;
+    t.client()
+        .change_password(bearer(
+            &login.access_token,
+            ChangePasswordRequest {
+                old_password: PASSWORD.into(),
+                new_password: NEW_PASSWORD.into(),
+                revoke_api_keys: false,
+            },
+        ))
+        .await
+        .unwrap();
+    let dead = t
+        .client()
+        .confirm_password_reset(ConfirmPasswordResetRequest {
+            token: link,
+            new_password: "yet another long passphrase 31".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dead.code(), Code::FailedPrecondition, "{dead:?}");
+    t.login("frances", NEW_PASSWORD).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_revokes_the_api_keys_a_thief_made_when_asked() {
+    let t = TestServer::start().await;
+    let (_, login) = t.verified_signup("margaret").await;
+    let kept = t
+        .api_key(&login.access_token, "kept", &["quota:read"])
+        .await;
+    let authenticator = &t.state.credentials.authenticator;
+    let change = |old: &str, new: &str, revoke_api_keys: bool| {
+        let request = bearer(
+            &login.access_token,
+            ChangePasswordRequest {
+                old_password: old.into(),
+                new_password: new.into(),
+                revoke_api_keys,
+            },
+        );
+        let mut client = t.client();
+        async move { client.change_password(request).await }
+    };
+    // Not asked: the keys stay.
+    change(PASSWORD, NEW_PASSWORD, false).await.unwrap();
+    authenticator.verify_api_key(&kept).await.unwrap();
+    // Asked: every key of the account is refused at once.
+    change(NEW_PASSWORD, PASSWORD, true).await.unwrap();
+    let refused = authenticator.verify_api_key(&kept).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(
+        audited_count(&t, "password.changed", "api_keys_revoked").await,
+        1
+    );
 }

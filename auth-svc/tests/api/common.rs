@@ -17,7 +17,8 @@ use kit::{
     testing::{InProcess, TestDb},
 };
 use proto::auth::{
-    LoginRequest, LoginResponse, RegisterRequest, auth_service_client::AuthServiceClient,
+    LoginRequest, LoginResponse, RegisterRequest, VerifyEmailRequest,
+    auth_service_client::AuthServiceClient,
 };
 use tonic::{Request, transport::Channel};
 
@@ -70,9 +71,9 @@ impl Mailer for RecordingMailer {
 }
 
 impl RecordingMailer {
-    /// The token of the `n`th (0-based) mail to `to` whose subject contains `subject`, waiting
-    /// briefly for it (mail is sent in the background).
-    pub async fn token(&self, to: &str, subject: &str, n: usize) -> String {
+    /// The `n`th (0-based) mail to `to` whose subject contains `subject`, waiting briefly for it
+    /// (mail is sent in the background).
+    pub async fn mail(&self, to: &str, subject: &str, n: usize) -> Mail {
         for _ in 0..100 {
             let found = self
                 .sent
@@ -81,14 +82,30 @@ impl RecordingMailer {
                 .iter()
                 .filter(|mail| mail.to == to && mail.subject.contains(subject))
                 .nth(n)
-                .map(|mail| mail.link.clone());
-            if let Some(link) = found {
-                let (_, token) = link.split_once("token=").unwrap();
-                return token.to_owned();
+                .cloned();
+            if let Some(mail) = found {
+                return mail;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("no mail {n} to {to} about {subject:?}");
+    }
+
+    /// The token in the link of [`RecordingMailer::mail`].
+    pub async fn token(&self, to: &str, subject: &str, n: usize) -> String {
+        let mail = self.mail(to, subject, n).await;
+        let (_, token) = mail.link.split_once("token=").unwrap();
+        token.to_owned()
+    }
+
+    /// How many mails to `to` with `subject` in their subject were sent so far.
+    pub fn count(&self, to: &str, subject: &str) -> usize {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|mail| mail.to == to && mail.subject.contains(subject))
+            .count()
     }
 }
 
@@ -198,7 +215,26 @@ impl TestServer {
         (user_id, self.login(name, PASSWORD).await.unwrap())
     }
 
-    /// A new API key (its secret) with `scopes`, created by the holder of `access_token`.
+    /// Confirms `name`'s email (`<name>@example.com`) with the link of its first verification mail.
+    pub async fn verify_email(&self, name: &str) {
+        let to = format!("{name}@example.com");
+        let token = self.mailer.token(&to, "Confirm", 0).await;
+        self.client()
+            .verify_email(VerifyEmailRequest { token })
+            .await
+            .unwrap();
+    }
+
+    /// Registers `name`, confirms the email and signs in (what creating API keys needs); returns
+    /// the user id and the login.
+    pub async fn verified_signup(&self, name: &str) -> (String, LoginResponse) {
+        let user_id = self.register(name).await;
+        self.verify_email(name).await;
+        (user_id, self.login(name, PASSWORD).await.unwrap())
+    }
+
+    /// A new API key (its secret) with `scopes`, created by the holder of `access_token` (a
+    /// verified user signed in within the re-authentication window).
     pub async fn api_key(&self, access_token: &str, name: &str, scopes: &[&str]) -> String {
         self.client()
             .create_api_key(bearer(
@@ -207,6 +243,7 @@ impl TestServer {
                     name: name.into(),
                     scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
                     expires_at: None,
+                    password: String::new(),
                 },
             ))
             .await

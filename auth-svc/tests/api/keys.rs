@@ -54,14 +54,14 @@ impl Keys {
         self.db.connect("auth").await
     }
 
-    /// Inserts an active user with `roles`.
+    /// Inserts an active user with `roles` and a verified email.
     pub async fn user(&self, roles: &[&str]) -> Uuid {
         let id = Uuid::now_v7();
         let name = format!("u{}", id.simple());
         let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
         sql_query(
-            "INSERT INTO users (id, email, username, display_name, roles, status, created_at, updated_at) \
-             VALUES ($1, $2 || '@example.com', $2, $2, $3, 'active', now(), now())",
+            "INSERT INTO users (id, email, username, display_name, roles, status, email_verified_at, created_at, updated_at) \
+             VALUES ($1, $2 || '@example.com', $2, $2, $3, 'active', now(), now(), now())",
         )
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(&name)
@@ -72,14 +72,24 @@ impl Keys {
         id
     }
 
-    /// A request carrying a fresh access token of `user_id` with `roles`.
+    /// A request carrying an access token of a session `user_id` (with `roles`) just signed in.
     pub async fn as_user<T>(&self, user_id: Uuid, roles: &[&str], message: T) -> Request<T> {
         let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        let session = Uuid::now_v7();
+        sql_query(
+            "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, client_address, user_agent) \
+             VALUES ($1, $2, now(), now(), now() + interval '1 day', '', '')",
+        )
+        .bind::<SqlUuid, _>(session)
+        .bind::<SqlUuid, _>(user_id)
+        .execute(&mut self.conn().await)
+        .await
+        .unwrap();
         let (token, _) = self
             .state
             .credentials
             .signer
-            .issue_access_token(user_id, Uuid::now_v7(), &roles, Utc::now())
+            .issue_access_token(user_id, session, &roles, Utc::now())
             .await
             .unwrap();
         common::bearer(&token, message)
@@ -146,6 +156,7 @@ fn create_request(scopes: &[&str]) -> CreateApiKeyRequest {
         name: "ci".to_owned(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         expires_at: None,
+        password: String::new(),
     }
 }
 

@@ -2,18 +2,21 @@
 //! verification cache hit (one key, repeatedly) and missed (every call a distinct fresh key), and
 //! access-token verifications per second in kit's `Authenticator` (in-process).
 //!
-//! It needs a running auth-svc (release build) and an API key with the `service` scope
-//! (`auth-svc service-key issue --service bench`); it registers its own users and keys. Writes
-//! a Markdown section to `bench/results/auth.md`.
+//! It needs a running auth-svc (release build), an API key with the `service` scope
+//! (`auth-svc service-key issue --service bench`) and auth-svc's database; it registers its own
+//! users (marking their emails verified in the database, as API keys need) and keys. Writes a
+//! Markdown section to `bench/results/auth.md`.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use bench::{Stats, Table, WARMUP, ms, rate, run_concurrent, run_items, verdict, write_section};
+use bench::{
+    Stats, Table, WARMUP, ms, rate, run_concurrent, run_items, run_tool, verdict, write_section,
+};
 use clap::Parser;
 use kit::caller::{AuthConfig, Authenticator, RemoteAuth};
 use proto::auth::{
@@ -40,6 +43,10 @@ struct Args {
     /// An API key with the `service` scope, sent as `x-api-key` to VerifyApiKey.
     #[arg(long, env = "BENCH_SERVICE_KEY", hide_env_values = true)]
     service_key: String,
+    /// auth-svc's database: the bench cannot read its users' mail, so it marks their emails
+    /// verified there (API keys need a verified email).
+    #[arg(long, env = "AUTH_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
     /// Seconds each timed case runs.
     #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 10)]
     duration_secs: u64,
@@ -99,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         .max(1);
     eprintln!("registering {users_needed} bench users…");
     let users = Arc::new(register_users(&clients, users_needed).await?);
+    mark_verified(&args.database_url, &users)?;
 
     eprintln!("creating {} API keys…", args.uncached_keys + 1);
     let mut fresh_keys = create_keys(&clients, &users, args.uncached_keys + 1).await?;
@@ -334,6 +342,25 @@ async fn register_batch(
     Ok(users)
 }
 
+/// Marks the emails of `users` verified, as their confirmation links would (with `psql`).
+fn mark_verified(database_url: &str, users: &[BenchUser]) -> anyhow::Result<()> {
+    // Bench usernames are `bench-<hex>-<n>`: nothing to quote.
+    let names: Vec<String> = users
+        .iter()
+        .map(|user| format!("'{}'", user.username))
+        .collect();
+    let sql = format!(
+        "UPDATE auth.users SET email_verified_at = now() WHERE username IN ({})",
+        names.join(",")
+    );
+    run_tool(
+        Path::new("psql"),
+        &["-qAt", "-v", "ON_ERROR_STOP=1", "-c", &sql, database_url],
+    )
+    .map_err(|err| anyhow::anyhow!("marking the bench users verified: {err}"))?;
+    Ok(())
+}
+
 /// Creates `count` keys spread over `users` (at most [`KEYS_PER_USER`] each); returns the secrets.
 async fn create_keys(
     clients: &[Client],
@@ -363,6 +390,8 @@ async fn create_keys(
                     name: "bench".to_owned(),
                     scopes: vec!["quota:read".to_owned()],
                     expires_at: None,
+                    // Just signed in: the session is recent enough.
+                    password: String::new(),
                 });
                 request
                     .metadata_mut()

@@ -76,6 +76,11 @@ impl Binary {
         binary
     }
 
+    /// Everything the binary printed so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn wait_for_port(&self, within: Duration) {
         let deadline = Instant::now() + within;
         while std::net::TcpStream::connect(self.addr).is_err() {

@@ -1,11 +1,11 @@
-//! Plain HTTP the way a user tries the mesh: curl, with JSON bodies; and the auth-svc CLI's
-//! service keys, as `just up` issues them.
+//! Plain HTTP the way a user tries the mesh: curl, with JSON bodies; the auth-svc CLI's
+//! service keys, as `just up` issues them; and email verification by the logged link.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::workspace_binary;
+use super::{Binary, workspace_binary};
 
 /// Runs curl with `args`; returns the status and the body (JSON if it parses, else a string).
 pub fn curl(args: &[&str]) -> (u16, Value) {
@@ -64,4 +64,37 @@ pub fn issue_service_key(
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Confirms `email` through the edge proxy at `base` as a `just up` user does: auth-svc without
+/// SMTP logs the link of each mail, so the newest verification link to `email` is read from
+/// `auth`'s output (waiting briefly: mail is sent in the background) and its token is posted to
+/// `/v1/auth/verify-email`.
+pub fn verify_email_by_logged_link(auth: &Binary, base: &str, email: &str) {
+    const LINK: &str = "verify-email?token=";
+    let mut token = None;
+    for _ in 0..100 {
+        token = auth
+            .log()
+            .lines()
+            .filter(|line| line.contains(email))
+            .filter_map(|line| line.rsplit_once(LINK))
+            .map(|(_, rest)| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+                    .collect::<String>()
+            })
+            .next_back();
+        if token.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = token.unwrap_or_else(|| panic!("auth-svc logged no verification link to {email}"));
+    let (status, body) = curl_post(
+        &format!("{base}/v1/auth/verify-email"),
+        &[],
+        &json!({ "token": token }),
+    );
+    assert_eq!(status, 200, "verifying {email}: {body}");
 }
