@@ -122,7 +122,7 @@ async fn a_forged_forwarded_address_does_not_pass_the_registration_limit_or_reac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_proxy_holding_a_service_key_may_forward_the_client_address() {
     let t = TestServer::start().await;
-    let (_, login) = t.signup("grace").await;
+    let (_, login) = t.verified_signup("grace").await;
     let service_key = issue_service_key(t.db.url(), MASTER_KEY, "edge-proxy", "service");
     fn forwarded(key: &str) -> [(&'static str, &str); 2] {
         [("x-forwarded-for", "203.0.113.5"), ("x-proxy-key", key)]
