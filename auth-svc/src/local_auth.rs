@@ -36,6 +36,8 @@ impl Credentials {
             issuer: keys.issuer.clone(),
             audience: keys.audience.clone(),
             api_key_cache_ttl,
+            access_token_ttl: keys.access_token_ttl,
+            ..AuthConfig::default()
         };
         let signer = Arc::new(Signer::new(pool.clone(), keys));
         let api_keys = Arc::new(ApiKeys::new(pool, api_key_cache_ttl));

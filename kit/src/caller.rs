@@ -1,24 +1,31 @@
 //! Who is calling: authentication of a caller from request metadata, shared by every service.
 //!
 //! - `authorization: Bearer <jwt>`: an access token from auth-svc, verified locally against the
-//!   JWKS (fetched from auth-svc, cached, refetched on an unknown `kid`). The algorithm is pinned to
-//!   EdDSA, so `alg: none` and HS256-with-the-public-key tokens are refused.
+//!   JWKS. The JWKS is fetched from auth-svc and refetched when it is older than
+//!   [`AuthConfig::jwks_refresh_interval`] or does not list the token's `kid` (at most once per
+//!   [`MIN_JWKS_FETCH_INTERVAL`]), so a key auth-svc stops publishing stops verifying within the
+//!   interval. The algorithm is pinned to EdDSA, so `alg: none` and HS256-with-the-public-key
+//!   tokens are refused; a token claiming a longer life than [`AuthConfig::access_token_ttl`] or
+//!   issued in the future is refused too (what a leaked key could mint is bounded like the rest).
 //! - `x-api-key: <key>`, `authorization: ApiKey <key>` or `authorization: Bearer cmk_…`: an API key,
 //!   verified through auth-svc's `VerifyApiKey` and cached for [`AuthConfig::api_key_cache_ttl`]
 //!   (at most [`MAX_API_KEY_CACHE_TTL`]): that is the longest a revoked key keeps working in
 //!   another process. The process that revokes a key forgets it at once ([`Authenticator::forget_api_keys`]).
+//!   A refused key is remembered for a couple of seconds only; both caches are bounded, so a flood
+//!   of made-up keys costs a fixed amount of memory and never slows the lookups down.
 //!
 //! Each RPC then states what it requires with [`Caller::require_scope`], [`Caller::require_admin`]
 //! or [`Caller::require_service`].
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant, SystemTime},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status, metadata::MetadataMap, transport::Channel};
@@ -36,7 +43,8 @@ pub mod scope {
     pub const BILLING_WRITE: &str = "billing:write";
     /// Administer the mesh (requires the owner's `admin` role).
     pub const ADMIN: &str = "admin";
-    /// Internal RPCs between services (requires the owner's `service` role).
+    /// Internal RPCs between services: only on a service account's key, issued by
+    /// `auth-svc service-key issue` (a session never holds it).
     pub const SERVICE: &str = "service";
     /// Every scope, in a stable order.
     pub const ALL: [&str; 6] = [
@@ -53,7 +61,8 @@ pub mod scope {
 pub mod role {
     /// Administrators: the admin RPCs, and the `admin` scope on their keys.
     pub const ADMIN: &str = "admin";
-    /// Service accounts: the internal RPCs, and the `service` scope on their keys.
+    /// Service accounts: the `service` scope on their keys. Granted by `auth-svc service-key
+    /// issue` alone, never through UpdateUser.
     pub const SERVICE: &str = "service";
     /// Every role.
     pub const ALL: [&str; 2] = [ADMIN, SERVICE];
@@ -158,13 +167,14 @@ impl Caller {
         }
     }
 
-    /// `PERMISSION_DENIED` unless the caller is a service of the mesh (internal RPCs).
+    /// `PERMISSION_DENIED` unless the caller is a service of the mesh (internal RPCs): an API key
+    /// with the `service` scope, never a signed-in session, whatever its roles.
     pub fn require_service(&self) -> Result<(), Status> {
-        if self.has_scope(scope::SERVICE) {
+        if matches!(self.credential, Credential::ApiKey { .. }) && self.has_scope(scope::SERVICE) {
             Ok(())
         } else {
             Err(Status::permission_denied(
-                "this internal call requires the `service` scope",
+                "this internal call requires an API key with the `service` scope",
             ))
         }
     }
@@ -228,6 +238,12 @@ pub struct AuthConfig {
     pub audience: String,
     /// How long a verified API key is trusted (clamped to [`MAX_API_KEY_CACHE_TTL`]).
     pub api_key_cache_ttl: Duration,
+    /// How long a fetched JWKS is used before it is fetched again (at least
+    /// [`MIN_JWKS_FETCH_INTERVAL`]): the longest a key auth-svc no longer publishes keeps verifying.
+    pub jwks_refresh_interval: Duration,
+    /// The lifetime auth-svc gives access tokens (its `ACCESS_TOKEN_TTL_SECS`): a token whose
+    /// `exp - iat` is longer is refused.
+    pub access_token_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -236,20 +252,29 @@ impl Default for AuthConfig {
             issuer: "commerce-mesh".to_owned(),
             audience: "commerce-mesh".to_owned(),
             api_key_cache_ttl: Duration::from_secs(10),
+            jwks_refresh_interval: Duration::from_secs(60),
+            access_token_ttl: Duration::from_secs(900),
         }
     }
 }
 
+/// The JWKS is fetched at most this often, whatever asks for it (a stale set, an unknown `kid`,
+/// a retry after a failed fetch), so tokens with made-up `kid`s cannot flood auth-svc.
+pub const MIN_JWKS_FETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Clock skew tolerated on `exp` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 5;
 /// A refused key is remembered briefly so a flood of bad keys does not reach auth-svc each time.
-const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(2);
-/// An unknown `kid` refetches the JWKS at most this often.
-const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
-/// Entries kept before expired ones are swept.
-const API_KEY_CACHE_SWEEP_AT: usize = 100_000;
+const REFUSED_API_KEY_TTL: Duration = Duration::from_secs(2);
+/// Refused keys remembered at once (a hash each): beyond that the least useful are evicted.
+pub const REFUSED_API_KEY_CACHE_ENTRIES: u64 = 10_000;
+/// Memory the verified keys may take, as weighed by [`cache_weight`].
+const ACCEPTED_API_KEY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-struct CachedKey {
-    checked_at: Instant,
-    verdict: Option<VerifiedKey>,
+/// The signing keys of the last successful JWKS fetch.
+#[derive(Default)]
+struct Jwks {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
 }
 
 /// Authenticates callers; see the module documentation.
@@ -257,9 +282,11 @@ pub struct Authenticator {
     config: AuthConfig,
     validation: Validation,
     source: Arc<dyn CredentialSource>,
-    signing_keys: RwLock<HashMap<String, DecodingKey>>,
-    last_jwks_fetch: tokio::sync::Mutex<Option<Instant>>,
-    api_keys: Mutex<HashMap<[u8; 32], CachedKey>>,
+    jwks: RwLock<Jwks>,
+    /// When the JWKS was last asked for; held while a fetch runs, so one fetch runs at a time.
+    jwks_fetch: tokio::sync::Mutex<Option<Instant>>,
+    accepted_keys: Cache<[u8; 32], Arc<VerifiedKey>>,
+    refused_keys: Cache<[u8; 32], ()>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -273,18 +300,34 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn new(mut config: AuthConfig, source: Arc<dyn CredentialSource>) -> Self {
         config.api_key_cache_ttl = config.api_key_cache_ttl.min(MAX_API_KEY_CACHE_TTL);
+        config.jwks_refresh_interval = config.jwks_refresh_interval.max(MIN_JWKS_FETCH_INTERVAL);
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        // A zero TTL turns the cache off (every verification asks auth-svc).
+        let accepted_keys = Cache::builder()
+            .max_capacity(if config.api_key_cache_ttl.is_zero() {
+                0
+            } else {
+                ACCEPTED_API_KEY_CACHE_BYTES
+            })
+            .weigher(|_, key: &Arc<VerifiedKey>| cache_weight(key))
+            .time_to_live(config.api_key_cache_ttl.max(Duration::from_millis(1)))
+            .build();
+        let refused_keys = Cache::builder()
+            .max_capacity(REFUSED_API_KEY_CACHE_ENTRIES)
+            .time_to_live(REFUSED_API_KEY_TTL)
+            .build();
         Self {
             config,
             validation,
             source,
-            signing_keys: RwLock::new(HashMap::new()),
-            last_jwks_fetch: tokio::sync::Mutex::new(None),
-            api_keys: Mutex::new(HashMap::new()),
+            jwks: RwLock::default(),
+            jwks_fetch: tokio::sync::Mutex::new(None),
+            accepted_keys,
+            refused_keys,
         }
     }
 
@@ -308,13 +351,7 @@ impl Authenticator {
             return Err(invalid_token());
         }
         let kid = header.kid.ok_or_else(invalid_token)?;
-        let key = match self.signing_key(&kid) {
-            Some(key) => key,
-            None => {
-                self.refetch_jwks().await?;
-                self.signing_key(&kid).ok_or_else(invalid_token)?
-            }
-        };
+        let key = self.signing_key(&kid).await?;
         let claims = decode::<AccessClaims>(token, &key, &self.validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -323,27 +360,68 @@ impl Authenticator {
                 _ => invalid_token(),
             })?
             .claims;
+        check_token_times(&claims, self.config.access_token_ttl, unix_now())?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| invalid_token())?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| invalid_token())?;
+        let mut scopes = scopes_of_roles(&claims.roles);
+        // `service` is the scope of a service account's key, never of a session.
+        scopes.remove(scope::SERVICE);
         Ok(Caller {
             user_id,
             credential: Credential::Session { session_id },
-            scopes: scopes_of_roles(&claims.roles),
+            scopes,
             roles: claims.roles,
         })
     }
 
-    fn signing_key(&self, kid: &str) -> Option<DecodingKey> {
-        self.signing_keys.read().ok()?.get(kid).cloned()
+    /// The key of `kid`, from a JWKS no older than the refresh interval when auth-svc answers.
+    async fn signing_key(&self, kid: &str) -> Result<DecodingKey, Status> {
+        let (known, fresh) = self.cached_signing_key(kid);
+        match known {
+            Some(key) if fresh => return Ok(key),
+            // Stale: one verification refreshes while the others go on with the set they have.
+            Some(key) => match self.jwks_fetch.try_lock() {
+                Ok(last_fetch) => {
+                    // A failure is logged and retried later; the known keys keep serving.
+                    let _ = self.fetch_jwks(last_fetch).await;
+                }
+                Err(_) => return Ok(key),
+            },
+            // Unknown: a key published since the last fetch, or a made-up `kid`.
+            None => self.fetch_jwks(self.jwks_fetch.lock().await).await?,
+        }
+        self.cached_signing_key(kid).0.ok_or_else(invalid_token)
     }
 
-    async fn refetch_jwks(&self) -> Result<(), Status> {
-        let mut last = self.last_jwks_fetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < JWKS_REFETCH_INTERVAL) {
+    /// The key of `kid` if the last fetched JWKS lists it, and whether that JWKS is fresh.
+    fn cached_signing_key(&self, kid: &str) -> (Option<DecodingKey>, bool) {
+        let Ok(jwks) = self.jwks.read() else {
+            return (None, false);
+        };
+        let fresh = jwks
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.config.jwks_refresh_interval);
+        (jwks.keys.get(kid).cloned(), fresh)
+    }
+
+    /// Fetches the JWKS and replaces the known keys with it (a key it no longer lists is
+    /// dropped), unless a fetch was attempted less than [`MIN_JWKS_FETCH_INTERVAL`] ago (for
+    /// example by the verification this one waited for). A failed fetch keeps the known keys.
+    async fn fetch_jwks(
+        &self,
+        mut last_fetch: tokio::sync::MutexGuard<'_, Option<Instant>>,
+    ) -> Result<(), Status> {
+        if last_fetch.is_some_and(|at| at.elapsed() < MIN_JWKS_FETCH_INTERVAL) {
             return Ok(());
         }
-        *last = Some(Instant::now());
-        let jwks = self.source.jwks().await?;
+        *last_fetch = Some(Instant::now());
+        let jwks = match self.source.jwks().await {
+            Ok(jwks) => jwks,
+            Err(status) => {
+                tracing::warn!(%status, "fetching the JWKS failed; the keys fetched before stay in use");
+                return Err(status);
+            }
+        };
         let mut keys = HashMap::with_capacity(jwks.len());
         for jwk in jwks {
             if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
@@ -356,31 +434,37 @@ impl Authenticator {
                 Err(err) => tracing::warn!(kid = %jwk.kid, %err, "skipping an unusable JWK"),
             }
         }
-        if let Ok(mut current) = self.signing_keys.write() {
-            *current = keys;
+        if let Ok(mut current) = self.jwks.write() {
+            *current = Jwks {
+                keys,
+                fetched_at: Some(Instant::now()),
+            };
         }
         Ok(())
     }
 
-    /// Verifies an API key (through the cache) and returns its caller.
+    /// Verifies an API key (through the caches) and returns its caller.
     pub async fn verify_api_key(&self, key: &str) -> Result<Caller, Status> {
         if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
             return Err(invalid_api_key());
         }
         let hash = hash_api_key(key);
-        let verified = match self.cached(&hash) {
-            Some(verdict) => verdict,
-            None => {
-                let verdict = match self.source.verify_api_key(key).await {
-                    Ok(verified) => Some(verified),
-                    Err(status) if status.code() == tonic::Code::Unauthenticated => None,
-                    Err(status) => return Err(status),
-                };
-                self.remember(hash, verdict.clone());
-                verdict
-            }
+        let verified = match self.accepted_keys.get(&hash) {
+            Some(verified) => verified,
+            None if self.refused_keys.contains_key(&hash) => return Err(invalid_api_key()),
+            None => match self.source.verify_api_key(key).await {
+                Ok(verified) => {
+                    let verified = Arc::new(verified);
+                    self.accepted_keys.insert(hash, Arc::clone(&verified));
+                    verified
+                }
+                Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                    self.refused_keys.insert(hash, ());
+                    return Err(invalid_api_key());
+                }
+                Err(status) => return Err(status),
+            },
         };
-        let verified = verified.ok_or_else(invalid_api_key)?;
         if verified
             .expires_at
             .is_some_and(|expires_at| expires_at <= SystemTime::now())
@@ -390,41 +474,62 @@ impl Authenticator {
         Ok(verified.caller())
     }
 
-    fn cached(&self, hash: &[u8; 32]) -> Option<Option<VerifiedKey>> {
-        let cache = self.api_keys.lock().ok()?;
-        let entry = cache.get(hash)?;
-        let ttl = if entry.verdict.is_some() {
-            self.config.api_key_cache_ttl
-        } else {
-            NEGATIVE_CACHE_TTL
-        };
-        (entry.checked_at.elapsed() < ttl).then(|| entry.verdict.clone())
-    }
-
-    fn remember(&self, hash: [u8; 32], verdict: Option<VerifiedKey>) {
-        let Ok(mut cache) = self.api_keys.lock() else {
-            return;
-        };
-        if cache.len() >= API_KEY_CACHE_SWEEP_AT {
-            let ttl = self.config.api_key_cache_ttl;
-            cache.retain(|_, entry| entry.checked_at.elapsed() < ttl);
-        }
-        cache.insert(
-            hash,
-            CachedKey {
-                checked_at: Instant::now(),
-                verdict,
-            },
-        );
-    }
-
     /// Forgets cached keys matching `revoked` (call it when revoking keys, disabling or deleting a
     /// user), so this process refuses them at once.
     pub fn forget_api_keys(&self, revoked: impl Fn(&VerifiedKey) -> bool) {
-        if let Ok(mut cache) = self.api_keys.lock() {
-            cache.retain(|_, entry| !entry.verdict.as_ref().is_some_and(&revoked));
+        for (hash, key) in &self.accepted_keys {
+            if revoked(&key) {
+                self.accepted_keys.invalidate(&*hash);
+            }
         }
     }
+
+    /// How many API key verdicts (accepted and refused) are cached, once pending evictions ran.
+    pub fn cached_api_keys(&self) -> u64 {
+        self.accepted_keys.run_pending_tasks();
+        self.refused_keys.run_pending_tasks();
+        self.accepted_keys.entry_count() + self.refused_keys.entry_count()
+    }
+}
+
+/// The bytes a verified key holds in the cache, roughly: the entry, its strings, and the cache's
+/// own bookkeeping.
+fn cache_weight(key: &VerifiedKey) -> u32 {
+    let strings: usize = key
+        .scopes
+        .iter()
+        .chain(&key.owner_roles)
+        .map(|text| text.len() + size_of::<String>())
+        .sum();
+    u32::try_from(256 + size_of::<VerifiedKey>() + strings).unwrap_or(u32::MAX)
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Refuses a token auth-svc would not issue at `now`: one living longer than `lifetime`, or
+/// issued in the future (beyond the leeway). Only a leaked or misused signing key mints such
+/// tokens; refusing them bounds what it can do to what a stolen token can.
+fn check_token_times(claims: &AccessClaims, lifetime: Duration, now: i64) -> Result<(), Status> {
+    let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+    if claims.iat > now.saturating_add(leeway) {
+        return Err(Status::unauthenticated(
+            "the access token is issued in the future",
+        ));
+    }
+    let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+    if claims.exp.saturating_sub(claims.iat) > lifetime {
+        return Err(Status::unauthenticated(
+            "the access token lives longer than the configured access-token lifetime",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid_token() -> Status {
@@ -723,6 +828,41 @@ mod tests {
         assert!(admin.require_scope(scope::BILLING_WRITE).is_ok());
         // Administrators are not services: internal RPCs stay closed to them.
         assert!(admin.require_service().is_err());
+
+        let service_key = caller(&[scope::SERVICE]);
+        assert!(service_key.require_service().is_ok());
+        // Only a key is a service, whatever scopes a session claims.
+        let session = Caller {
+            credential: Credential::Session {
+                session_id: Uuid::nil(),
+            },
+            ..service_key
+        };
+        assert!(session.require_service().is_err());
+    }
+
+    fn claims(iat: i64, exp: i64) -> AccessClaims {
+        AccessClaims {
+            sub: Uuid::nil().to_string(),
+            sid: Uuid::nil().to_string(),
+            roles: Vec::new(),
+            iss: "commerce-mesh".into(),
+            aud: "commerce-mesh".into(),
+            iat,
+            exp,
+            jti: Uuid::nil().to_string(),
+        }
+    }
+
+    #[test]
+    fn tokens_live_no_longer_than_configured_and_are_not_issued_in_the_future() {
+        let now = 1_000_000;
+        let lifetime = Duration::from_secs(900);
+        assert!(check_token_times(&claims(now, now + 900), lifetime, now).is_ok());
+        assert!(check_token_times(&claims(now, now + 901), lifetime, now).is_err());
+        // Within the clock-skew leeway, a token from a slightly fast clock is fine.
+        assert!(check_token_times(&claims(now + 5, now + 905), lifetime, now).is_ok());
+        assert!(check_token_times(&claims(now + 6, now + 906), lifetime, now).is_err());
     }
 
     #[test]

@@ -77,6 +77,16 @@ pub struct CallerArgs {
     /// Seconds a verified API key is trusted before auth-svc is asked again (at most 30).
     #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
     pub api_key_cache_ttl_secs: u64,
+
+    /// Lifetime auth-svc gives access tokens, in seconds (the same variable as auth-svc's):
+    /// a token claiming a longer life is refused.
+    #[arg(
+        long,
+        env = "ACCESS_TOKEN_TTL_SECS",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(60..=3600)
+    )]
+    pub access_token_ttl_secs: u64,
 }
 
 impl CallerArgs {
@@ -86,6 +96,8 @@ impl CallerArgs {
             issuer: self.auth_issuer.clone(),
             audience: self.auth_audience.clone(),
             api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
+            access_token_ttl: Duration::from_secs(self.access_token_ttl_secs),
+            ..crate::caller::AuthConfig::default()
         }
     }
 

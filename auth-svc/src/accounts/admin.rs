@@ -91,6 +91,18 @@ pub fn check_self_update(admin: Uuid, user_id: Uuid, update: &UserUpdate) -> Res
     Ok(())
 }
 
+/// The `service` role is granted by `auth-svc service-key issue` alone (service = a service
+/// account's key): UpdateUser may keep it on an account holding it, or take it away, never give it.
+pub fn check_role_grant(current: &[String], requested: &[String]) -> Result<(), Error> {
+    let holds = |roles: &[String]| roles.iter().any(|r| r == role::SERVICE);
+    if holds(requested) && !holds(current) {
+        return Err(Error::PermissionDenied(
+            "roles: the service role is granted only by `auth-svc service-key issue`".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn update_user(
     state: &State,
     client: &ClientInfo,
@@ -114,6 +126,9 @@ pub async fn update_user(
                 .ok_or(Error::NotFound("user"))?;
             if current.status() == UserStatus::Deleted {
                 return Err(Error::FailedPrecondition("the user is deleted".into()));
+            }
+            if let Some(roles) = &update.roles {
+                check_role_grant(&current.roles(), roles)?;
             }
             let status = update.active.map(|active| {
                 if active {
@@ -337,6 +352,22 @@ mod tests {
         assert!(check_self_update(me, other, &disable).is_ok());
         assert!(check_self_update(me, me, &disable).is_err());
         assert!(check_self_update(me, me, &demote).is_err());
+    }
+
+    #[test]
+    fn the_service_role_is_kept_or_removed_but_never_granted() {
+        let none: Vec<String> = Vec::new();
+        let admin = vec![role::ADMIN.to_owned()];
+        let service = vec![role::SERVICE.to_owned()];
+        let both = vec![role::ADMIN.to_owned(), role::SERVICE.to_owned()];
+        assert!(matches!(
+            check_role_grant(&admin, &both),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(check_role_grant(&none, &service).is_err());
+        assert!(check_role_grant(&service, &both).is_ok());
+        assert!(check_role_grant(&service, &none).is_ok());
+        assert!(check_role_grant(&none, &admin).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use kit::caller::{API_KEY_PREFIX, role, scope, scopes_of_roles};
+use kit::caller::{API_KEY_PREFIX, scope, scopes_of_roles};
 use rand::{Rng, distributions::Alphanumeric};
 
 use crate::error::Error;
@@ -71,8 +71,8 @@ pub struct ValidKey {
 }
 
 /// Checks a key request against the owner's roles at `now`: a name of 1–64 characters, known
-/// scopes no wider than the owner's roles allow (`admin`/`service` only from an admin owner,
-/// unless the operator grants them), an expiry in the future.
+/// scopes no wider than the owner's roles allow (`admin` only for an admin owner, `service` only
+/// for a service account and only from the operator), an expiry in the future.
 pub fn validate(
     request: &KeyRequest<'_>,
     owner_roles: &[String],
@@ -109,13 +109,15 @@ pub fn validate(
             ),
         ));
     }
-    let owner_is_admin = owner_roles.iter().any(|r| r == role::ADMIN);
     let allowed = scopes_of_roles(owner_roles);
     for requested in &requested {
-        let privileged = [scope::ADMIN, scope::SERVICE].contains(requested);
-        let granted_by_role = allowed.contains(*requested)
-            && (!privileged || owner_is_admin || grantor == Grantor::Operator);
-        if !granted_by_role {
+        // Service = a service account's key, which only `auth-svc service-key issue` makes.
+        if *requested == scope::SERVICE && grantor != Grantor::Operator {
+            return Err(Error::PermissionDenied(
+                "scopes: the `service` scope is issued only by `auth-svc service-key issue`".into(),
+            ));
+        }
+        if !allowed.contains(*requested) {
             return Err(Error::PermissionDenied(format!(
                 "scopes: the `{requested}` scope is beyond what this account may grant"
             )));
@@ -250,6 +252,12 @@ mod tests {
             "k",
             &["service"],
             &["service"],
+            Grantor::Owner
+        )));
+        assert!(denied(check(
+            "k",
+            &["service"],
+            &["admin", "service"],
             Grantor::Owner
         )));
         // The operator issues service keys, still only to service accounts.

@@ -1,14 +1,16 @@
-//! `VerifyApiKey`'s fast path: verified keys cached in memory for a short TTL, and `last_used_at`
-//! updates coalesced in memory and written in one statement every few seconds.
+//! `VerifyApiKey`'s fast path: verified keys cached in memory for a short TTL (a bounded
+//! concurrent cache: made-up keys are never cached, and expiry needs no sweep under a lock), and
+//! `last_used_at` updates coalesced in memory and written in one statement every few seconds.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use kit::{caller::hash_api_key, db::PgPool};
+use moka::sync::Cache;
 use uuid::Uuid;
 
 use super::{
@@ -21,13 +23,10 @@ use crate::error::Error;
 pub const LAST_USED_GRANULARITY: chrono::Duration = chrono::Duration::minutes(1);
 /// How often coalesced `last_used_at` updates are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-/// Entries kept before stale ones are swept.
+/// Keys noted as used before notes older than the granularity are swept.
 const SWEEP_AT: usize = 100_000;
-
-struct Cached {
-    checked_at: Instant,
-    key: Arc<UsableKey>,
-}
+/// Verified keys cached at once (each a few hundred bytes).
+const CACHE_ENTRIES: u64 = 100_000;
 
 #[derive(Default)]
 struct Usage {
@@ -41,7 +40,7 @@ struct Usage {
 pub struct ApiKeys {
     pool: PgPool,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    cache: Cache<[u8; 32], Arc<UsableKey>>,
     usage: Mutex<Usage>,
 }
 
@@ -56,10 +55,15 @@ impl std::fmt::Debug for ApiKeys {
 impl ApiKeys {
     /// `ttl` 0 disables the cache (every verification reads the database).
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        let ttl = ttl.min(kit::caller::MAX_API_KEY_CACHE_TTL);
+        let cache = Cache::builder()
+            .max_capacity(if ttl.is_zero() { 0 } else { CACHE_ENTRIES })
+            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .build();
         Self {
             pool,
-            ttl: ttl.min(kit::caller::MAX_API_KEY_CACHE_TTL),
-            cache: Mutex::new(HashMap::new()),
+            ttl,
+            cache,
             usage: Mutex::new(Usage::default()),
         }
     }
@@ -69,7 +73,7 @@ impl ApiKeys {
     pub async fn verify(&self, key: &str, now: DateTime<Utc>) -> Result<Arc<UsableKey>, Error> {
         domain::check_secret_form(key)?;
         let hash = hash_api_key(key);
-        let usable = match self.cached(&hash) {
+        let usable = match self.cache.get(&hash) {
             Some(usable) => usable,
             None => {
                 let mut conn = self.pool.get().await?;
@@ -77,7 +81,7 @@ impl ApiKeys {
                     .await?
                     .map(Arc::new)
                     .ok_or(Error::Unauthenticated("invalid API key"))?;
-                self.remember(hash, Arc::clone(&usable));
+                self.cache.insert(hash, Arc::clone(&usable));
                 usable
             }
         };
@@ -88,36 +92,12 @@ impl ApiKeys {
         Ok(usable)
     }
 
-    fn cached(&self, hash: &[u8; 32]) -> Option<Arc<UsableKey>> {
-        let cache = self.cache.lock().ok()?;
-        let entry = cache.get(hash)?;
-        (entry.checked_at.elapsed() < self.ttl).then(|| Arc::clone(&entry.key))
-    }
-
-    fn remember(&self, hash: [u8; 32], key: Arc<UsableKey>) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let Ok(mut cache) = self.cache.lock() else {
-            return;
-        };
-        if cache.len() >= SWEEP_AT {
-            let ttl = self.ttl;
-            cache.retain(|_, entry| entry.checked_at.elapsed() < ttl);
-        }
-        cache.insert(
-            hash,
-            Cached {
-                checked_at: Instant::now(),
-                key,
-            },
-        );
-    }
-
     /// Drops cached keys matching `revoked`, so the next verification reads the database.
     pub fn forget(&self, revoked: impl Fn(&UsableKey) -> bool) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|_, entry| !revoked(&entry.key));
+        for (hash, key) in &self.cache {
+            if revoked(&key) {
+                self.cache.invalidate(&*hash);
+            }
         }
     }
 

@@ -905,7 +905,7 @@ async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
 
     // The same for a service's key and the internal VerifyApiKey.
     let (robot_id, _) = t.signup("robot").await;
-    set_roles(&robot_id, &["service"]).await.unwrap();
+    make_service_account(&t, &robot_id).await;
     let scopes = vec!["service".to_owned()];
     let (_, service_key) = auth_svc::api_keys::create(
         &mut t.db.connect(SPEC.name).await,
@@ -1517,4 +1517,67 @@ async fn a_password_change_revokes_the_api_keys_a_thief_made_when_asked() {
         audited_count(&t, "password.changed", "api_keys_revoked").await,
         1
     );
+}
+
+/// Gives `user_id` the `service` role as `auth-svc service-key issue` does (UpdateUser cannot).
+async fn make_service_account(t: &TestServer, user_id: &str) {
+    sql_query("UPDATE users SET roles = ARRAY['service'] WHERE id = $1::uuid")
+        .bind::<Text, _>(user_id)
+        .execute(&mut t.db.connect(SPEC.name).await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_cannot_grant_itself_the_service_role() {
+    let t = TestServer::start().await;
+    let (root_id, root) = t.admin("root").await;
+    let set_roles = |user_id: &str, roles: &[&str]| {
+        let request = bearer(
+            &root.access_token,
+            UpdateUserRequest {
+                user_id: user_id.to_owned(),
+                active: None,
+                roles: Some(RoleList {
+                    values: roles.iter().map(|role| (*role).to_owned()).collect(),
+                }),
+            },
+        );
+        let mut client = t.client();
+        async move { client.update_user(request).await }
+    };
+    let (user_id, _) = t.signup("mallet").await;
+    for (target, roles) in [
+        (&root_id, &["admin", "service"][..]),
+        (&user_id, &["service"][..]),
+    ] {
+        let refused = set_roles(target, roles).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("auth-svc service-key issue"),
+            "{}",
+            refused.message()
+        );
+    }
+    let root_now = t
+        .client()
+        .get_user(bearer(
+            &root.access_token,
+            GetUserRequest {
+                user_id: root_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(root_now.roles, ["admin"]);
+
+    // A service account keeps its role through UpdateUser, and can lose it.
+    let (robot_id, _) = t.signup("robot").await;
+    make_service_account(&t, &robot_id).await;
+    set_roles(&robot_id, &["admin", "service"]).await.unwrap();
+    let robot = set_roles(&robot_id, &[]).await.unwrap().into_inner();
+    assert!(robot.user.unwrap().roles.is_empty());
 }

@@ -1017,3 +1017,42 @@ fn help_never_prints_secrets_from_the_environment() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_session_cannot_call_internal_rpcs() {
+    let t = common::TestServer::start().await;
+    let (admin_id, _) = t.admin("root").await;
+    // Both roles, as an admin could grant itself before UpdateUser refused the `service` role.
+    sql_query("UPDATE users SET roles = ARRAY['admin', 'service'] WHERE id = $1::uuid")
+        .bind::<Text, _>(&admin_id)
+        .execute(&mut t.db.connect("auth").await)
+        .await
+        .unwrap();
+    let admin = t.login("root", common::PASSWORD).await.unwrap();
+    let (user_id, _) = t.signup("alice").await;
+    let scopes = vec!["quota:read".to_owned()];
+    let (_, key) = api_keys::create(
+        &mut t.db.connect("auth").await,
+        user_id.parse().unwrap(),
+        &KeyRequest {
+            name: "alice",
+            scopes: &scopes,
+            expires_at: None,
+        },
+        Grantor::Operator,
+        "",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+
+    let refused = t
+        .client()
+        .verify_api_key(common::bearer(
+            &admin.access_token,
+            VerifyApiKeyRequest { key },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}

@@ -24,20 +24,50 @@ use crate::caller::{
     API_KEY_PREFIX, AccessClaims, AuthConfig, Authenticator, CredentialSource, VerifiedKey, jwk_x,
 };
 
-/// Mints access tokens and API keys for tests.
-pub struct TestIssuer {
+/// One Ed25519 signing key of the issuer.
+struct SigningPair {
+    kid: String,
     key: SigningKey,
     encoding: EncodingKey,
-    kid: String,
+}
+
+impl SigningPair {
+    fn generate() -> Self {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = key
+            .to_pkcs8_der()
+            .unwrap_or_else(|err| panic!("encoding the test key: {err}"));
+        Self {
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            key,
+            kid: format!("test-{}", Uuid::new_v4().simple()),
+        }
+    }
+
+    fn jwk(&self) -> Jwk {
+        Jwk {
+            kty: "OKP".to_owned(),
+            crv: "Ed25519".to_owned(),
+            x: jwk_x(self.key.verifying_key().as_bytes()),
+            kid: self.kid.clone(),
+            alg: "EdDSA".to_owned(),
+            r#use: "sig".to_owned(),
+        }
+    }
+}
+
+/// Mints access tokens and API keys for tests. Like auth-svc, it can rotate its signing key
+/// (the retired ones stay published until dropped).
+pub struct TestIssuer {
+    /// Published keys; the last one signs.
+    keys: Mutex<Vec<SigningPair>>,
     config: AuthConfig,
     api_keys: Mutex<HashMap<String, VerifiedKey>>,
 }
 
 impl std::fmt::Debug for TestIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestIssuer")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("TestIssuer").finish_non_exhaustive()
     }
 }
 
@@ -50,17 +80,16 @@ impl Default for TestIssuer {
 impl TestIssuer {
     /// A fresh key, issuer and audience `commerce-mesh` (the services' defaults).
     pub fn new() -> Self {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let der = key
-            .to_pkcs8_der()
-            .unwrap_or_else(|err| panic!("encoding the test key: {err}"));
         Self {
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            key,
-            kid: format!("test-{}", Uuid::new_v4().simple()),
+            keys: Mutex::new(vec![SigningPair::generate()]),
             config: AuthConfig::default(),
             api_keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The settings a service verifying this issuer's tokens uses by default.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
     }
 
     /// An authenticator trusting this issuer, as a service would build over auth-svc.
@@ -68,71 +97,85 @@ impl TestIssuer {
         Arc::new(Authenticator::new(self.config.clone(), self.clone()))
     }
 
+    /// Signs with a new key from now on; the previous keys stay published.
+    pub fn rotate_key(&self) {
+        self.keys().push(SigningPair::generate());
+    }
+
+    /// Stops publishing every key but the current one, as auth-svc does once the tokens of a
+    /// retired key have expired (or at once, after a key leaked).
+    pub fn drop_retired_keys(&self) {
+        let mut keys = self.keys();
+        let retired = keys.len() - 1;
+        keys.drain(..retired);
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, Vec<SigningPair>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A valid 15-minute access token for `user_id` with `roles`.
     pub fn token(&self, user_id: Uuid, roles: &[&str]) -> String {
-        self.token_with(
-            user_id,
-            roles,
-            &self.config.audience,
-            Duration::from_secs(900),
-            false,
-        )
+        self.token_with(user_id, roles, &self.config.audience, 0, 900)
     }
 
     /// A token that expired a minute ago (beyond the verifier's leeway).
     pub fn expired_token(&self, user_id: Uuid) -> String {
-        self.token_with(
-            user_id,
-            &[],
-            &self.config.audience,
-            Duration::from_secs(60),
-            true,
-        )
+        self.token_with(user_id, &[], &self.config.audience, -120, -60)
     }
 
     /// A valid token for another audience.
     pub fn other_audience_token(&self, user_id: Uuid) -> String {
-        self.token_with(
-            user_id,
-            &[],
-            "someone-else",
-            Duration::from_secs(900),
-            false,
-        )
+        self.token_with(user_id, &[], "someone-else", 0, 900)
     }
 
+    /// A token issued now that lives `lifetime` (auth-svc never issues one longer than its
+    /// configured access-token lifetime).
+    pub fn token_living(&self, user_id: Uuid, lifetime: Duration) -> String {
+        let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        self.token_with(user_id, &[], &self.config.audience, 0, lifetime)
+    }
+
+    /// A 15-minute token whose `iat` is `ahead` in the future.
+    pub fn token_issued_ahead(&self, user_id: Uuid, ahead: Duration) -> String {
+        let ahead = i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX);
+        self.token_with(user_id, &[], &self.config.audience, ahead, ahead + 900)
+    }
+
+    /// A token signed with the current key whose `iat` and `exp` are these offsets from now, in
+    /// seconds.
     fn token_with(
         &self,
         user_id: Uuid,
         roles: &[&str],
         audience: &str,
-        lifetime: Duration,
-        expired: bool,
+        issued_in: i64,
+        expires_in: i64,
     ) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| {
                 i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
             });
-        let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
-        let (iat, exp) = if expired {
-            (now - 2 * lifetime, now - lifetime)
-        } else {
-            (now, now + lifetime)
-        };
         let claims = AccessClaims {
             sub: user_id.to_string(),
             sid: Uuid::new_v4().to_string(),
             roles: roles.iter().map(|role| (*role).to_owned()).collect(),
             iss: self.config.issuer.clone(),
             aud: audience.to_owned(),
-            iat,
-            exp,
+            iat: now + issued_in,
+            exp: now + expires_in,
             jti: Uuid::new_v4().to_string(),
         };
+        let keys = self.keys();
+        let signing = keys
+            .last()
+            .unwrap_or_else(|| panic!("the test issuer has no signing key"));
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding)
+        header.kid = Some(signing.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &signing.encoding)
             .unwrap_or_else(|err| panic!("signing a test token: {err}"))
     }
 
@@ -160,15 +203,9 @@ impl TestIssuer {
         }
     }
 
-    fn jwk(&self) -> Jwk {
-        Jwk {
-            kty: "OKP".to_owned(),
-            crv: "Ed25519".to_owned(),
-            x: jwk_x(self.key.verifying_key().as_bytes()),
-            kid: self.kid.clone(),
-            alg: "EdDSA".to_owned(),
-            r#use: "sig".to_owned(),
-        }
+    /// The published keys.
+    fn jwks(&self) -> Vec<Jwk> {
+        self.keys().iter().map(SigningPair::jwk).collect()
     }
 
     fn verified(&self, key: &str) -> Result<VerifiedKey, Status> {
@@ -183,7 +220,7 @@ impl TestIssuer {
 #[tonic::async_trait]
 impl CredentialSource for TestIssuer {
     async fn jwks(&self) -> Result<Vec<Jwk>, Status> {
-        Ok(vec![self.jwk()])
+        Ok(TestIssuer::jwks(self))
     }
 
     async fn verify_api_key(&self, key: &str) -> Result<VerifiedKey, Status> {
@@ -245,7 +282,7 @@ impl AuthService for IssuerService {
         _request: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
         Ok(Response::new(GetJwksResponse {
-            keys: vec![self.0.jwk()],
+            keys: self.0.jwks(),
         }))
     }
 
