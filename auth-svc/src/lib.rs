@@ -102,6 +102,7 @@ impl State {
                 pool.clone(),
                 keys,
                 args.keys.api_key_cache_ttl(),
+                Arc::clone(&clock),
             ),
             config: Arc::new(config),
             mailer,

@@ -9,6 +9,7 @@ use std::{
 use chrono::Utc;
 use kit::{
     caller::{AuthConfig, Authenticator, CredentialSource, VerifiedKey},
+    clock::Clock,
     db::PgPool,
 };
 use tonic::Status;
@@ -31,7 +32,12 @@ pub struct Credentials {
 impl Credentials {
     /// Builds the credentials of a server on `pool` and starts the task writing API key usage
     /// (so it needs a tokio runtime). Touches no database until first used.
-    pub fn new(pool: PgPool, keys: KeysConfig, api_key_cache_ttl: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        keys: KeysConfig,
+        api_key_cache_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let auth_config = AuthConfig {
             issuer: keys.issuer.clone(),
             audience: keys.audience.clone(),
@@ -49,7 +55,9 @@ impl Credentials {
         Self {
             signer,
             api_keys,
-            authenticator: Arc::new(Authenticator::new(auth_config, Arc::new(source))),
+            authenticator: Arc::new(
+                Authenticator::new(auth_config, Arc::new(source)).with_clock(clock),
+            ),
         }
     }
 

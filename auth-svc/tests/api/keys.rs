@@ -607,7 +607,9 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
     let user = keys.user(&[]).await;
     let old_token = keys.as_user(user, &[], ()).await;
 
-    let new_kid = keys::rotate(&mut keys.conn().await, &master_key(), now)
+    // Rotated a moment ago: long enough for the new key to sign, not for its tokens to expire.
+    let rotated_at = now - keys::ring::PUBLISH_BEFORE_SIGNING;
+    let new_kid = keys::rotate(&mut keys.conn().await, &master_key(), rotated_at)
         .await
         .unwrap();
     let jwks = keys.state.credentials.signer.read_jwks(now).await.unwrap();
@@ -658,9 +660,9 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
             jsonwebtoken::decode_header(&token).unwrap().kid.unwrap(),
         )
     };
-    let (_, _, kid) = kid_signing_at(now).await;
+    let (_, _, kid) = kid_signing_at(rotated_at).await;
     assert_eq!(kid, first[0].kid);
-    let (fresh, token, kid) = kid_signing_at(now + keys::ring::PUBLISH_BEFORE_SIGNING).await;
+    let (fresh, token, kid) = kid_signing_at(now).await;
     assert_eq!(kid, new_kid);
     let authenticator = &fresh.credentials.authenticator;
     assert!(authenticator.verify_token(&token).await.is_ok());
