@@ -157,7 +157,16 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
     assert_eq!(denied["allowed"], false);
     assert_eq!(denied["remaining"], "0");
 
-    // A refund gives one back; the user's own view agrees.
+    // The user sees the backend's charges in the usage log, but may not refund them: that would
+    // be using the product for free.
+    let (status, refused) = post(
+        &format!("{base}/v1/usage:refund"),
+        &as_user,
+        &json!({"idempotencyKey": "job-1"}),
+    );
+    assert_eq!(status, 403, "{refused}");
+
+    // A refund of the user's own consumption gives one back; the user's own view agrees.
     let usage_id = first["usageId"].as_str().unwrap();
     let (status, refunded) = post(
         &format!("{base}/v1/usage/{usage_id}:refund"),
