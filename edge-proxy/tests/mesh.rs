@@ -137,6 +137,7 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
     assert_eq!(status, 403);
 
     // The backend charges the user over gRPC with its service key.
+    let mut backend_charges = Vec::new();
     for key in ["job-1", "job-2"] {
         let charged = grpcurl_json(
             &quota_addr,
@@ -146,6 +147,7 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
         )
         .unwrap();
         assert_eq!(charged["allowed"], true, "{charged}");
+        backend_charges.push(charged["usageId"].as_str().unwrap().to_owned());
     }
     // The fourth is over the limit: a decision, not an error.
     let (status, denied) = post(
@@ -160,9 +162,9 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
     // The user sees the backend's charges in the usage log, but may not refund them: that would
     // be using the product for free.
     let (status, refused) = post(
-        &format!("{base}/v1/usage:refund"),
+        &format!("{base}/v1/usage/{}:refund", backend_charges[0]),
         &as_user,
-        &json!({"idempotencyKey": "job-1"}),
+        &json!({}),
     );
     assert_eq!(status, 403, "{refused}");
 
