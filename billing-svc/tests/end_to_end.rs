@@ -11,7 +11,7 @@ use std::{
 };
 
 use kit::testing::{
-    Binary, TestDb, curl, curl_post, free_port, issue_service_key, workspace_binary,
+    Binary, TestDb, curl, curl_post, free_port, issue_service_key, start_auth_svc, workspace_binary,
 };
 use serde_json::{Value, json};
 
@@ -47,12 +47,7 @@ async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
     );
     let key = |name: &str| keys.join(name).to_str().unwrap().to_owned();
 
-    let auth = Binary::start(
-        &workspace_binary("auth-svc"),
-        "AUTH",
-        db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
-    );
+    let auth = start_auth_svc(db.url(), MASTER_KEY);
     let auth_url = format!("http://{}", auth.addr);
     let quota_key = issue_service_key(db.url(), MASTER_KEY, "quota-svc", "service");
     let billing_key = issue_service_key(db.url(), MASTER_KEY, "billing-svc", "service");

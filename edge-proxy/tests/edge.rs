@@ -6,7 +6,8 @@
 use std::{process::Command, time::Duration};
 
 use kit::testing::{
-    Binary, TestDb, grpcurl, issue_service_key, verify_email_by_logged_link, workspace_binary,
+    Binary, TestDb, grpcurl, issue_service_key, start_auth_svc, verify_email_by_logged_link,
+    workspace_binary,
 };
 
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -120,12 +121,7 @@ fn curl_json(args: &[&str]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_signs_up_logs_in_and_manages_api_keys_through_the_edge() {
     let db = TestDb::new(&[]).await;
-    let auth = Binary::start(
-        &workspace_binary("auth-svc"),
-        "AUTH",
-        db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
-    );
+    let auth = start_auth_svc(db.url(), MASTER_KEY);
     let auth_url = format!("http://{}", auth.addr);
     let edge_key = issue_service_key(db.url(), MASTER_KEY, "edge-proxy", "service");
     let edge = Binary::start(
@@ -235,12 +231,7 @@ async fn a_browser_signs_up_logs_in_and_manages_api_keys_through_the_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_forwards_the_client_address_it_decided_not_one_a_client_wrote() {
     let db = TestDb::new(&[]).await;
-    let auth = Binary::start(
-        &workspace_binary("auth-svc"),
-        "AUTH",
-        db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
-    );
+    let auth = start_auth_svc(db.url(), MASTER_KEY);
     let auth_url = format!("http://{}", auth.addr);
     let edge_key = issue_service_key(db.url(), MASTER_KEY, "edge-proxy", "service");
     let edge = |trusted: &str| {

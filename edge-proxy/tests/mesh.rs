@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use kit::testing::{
-    Binary, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key,
+    Binary, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key, start_auth_svc,
     verify_email_by_logged_link, workspace_binary,
 };
 use serde_json::{Value, json};
@@ -37,12 +37,7 @@ fn grpcurl_json(addr: &str, key: &str, method: &str, body: &Value) -> Result<Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_service_keys() {
     let db = TestDb::new(&[]).await;
-    let auth = Binary::start(
-        &workspace_binary("auth-svc"),
-        "AUTH",
-        db.url(),
-        &[("AUTH_MASTER_KEY", MASTER_KEY), ("AUTH_LOG_MAIL", "true")],
-    );
+    let auth = start_auth_svc(db.url(), MASTER_KEY);
     let auth_url = format!("http://{}", auth.addr);
     let quota_key = service_key(&db, "quota-svc", "service");
     let billing_key = service_key(&db, "billing-svc", "service");

@@ -404,14 +404,7 @@ pub async fn change_password(
     };
     confirm_password(state, client, &user, "old_password", old_password).await?;
     let now = state.clock.now();
-    password::check_policy(
-        "new_password",
-        new_password,
-        &user.username,
-        &user.email,
-        state.config.password_min_strength,
-    )?;
-    let new_hash = state.config.hasher.hash(new_password.to_owned()).await?;
+    let new_hash = new_password_hash(state, &user, new_password).await?;
     let mut conn = state.pool.get().await?;
     let keys_revoked = conn
         .transaction::<_, Error, _>(async |conn| {
@@ -512,6 +505,23 @@ pub async fn request_password_reset(
     Ok(())
 }
 
+/// The hash of `new_password` for `user`, if it passes the password rules (`new_password`
+/// names the field in the error).
+async fn new_password_hash(
+    state: &State,
+    user: &UserRow,
+    new_password: &str,
+) -> Result<String, Error> {
+    password::check_policy(
+        "new_password",
+        new_password,
+        &user.username,
+        &user.email,
+        state.config.password_min_strength,
+    )?;
+    state.config.hasher.hash(new_password.to_owned()).await
+}
+
 /// ConfirmPasswordReset: sets the password, marks the email verified, revokes every session,
 /// API key and other reset link: whoever held the account before the owner proved the inbox
 /// keeps nothing.
@@ -537,14 +547,7 @@ pub async fn confirm_password_reset(
                         "the token is unknown, expired or already used".into(),
                     )
                 })?;
-            password::check_policy(
-                "new_password",
-                new_password,
-                &user.username,
-                &user.email,
-                state.config.password_min_strength,
-            )?;
-            let hash = state.config.hasher.hash(new_password.to_owned()).await?;
+            let hash = new_password_hash(state, &user, new_password).await?;
             store::users::set_password(conn, row.user_id, &hash, now).await?;
             if user.email == row.email && user.email_verified_at.is_none() {
                 store::users::set_email_verified(conn, row.user_id, now).await?;

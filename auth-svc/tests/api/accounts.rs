@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
 use crate::{
-    common::{PASSWORD, TestServer, args, bearer, production_args},
+    common::{PASSWORD, TestServer, args, bearer, production_args, set_roles_request},
     keys::with_header,
 };
 
@@ -876,16 +876,7 @@ async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
     let t = TestServer::start().await;
     let (_, root) = t.admin("root").await;
     let set_roles = |user_id: &str, roles: &[&str]| {
-        let request = bearer(
-            &root.access_token,
-            UpdateUserRequest {
-                user_id: user_id.to_owned(),
-                active: None,
-                roles: Some(RoleList {
-                    values: roles.iter().map(|role| (*role).to_owned()).collect(),
-                }),
-            },
-        );
+        let request = set_roles_request(&root.access_token, user_id, roles);
         let mut client = t.client();
         async move { client.update_user(request).await }
     };
@@ -906,21 +897,13 @@ async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
     // The same for a service's key and the internal VerifyApiKey.
     let (robot_id, _) = t.signup("robot").await;
     make_service_account(&t, &robot_id).await;
-    let scopes = vec!["service".to_owned()];
-    let (_, service_key) = auth_svc::api_keys::create(
-        &mut t.db.connect(SPEC.name).await,
-        robot_id.parse().unwrap(),
-        &auth_svc::api_keys::domain::KeyRequest {
-            name: "robot",
-            scopes: &scopes,
-            expires_at: None,
-        },
-        auth_svc::api_keys::Grantor::Operator,
-        "",
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let service_key = t
+        .key_in_store(
+            &robot_id,
+            &["service"],
+            auth_svc::api_keys::Grantor::Operator,
+        )
+        .await;
     let verify = || {
         let request = proto::auth::VerifyApiKeyRequest {
             key: admin_key.clone(),
@@ -1145,21 +1128,13 @@ async fn a_squatters_api_key_dies_when_the_owner_resets_the_password() {
     // Someone registered the owner's address first and holds a key (made before keys needed a
     // verified email, or leaked some other way), verified and cached by this process.
     let (squatter_id, squatter) = t.signup("victim").await;
-    let scopes = vec!["quota:read".to_owned()];
-    let (_, key) = auth_svc::api_keys::create(
-        &mut t.db.connect(SPEC.name).await,
-        squatter_id.parse().unwrap(),
-        &auth_svc::api_keys::domain::KeyRequest {
-            name: "squat",
-            scopes: &scopes,
-            expires_at: None,
-        },
-        auth_svc::api_keys::Grantor::Owner,
-        "",
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let key = t
+        .key_in_store(
+            &squatter_id,
+            &["quota:read"],
+            auth_svc::api_keys::Grantor::Owner,
+        )
+        .await;
     let authenticator = &t.state.credentials.authenticator;
     authenticator.verify_api_key(&key).await.unwrap();
 
@@ -1533,16 +1508,7 @@ async fn an_admin_cannot_grant_itself_the_service_role() {
     let t = TestServer::start().await;
     let (root_id, root) = t.admin("root").await;
     let set_roles = |user_id: &str, roles: &[&str]| {
-        let request = bearer(
-            &root.access_token,
-            UpdateUserRequest {
-                user_id: user_id.to_owned(),
-                active: None,
-                roles: Some(RoleList {
-                    values: roles.iter().map(|role| (*role).to_owned()).collect(),
-                }),
-            },
-        );
+        let request = set_roles_request(&root.access_token, user_id, roles);
         let mut client = t.client();
         async move { client.update_user(request).await }
     };

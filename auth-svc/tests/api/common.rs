@@ -252,6 +252,34 @@ impl TestServer {
             .secret
     }
 
+    /// A key of `user_id` with `scopes` created in the store directly, granted by `grantor`
+    /// (what the RPC would refuse, or the operator's CLI does).
+    pub async fn key_in_store(
+        &self,
+        user_id: &str,
+        scopes: &[&str],
+        grantor: auth_svc::api_keys::Grantor,
+    ) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|scope| (*scope).to_owned()).collect();
+        let request = auth_svc::api_keys::domain::KeyRequest {
+            name: "in store",
+            scopes: &scopes,
+            expires_at: None,
+        };
+        let mut conn = self.db.connect(SPEC.name).await;
+        let (_, key) = auth_svc::api_keys::create(
+            &mut conn,
+            user_id.parse().unwrap(),
+            &request,
+            grantor,
+            "",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        key
+    }
+
     /// An administrator created as `auth-svc admin create` does, signed in.
     pub async fn admin(&self, name: &str) -> (String, LoginResponse) {
         let mut conn = self.db.connect(SPEC.name).await;
@@ -271,6 +299,24 @@ impl TestServer {
             self.login(name, PASSWORD).await.unwrap(),
         )
     }
+}
+
+/// An UpdateUser request by the holder of `token` replacing `user_id`'s roles with `roles`.
+pub fn set_roles_request(
+    token: &str,
+    user_id: &str,
+    roles: &[&str],
+) -> Request<proto::auth::UpdateUserRequest> {
+    bearer(
+        token,
+        proto::auth::UpdateUserRequest {
+            user_id: user_id.to_owned(),
+            active: None,
+            roles: Some(proto::auth::RoleList {
+                values: roles.iter().map(|role| (*role).to_owned()).collect(),
+            }),
+        },
+    )
 }
 
 /// `message` with `authorization: Bearer <token>`.

@@ -862,14 +862,17 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
     );
     let addr = server.addr.to_string();
 
-    let jwks = grpcurl_json(&[
-        "-plaintext",
-        "-d",
-        "{}",
-        &addr,
-        "commerce.auth.v1.AuthService/GetJwks",
-    ])
-    .unwrap();
+    let get_jwks = || {
+        grpcurl_json(&[
+            "-plaintext",
+            "-d",
+            "{}",
+            &addr,
+            "commerce.auth.v1.AuthService/GetJwks",
+        ])
+        .unwrap()
+    };
+    let jwks = get_jwks();
     let published = jwks["keys"].as_array().unwrap();
     assert_eq!(published.len(), 1, "{jwks}");
     assert_eq!(published[0]["kty"], "OKP");
@@ -910,14 +913,7 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
     let expected = [kid.trim(), published[0]["kid"].as_str().unwrap()];
     let published_by = std::time::Instant::now() + auth_svc::keys::JWKS_CACHE_TTL * 2;
     loop {
-        let jwks = grpcurl_json(&[
-            "-plaintext",
-            "-d",
-            "{}",
-            &addr,
-            "commerce.auth.v1.AuthService/GetJwks",
-        ])
-        .unwrap();
+        let jwks = get_jwks();
         let kids: Vec<&str> = jwks["keys"]
             .as_array()
             .unwrap()

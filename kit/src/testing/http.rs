@@ -37,6 +37,17 @@ pub fn curl_post(url: &str, auth: &[&str], body: &Value) -> (u16, Value) {
     )
 }
 
+/// The auth-svc binary serving `database_url` with `master_key`, its mail (links included) going
+/// to its log as under `just up`.
+pub fn start_auth_svc(database_url: &str, master_key: &str) -> Binary {
+    Binary::start(
+        &workspace_binary("auth-svc"),
+        "AUTH",
+        database_url,
+        &[("AUTH_MASTER_KEY", master_key), ("AUTH_LOG_MAIL", "true")],
+    )
+}
+
 /// Issues a service account's API key with `scopes` through the auth-svc CLI on `database_url`
 /// sealed with `master_key`, as `just up` does.
 pub fn issue_service_key(

@@ -13,7 +13,7 @@ mod schema;
 
 pub use binary::{Binary, free_port, grpcurl, grpcurl_ok, grpcurl_result, workspace_binary};
 pub use db::TestDb;
-pub use http::{curl, curl_post, issue_service_key, verify_email_by_logged_link};
+pub use http::{curl, curl_post, issue_service_key, start_auth_svc, verify_email_by_logged_link};
 pub use in_process::{InProcess, wait_for_health};
 pub use issuer::{AuthServer, TestIssuer};
 pub use proxy::TcpProxy;
