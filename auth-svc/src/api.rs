@@ -76,6 +76,7 @@ fn user(row: &UserRow) -> pb::User {
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),
         last_login_at: row.last_login_at.map(timestamp),
+        pending_email: row.pending_email.clone().unwrap_or_default(),
     }
 }
 

@@ -301,6 +301,7 @@ pub async fn create_admin(
         updated_at: now,
         last_login_at: None,
         deleted_at: None,
+        pending_email: None,
     };
     conn.transaction::<_, Error, _>(async |conn| {
         store::users::insert(conn, &user)

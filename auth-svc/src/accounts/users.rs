@@ -49,20 +49,26 @@ fn taken_error(field: &str) -> Error {
     }
 }
 
-/// A verification token for `user`'s current email and the mail carrying it.
-fn verification(state: &State, user: &UserRow, now: DateTime<Utc>) -> (EmailTokenRow, Mail) {
+/// A verification token for `email` (the account's, or the one it asks to change to) and the mail
+/// carrying it there.
+fn verification(
+    state: &State,
+    user: &UserRow,
+    email: &str,
+    now: DateTime<Utc>,
+) -> (EmailTokenRow, Mail) {
     let (token, token_hash) = secret::new_token();
     let row = EmailTokenRow {
         token_hash,
         user_id: user.id,
         purpose: VERIFY_EMAIL.into(),
-        email: user.email.clone(),
+        email: email.to_owned(),
         created_at: now,
         expires_at: now + state.config.email_token_ttl,
         used_at: None,
     };
     let mail = Mail {
-        to: user.email.clone(),
+        to: email.to_owned(),
         subject: "Confirm your email address".into(),
         intro: format!(
             "Hello {}, please confirm your email address (the link is valid for 24 hours):",
@@ -138,8 +144,9 @@ pub async fn register(
         updated_at: now,
         last_login_at: None,
         deleted_at: None,
+        pending_email: None,
     };
-    let (token, mail) = verification(state, &user, now);
+    let (token, mail) = verification(state, &user, &user.email, now);
     let mut conn = state.pool.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {
         store::users::insert(conn, &user)
@@ -222,13 +229,18 @@ pub async fn verify_email(
         let row = consume(conn, VERIFY_EMAIL, token, now).await?;
         let user = store::users::lock(conn, row.user_id)
             .await?
-            .filter(|user| user.status() != UserStatus::Deleted && user.email == row.email)
-            .ok_or_else(|| {
-                Error::FailedPrecondition(
-                    "the token is for an email the account no longer has".into(),
-                )
-            })?;
-        let user = store::users::set_email_verified(conn, user.id, now).await?;
+            .filter(|user| user.status() != UserStatus::Deleted)
+            .ok_or_else(no_longer_the_email)?;
+        let user = if user.email == row.email {
+            store::users::set_email_verified(conn, user.id, now).await?
+        } else if user.pending_email.as_ref() == Some(&row.email) {
+            // The new address is proven: only now does it become the account's email.
+            store::users::adopt_pending_email(conn, user.id, &row.email, now)
+                .await
+                .map_err(already_exists)?
+        } else {
+            return Err(no_longer_the_email());
+        };
         let event = NewEvent {
             event_type: "email.verified",
             actor: Some(user.id),
@@ -240,6 +252,10 @@ pub async fn verify_email(
         Ok(user)
     })
     .await
+}
+
+fn no_longer_the_email() -> Error {
+    Error::FailedPrecondition("the token is for an email the account no longer has".into())
 }
 
 /// The signed-in user's account; `UNAUTHENTICATED` once deleted.
@@ -291,11 +307,11 @@ pub(crate) async fn confirm_password(
 fn email_changed_notice(state: &State, user: &UserRow, new_email: &str) -> Mail {
     Mail {
         to: user.email.clone(),
-        subject: "Your email address was changed".into(),
+        subject: "Your email address is being changed".into(),
         intro: format!(
-            "Hello {}, the email address of your account {} was changed to {new_email}. \
-             If you did this, there is nothing to do. If you did not, someone knows your \
-             password and controls your account: contact support at once.",
+            "Hello {}, someone signed in to your account {} asked to change its email address \
+             to {new_email}; it changes once that address is confirmed. If you did this, there is \
+             nothing to do. If you did not, someone knows your password: reset it at once.",
             user.display_name, user.username
         ),
         link: state.config.public_url.clone(),
@@ -341,6 +357,7 @@ pub async fn update_me(
                 .await?
                 .filter(|user| user.status() != UserStatus::Deleted)
                 .ok_or(Error::Unauthenticated("the account no longer exists"))?;
+            let asked_email = email.is_some();
             let new_email = email.filter(|email| *email != current.email);
             if new_email.is_some() && !password_confirmed {
                 // Another UpdateMe changed the email between the check and this transaction.
@@ -348,19 +365,23 @@ pub async fn update_me(
                     "the email changed meanwhile; retry with current_password".into(),
                 ));
             }
+            if let Some(new_email) = &new_email
+                && store::users::find_by_login(conn, new_email)
+                    .await?
+                    .is_some()
+            {
+                return Err(taken_error("email"));
+            }
             let change = ProfileChange {
                 display_name,
-                email_verified_at: new_email.as_ref().map(|_| None),
-                email_changed_at: new_email.as_ref().map(|_| now),
-                email: new_email.clone(),
+                // Asking for the current email again cancels a pending change.
+                pending_email: asked_email.then(|| new_email.clone()),
                 updated_at: now,
             };
-            let user = store::users::update_profile(conn, user_id, &change)
-                .await
-                .map_err(already_exists)?;
+            let user = store::users::update_profile(conn, user_id, &change).await?;
             let mails = match &new_email {
                 Some(new_email) => {
-                    let (token, verify) = verification(state, &user, now);
+                    let (token, verify) = verification(state, &user, new_email, now);
                     store::email_tokens::insert(conn, &token).await?;
                     let event = NewEvent {
                         event_type: "email.changed",

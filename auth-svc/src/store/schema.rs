@@ -117,7 +117,7 @@ pub mod auth {
             updated_at -> Timestamptz,
             last_login_at -> Nullable<Timestamptz>,
             deleted_at -> Nullable<Timestamptz>,
-            email_changed_at -> Nullable<Timestamptz>,
+            pending_email -> Nullable<Text>,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct UserRow {
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// A new address waiting for its verification; `email` changes only then.
+    pub pending_email: Option<String>,
 }
 
 impl UserRow {
@@ -109,10 +111,10 @@ pub async fn find_by_login(
         .optional()
 }
 
-/// The active account with this (normalised) email if a reset link may go there: the address is
-/// verified, or it is still the one the account registered with (whoever registered it first
-/// cannot read that inbox, so the link lets its owner reclaim the account). An address set by
-/// UpdateMe and not yet verified gets nothing: it proves nothing about the account's owner.
+/// The active account with this (normalised) email, where a reset link may go: an account's
+/// `email` is verified or still the one it registered with (whoever registered it first cannot
+/// read that inbox, so the link lets its owner reclaim the account). A changed address waits in
+/// `pending_email` until verified and gets nothing: it proves nothing about the account's owner.
 pub async fn find_resettable_by_email(
     conn: &mut AsyncPgConnection,
     email: &str,
@@ -120,11 +122,6 @@ pub async fn find_resettable_by_email(
     users::table
         .filter(users::email.eq(email))
         .filter(users::status.eq(UserStatus::Active.as_str()))
-        .filter(
-            users::email_verified_at
-                .is_not_null()
-                .or(users::email_changed_at.is_null()),
-        )
         .select(UserRow::as_select())
         .first(conn)
         .await
@@ -168,16 +165,32 @@ pub async fn set_email_verified(
         .await
 }
 
+/// Makes the verified pending address `email` the account's email.
+pub async fn adopt_pending_email(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    email: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<UserRow> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::email.eq(email),
+            users::pending_email.eq(None::<String>),
+            users::email_verified_at.eq(now),
+            users::updated_at.eq(now),
+        ))
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
 /// Profile changes of UpdateMe; `None` leaves a column unchanged.
 #[derive(Debug, AsChangeset)]
 #[diesel(table_name = users)]
 pub struct ProfileChange {
     pub display_name: Option<String>,
-    pub email: Option<String>,
-    /// `Some(None)` clears the verification (a new email).
-    pub email_verified_at: Option<Option<DateTime<Utc>>>,
-    /// Set with a new email: it is no longer the address the account registered with.
-    pub email_changed_at: Option<DateTime<Utc>>,
+    /// `Some(None)` cancels a pending email change.
+    pub pending_email: Option<Option<String>>,
     pub updated_at: DateTime<Utc>,
 }
 

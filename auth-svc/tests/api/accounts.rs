@@ -624,11 +624,33 @@ async fn email_verification_profile_changes_and_password_change() {
         .into_inner();
     assert!(updated.email_verification_required);
     let user = updated.user.unwrap();
+    // The new address waits for its link; the verified one stays until then.
     assert_eq!(
-        (user.display_name.as_str(), user.email_verified),
-        ("Don", false)
+        (
+            user.display_name.as_str(),
+            user.email.as_str(),
+            user.email_verified,
+            user.pending_email.as_str()
+        ),
+        ("Don", "donald@example.com", true, "don@example.org")
     );
-    t.mailer.token("don@example.org", "Confirm", 0).await;
+    let token = t.mailer.token("don@example.org", "Confirm", 0).await;
+    let adopted = t
+        .client()
+        .verify_email(VerifyEmailRequest { token })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        (
+            adopted.email.as_str(),
+            adopted.email_verified,
+            adopted.pending_email.as_str()
+        ),
+        ("don@example.org", true, "")
+    );
 
     let sessions = t
         .client()
@@ -1286,7 +1308,7 @@ async fn a_stolen_access_token_cannot_change_the_email() {
     // After the window, the owner with the password changes it.
     t.clock.advance(chrono::Duration::minutes(16));
     let changed = update(PASSWORD).await.unwrap().into_inner();
-    assert_eq!(changed.user.unwrap().email, "thief@example.org");
+    assert_eq!(changed.user.unwrap().pending_email, "thief@example.org");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1306,7 +1328,7 @@ async fn the_old_address_is_told_of_an_email_change() {
         .unwrap();
     let notice = t
         .mailer
-        .mail("edsger@example.com", "email address was changed", 0)
+        .mail("edsger@example.com", "email address is being changed", 0)
         .await;
     assert!(notice.intro.contains("edsger@new.example"), "{notice:?}");
     assert!(notice.intro.contains("If you did not"), "{notice:?}");
@@ -1546,4 +1568,55 @@ async fn an_admin_cannot_grant_itself_the_service_role() {
     set_roles(&robot_id, &["admin", "service"]).await.unwrap();
     let robot = set_roles(&robot_id, &[]).await.unwrap().into_inner();
     assert!(robot.user.unwrap().roles.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_change_cannot_squat_someone_elses_address() {
+    let t = TestServer::start().await;
+    // Mallory "changes" her email to the victim's address, which she cannot read.
+    let (_, mallory) = t.verified_signup("mallory").await;
+    t.client()
+        .update_me(bearer(
+            &mallory.access_token,
+            UpdateMeRequest {
+                display_name: None,
+                email: Some("victim@example.com".into()),
+                current_password: PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let squatters_link = t.mailer.token("victim@example.com", "Confirm", 0).await;
+    // The address stays free: its owner registers, verifies it and can reset the password.
+    t.register("victim").await;
+    let owners_link = t.mailer.token("victim@example.com", "Confirm", 1).await;
+    t.client()
+        .verify_email(VerifyEmailRequest { token: owners_link })
+        .await
+        .unwrap();
+    t.client()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "victim@example.com".into(),
+        })
+        .await
+        .unwrap();
+    t.mailer.token("victim@example.com", "Reset", 0).await;
+    // Mallory's link, had she read it, no longer takes the address.
+    let refused = t
+        .client()
+        .verify_email(VerifyEmailRequest {
+            token: squatters_link,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    let me = t
+        .client()
+        .get_me(bearer(&mallory.access_token, GetMeRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(me.email, "mallory@example.com");
 }
