@@ -365,13 +365,9 @@ pub async fn update_me(
                     "the email changed meanwhile; retry with current_password".into(),
                 ));
             }
-            if let Some(new_email) = &new_email
-                && store::users::find_by_login(conn, new_email)
-                    .await?
-                    .is_some()
-            {
-                return Err(taken_error("email"));
-            }
+            // Whether another account holds the address is decided when its link is followed
+            // (ALREADY_EXISTS then): answering here would tell anyone signed in which
+            // addresses are registered.
             let change = ProfileChange {
                 display_name,
                 // Asking for the current email again cancels a pending change.

@@ -1601,6 +1601,18 @@ async fn an_email_change_cannot_squat_someone_elses_address() {
         .await
         .unwrap();
     t.mailer.token("victim@example.com", "Reset", 0).await;
+    // Asking for a registered address reveals nothing (the answer comes with the link).
+    t.client()
+        .update_me(bearer(
+            &mallory.access_token,
+            UpdateMeRequest {
+                display_name: None,
+                email: Some("victim@example.com".into()),
+                current_password: PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap();
     // Mallory's link, had she read it, no longer takes the address.
     let refused = t
         .client()
