@@ -4,9 +4,10 @@
 //! Credentials (`authorization`, `x-api-key`), `x-request-id`, `user-agent` and the payment
 //! providers' signature headers are passed on as gRPC metadata. auth-svc's brute-force limits
 //! count by client address, so the edge decides it (the TCP peer, or behind trusted proxies the
-//! right-most untrusted `x-forwarded-for` entry), sends it as the only `x-forwarded-for` entry and
-//! vouches for it with its own service key in `x-proxy-key`; whatever a client sent in those
-//! headers is dropped.
+//! right-most untrusted `x-forwarded-for` entry), sends it to auth-svc as the only
+//! `x-forwarded-for` entry and vouches for it with its own service key in `x-proxy-key`; whatever
+//! a client sent in those headers is dropped. The other services get neither: the service key
+//! would let them make internal RPCs they have no business with.
 
 mod codec;
 pub mod routes;
@@ -23,7 +24,9 @@ use axum::{
     routing::get,
 };
 use http::uri::PathAndQuery;
-use kit::client_address::{FORWARDED_FOR_HEADER, PROXY_KEY_HEADER, TrustedProxies, client_of};
+use kit::client_address::{
+    FORWARDED_FOR_HEADER, PROXY_KEY_HEADER, TrustedProxies, client_of, forwarded_chain,
+};
 use prost_reflect::DescriptorPool;
 use tonic::{
     metadata::{Ascii, MetadataMap, MetadataValue},
@@ -160,15 +163,21 @@ async fn transcode_call(
             }
         };
 
-    let mut request = tonic::Request::new(message);
-    forward_metadata(&headers, peer, &edge.forwarding, request.metadata_mut());
-    request.set_timeout(edge.rpc_timeout);
     let service = route.method.parent_service();
-    let channel = match service.package_name() {
-        "commerce.auth.v1" => edge.auth.clone(),
-        "commerce.billing.v1" => edge.billing.clone(),
-        _ => edge.quota.clone(),
+    let (channel, upstream) = match service.package_name() {
+        "commerce.auth.v1" => (edge.auth.clone(), Upstream::Auth),
+        "commerce.billing.v1" => (edge.billing.clone(), Upstream::Other),
+        _ => (edge.quota.clone(), Upstream::Other),
     };
+    let mut request = tonic::Request::new(message);
+    forward_metadata(
+        &headers,
+        peer,
+        &edge.forwarding,
+        upstream,
+        request.metadata_mut(),
+    );
+    request.set_timeout(edge.rpc_timeout);
     let rpc_path = format!("/{}/{}", service.full_name(), route.method.name());
     let Ok(rpc_path) = PathAndQuery::from_str(&rpc_path) else {
         return error_response(
@@ -240,10 +249,20 @@ async fn transcode_call(
     }
 }
 
+/// Which service a call goes to, as far as the metadata it gets is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    /// auth-svc, whose limits count by the client address the edge vouches for.
+    Auth,
+    /// billing-svc or quota-svc: no client address, and never the edge's service key.
+    Other,
+}
+
 fn forward_metadata(
     headers: &HeaderMap,
     peer: SocketAddr,
     forwarding: &Forwarding,
+    upstream: Upstream,
     metadata: &mut MetadataMap,
 ) {
     for name in FORWARDED_HEADERS {
@@ -253,10 +272,16 @@ fn forward_metadata(
             metadata.insert(name, value);
         }
     }
-    let chain = headers
-        .get(FORWARDED_FOR_HEADER)
-        .and_then(|value| value.to_str().ok());
-    let client = client_of(peer.ip(), false, chain, &forwarding.trusted_proxies);
+    if upstream != Upstream::Auth {
+        return;
+    }
+    let chain = forwarded_chain(headers);
+    let client = client_of(
+        peer.ip(),
+        false,
+        chain.as_deref(),
+        &forwarding.trusted_proxies,
+    );
     if let Ok(value) = client.to_string().parse() {
         metadata.insert(FORWARDED_FOR_HEADER, value);
         metadata.insert(PROXY_KEY_HEADER, forwarding.service_key.clone());
@@ -283,4 +308,37 @@ fn error_response(
     );
     copy_request_id(&mut response, request_id);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn only_auth_svc_gets_the_edges_service_key_and_the_client_address() {
+        let forwarding = Forwarding::new(TrustedProxies::default(), "cmk_edge_key").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("r-1"));
+        headers.insert(PROXY_KEY_HEADER, HeaderValue::from_static("cmk_forged"));
+        headers.insert(FORWARDED_FOR_HEADER, HeaderValue::from_static("6.6.6.6"));
+        let peer: SocketAddr = "198.51.100.4:5555".parse().unwrap();
+        let sent = |upstream| {
+            let mut metadata = MetadataMap::new();
+            forward_metadata(&headers, peer, &forwarding, upstream, &mut metadata);
+            metadata
+        };
+
+        let auth = sent(Upstream::Auth);
+        assert_eq!(auth.get(PROXY_KEY_HEADER).unwrap(), "cmk_edge_key");
+        assert_eq!(auth.get(FORWARDED_FOR_HEADER).unwrap(), "198.51.100.4");
+        assert_eq!(auth.get("x-request-id").unwrap(), "r-1");
+
+        // billing-svc and quota-svc: a service key there would allow internal RPCs.
+        let other = sent(Upstream::Other);
+        assert!(other.get(PROXY_KEY_HEADER).is_none(), "{other:?}");
+        assert!(other.get(FORWARDED_FOR_HEADER).is_none(), "{other:?}");
+        assert_eq!(other.get("x-request-id").unwrap(), "r-1");
+    }
 }

@@ -247,20 +247,26 @@ async fn the_edge_forwards_the_client_address_it_decided_not_one_a_client_wrote(
         )
     };
     let json = ["-H", "content-type: application/json"];
-    let post = |base: &str, path: &str, body: &str, forwarded_for: &str| {
-        let header = format!("x-forwarded-for: {forwarded_for}");
-        curl_json(
-            &[
-                &json[..],
-                &["-H", &header, "-d", body, &format!("{base}{path}")],
-            ]
-            .concat(),
-        )
+    // The client connects from 127.0.0.2 (Linux routes all of 127/8 to lo), so its address is
+    // not the edge's own 127.0.0.1. Each of `forwarded_for` is a header line of its own.
+    let post = |base: &str, path: &str, body: &str, forwarded_for: &[&str]| {
+        let lines: Vec<String> = forwarded_for
+            .iter()
+            .map(|line| format!("x-forwarded-for: {line}"))
+            .collect();
+        let mut args = vec!["--interface", "127.0.0.2"];
+        args.extend(json);
+        for line in &lines {
+            args.extend(["-H", line.as_str()]);
+        }
+        let url = format!("{base}{path}");
+        args.extend(["-d", body, &url]);
+        curl_json(&args)
     };
     let password = "correct horse battery staple 42";
     let login = format!(r#"{{"usernameOrEmail":"ada","password":"{password}"}}"#);
     // The address auth-svc recorded for a session opened through `base` with `forwarded_for`.
-    let session_address = |base: &str, forwarded_for: &str| {
+    let session_address = |base: &str, forwarded_for: &[&str]| {
         let login = post(base, "/v1/auth/login", &login, forwarded_for);
         let bearer = format!(
             "authorization: Bearer {}",
@@ -283,16 +289,21 @@ async fn the_edge_forwards_the_client_address_it_decided_not_one_a_client_wrote(
         &base,
         "/v1/auth/register",
         &format!(r#"{{"email":"ada@example.org","username":"ada","password":"{password}"}}"#),
-        "6.6.6.6",
+        &["6.6.6.6"],
     );
     // Nobody is trusted in front of this edge: the client's claim is dropped.
-    assert_eq!(session_address(&base, "6.6.6.6"), "127.0.0.1");
+    assert_eq!(session_address(&base, &["6.6.6.6"]), "127.0.0.2");
 
-    // Behind a trusted load balancer (here: this host), its right-most untrusted entry.
-    let behind_proxy = edge("127.0.0.1");
+    // Behind a trusted load balancer (here: the client's 127.0.0.2), its right-most untrusted
+    // entry, whether it appends to the client's line or adds a line of its own (HAProxy).
+    let behind_proxy = edge("127.0.0.2");
     let base = format!("http://{}", behind_proxy.addr);
     assert_eq!(
-        session_address(&base, "6.6.6.6, 203.0.113.9"),
+        session_address(&base, &["6.6.6.6, 203.0.113.9"]),
+        "203.0.113.9"
+    );
+    assert_eq!(
+        session_address(&base, &["6.6.6.6", "203.0.113.9"]),
         "203.0.113.9"
     );
 }

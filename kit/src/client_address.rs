@@ -5,10 +5,13 @@
 //! a configured proxy network ([`TrustedProxies`]), or a peer that vouches for itself with a
 //! service API key in [`PROXY_KEY_HEADER`] (the edge). Of a forwarded chain the right-most
 //! untrusted entry is the client: every entry left of it was written by someone we cannot trust,
-//! the client included.
+//! the client included. Several `x-forwarded-for` lines are one chain in their order (some proxies
+//! add a line rather than append to the client's).
+//!
+//! Limits count by [`limit_key`], which groups the addresses one client is likely to hold.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     str::FromStr,
     sync::Arc,
     task::{Context, Poll},
@@ -83,6 +86,32 @@ pub fn client_of(
     client
 }
 
+/// The `x-forwarded-for` chain of `headers`: all its lines in order, joined with `,` (HAProxy's
+/// `option forwardfor` adds a line after the client's instead of appending to it, so the first
+/// line alone may be the client's own). A line that is not text becomes an empty entry, which ends
+/// the walk of [`client_of`] like any entry that is not an address. `None` without the header.
+pub fn forwarded_chain(headers: &http::HeaderMap) -> Option<String> {
+    let lines: Vec<&str> = headers
+        .get_all(FORWARDED_FOR_HEADER)
+        .iter()
+        .map(|line| line.to_str().unwrap_or_default())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(","))
+}
+
+/// What limits count `address` by: an IPv6 address by its /64 (`2001:db8:1:2::/64`), since one
+/// subscriber usually holds a whole /64 and would otherwise get a fresh budget per address; an
+/// IPv4-mapped IPv6 address as the IPv4 address it is; any other IPv4 address as itself.
+pub fn limit_key(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("{}/64", Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
 /// An `x-forwarded-for` entry: an address, maybe with a port (`192.0.2.7:4711`, `[2001:db8::1]:80`).
 fn parse_entry(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();
@@ -146,10 +175,7 @@ impl Claimed {
         let headers = request.headers();
         Some(Self {
             peer,
-            forwarded_for: headers
-                .get(FORWARDED_FOR_HEADER)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
+            forwarded_for: forwarded_chain(headers),
             proxy_key: headers.get(PROXY_KEY_HEADER).cloned(),
         })
     }
@@ -305,6 +331,53 @@ mod tests {
             client_of(ip("10.0.0.2"), false, Some("[2001:db8::1]:443"), &proxies),
             ip("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn a_client_line_before_the_proxy_line_is_not_the_client() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(forwarded_chain(&headers), None);
+        // The client's own line first, then the one a trusted proxy added.
+        headers.append(FORWARDED_FOR_HEADER, "1.2.3.4".parse().unwrap());
+        headers.append(
+            FORWARDED_FOR_HEADER,
+            "203.0.113.5, 10.1.1.1".parse().unwrap(),
+        );
+        let chain = forwarded_chain(&headers).unwrap();
+        assert_eq!(chain, "1.2.3.4,203.0.113.5, 10.1.1.1");
+        let proxies: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(
+            client_of(ip("10.0.0.2"), false, Some(&chain), &proxies),
+            ip("203.0.113.5")
+        );
+        // A line that is not text ends the walk at the hop that wrote the line after it.
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            FORWARDED_FOR_HEADER,
+            http::HeaderValue::from_bytes(b"1.2.3.4\xff").unwrap(),
+        );
+        headers.append(FORWARDED_FOR_HEADER, "10.1.1.1".parse().unwrap());
+        let chain = forwarded_chain(&headers).unwrap();
+        assert_eq!(
+            client_of(ip("10.0.0.2"), false, Some(&chain), &proxies),
+            ip("10.1.1.1")
+        );
+    }
+
+    #[test]
+    fn one_ipv6_64_is_one_limit_key() {
+        assert_eq!(limit_key(ip("2001:db8:1:2::7")), "2001:db8:1:2::/64");
+        assert_eq!(
+            limit_key(ip("2001:db8:1:2:ffff:1:2:3")),
+            limit_key(ip("2001:db8:1:2::1"))
+        );
+        assert_ne!(
+            limit_key(ip("2001:db8:1:3::1")),
+            limit_key(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(limit_key(ip("::ffff:192.0.2.9")), "192.0.2.9");
+        assert_eq!(limit_key(ip("192.0.2.9")), "192.0.2.9");
+        assert_eq!(limit_key(ip("::1")), "::/64");
     }
 
     #[test]

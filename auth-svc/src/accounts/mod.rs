@@ -13,7 +13,7 @@ pub mod validate;
 
 pub use config::{AccountsArgs, Config};
 
-use kit::client_address::ClientAddress;
+use kit::client_address::{ClientAddress, limit_key};
 use tonic::Request;
 
 /// The lifecycle state of an account, as stored in `users.status`.
@@ -74,6 +74,14 @@ impl ClientInfo {
             address,
             user_agent,
         }
+    }
+
+    /// What the brute-force and registration limits count this client by (see
+    /// [`kit::client_address::limit_key`]); sessions and the audit log keep the full address.
+    pub fn limit_key(&self) -> String {
+        self.address
+            .parse()
+            .map_or_else(|_| self.address.clone(), limit_key)
     }
 }
 

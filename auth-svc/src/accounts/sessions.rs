@@ -140,6 +140,7 @@ pub(crate) async fn begin_attempt(
     client: &ClientInfo,
 ) -> Result<Uuid, Error> {
     let policy = state.config.lockout;
+    let address_key = client.limit_key();
     let mut waited = std::time::Duration::ZERO;
     for retry in 0.. {
         let now = state.clock.now();
@@ -147,13 +148,13 @@ pub(crate) async fn begin_attempt(
         let mut conn = state.pool.get().await?;
         let admission = conn
             .transaction::<_, Error, _>(async |conn| {
-                store::attempts::lock(conn, key, &client.address).await?;
+                store::attempts::lock(conn, key, &address_key).await?;
                 let account = store::attempts::of_account(conn, key, since).await?;
                 let address =
-                    store::attempts::unsuccessful_of_address(conn, &client.address, since).await?;
+                    store::attempts::unsuccessful_of_address(conn, &address_key, since).await?;
                 match lockout::judge(&policy, &account, &address, now) {
                     Verdict::Allow => {
-                        let id = store::attempts::begin(conn, key, &client.address, now).await?;
+                        let id = store::attempts::begin(conn, key, &address_key, now).await?;
                         Ok(Admission::Begun(id))
                     }
                     Verdict::Wait => Ok(Admission::Wait),

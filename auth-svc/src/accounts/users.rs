@@ -176,25 +176,30 @@ async fn admit_registration(state: &State, client: &ClientInfo) -> Result<(), Er
     let since = now - chrono::Duration::hours(1);
     let per_client = i64::from(state.config.registrations_per_client_hour);
     let overall = i64::from(state.config.registrations_per_hour);
+    let address_key = client.limit_key();
     let mut conn = state.pool.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {
-        if per_client > 0 && !client.address.is_empty() {
-            store::registrations::lock(conn, &client.address).await?;
-            let recent =
-                store::registrations::count_since(conn, Some(&client.address), since).await?;
+        // The client's lock before the overall one, always, so no two transactions wait crosswise.
+        if per_client > 0 && !address_key.is_empty() {
+            store::registrations::lock(conn, Some(&address_key)).await?;
+            let recent = store::registrations::count_since(conn, Some(&address_key), since).await?;
             if recent >= per_client {
                 return Err(Error::ResourceExhausted(
                     "too many registrations from this client; retry later".into(),
                 ));
             }
         }
-        if overall > 0 && store::registrations::count_since(conn, None, since).await? >= overall {
-            tracing::warn!(overall, "the hourly registration limit is reached");
-            return Err(Error::ResourceExhausted(
-                "too many registrations right now; retry later".into(),
-            ));
+        if overall > 0 {
+            // Without the lock, concurrent registrations all count the same total and all pass.
+            store::registrations::lock(conn, None).await?;
+            if store::registrations::count_since(conn, None, since).await? >= overall {
+                tracing::warn!(overall, "the hourly registration limit is reached");
+                return Err(Error::ResourceExhausted(
+                    "too many registrations right now; retry later".into(),
+                ));
+            }
         }
-        Ok(store::registrations::record(conn, &client.address, now).await?)
+        Ok(store::registrations::record(conn, &address_key, now).await?)
     })
     .await
 }

@@ -7,11 +7,15 @@ use uuid::Uuid;
 
 use super::schema::auth::registration_attempts;
 
-/// Serialises the registration limit of `client_address` until the transaction ends, so
-/// concurrent attempts count each other.
-pub async fn lock(conn: &mut AsyncPgConnection, client_address: &str) -> QueryResult<()> {
+/// Serialises the registration limit of `client_address`, or (`None`) the overall one, until the
+/// transaction ends, so concurrent attempts count each other.
+pub async fn lock(conn: &mut AsyncPgConnection, client_address: Option<&str>) -> QueryResult<()> {
+    let key = match client_address {
+        Some(address) => format!("auth.registration_attempts {address}"),
+        None => "auth.registration_attempts overall".to_owned(),
+    };
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind::<Text, _>(format!("auth.registration_attempts {client_address}"))
+        .bind::<Text, _>(key)
         .execute(conn)
         .await?;
     Ok(())

@@ -154,6 +154,109 @@ async fn behind_trusted_proxies_the_right_most_untrusted_address_is_the_client()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_line_before_a_trusted_proxys_own_line_is_not_the_client() {
+    let t = TestServer::with_args(args(&["--trusted-proxies", "127.0.0.1"])).await;
+    t.signup("ada").await;
+    // HAProxy's `option forwardfor` adds a line after the one the client wrote itself.
+    let mut request = Request::new(login_request("ada", PASSWORD));
+    for line in ["6.6.6.6", "203.0.113.8"] {
+        request
+            .metadata_mut()
+            .append("x-forwarded-for", line.parse().unwrap());
+    }
+    let login = t.client().login(request).await.unwrap().into_inner();
+    let sessions = t
+        .client()
+        .list_sessions(bearer(
+            &login.access_token,
+            ListSessionsRequest {
+                page_size: 10,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let addresses = sessions.iter().map(|s| s.client_address.as_str());
+    assert!(
+        addresses.clone().any(|a| a == "203.0.113.8"),
+        "{sessions:?}"
+    );
+    assert!(!addresses.clone().any(|a| a == "6.6.6.6"), "{sessions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_addresses_of_one_ipv6_64_share_one_failure_budget() {
+    let t = TestServer::with_args(args(&["--trusted-proxies", "127.0.0.1"])).await;
+    t.signup("hopper").await;
+    // A password spray from a new address of the attacker's /64 on every attempt.
+    for n in 1..=20 {
+        let address = format!("2001:db8:1:2::{n:x}");
+        let err = t
+            .client()
+            .login(with_metadata(
+                login_request(&format!("nobody{n}"), "not the password 9"),
+                &[("x-forwarded-for", &address)],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    let from = async |address: &str| {
+        t.client()
+            .login(with_metadata(
+                login_request("hopper", PASSWORD),
+                &[("x-forwarded-for", address)],
+            ))
+            .await
+    };
+    let locked = from("2001:db8:1:2:ffff::1").await.unwrap_err();
+    assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+    // Another /64 is someone else.
+    from("2001:db8:1:3::1").await.unwrap();
+    // The session records the full address, not the /64.
+    assert_eq!(
+        session_address(&t, "hopper", &[("x-forwarded-for", "2001:db8:1:3::1")]).await,
+        "2001:db8:1:3::1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_do_not_pass_the_hourly_limit_together() {
+    let t = TestServer::with_args(args(&[
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--registrations-per-hour",
+        "2",
+    ]))
+    .await;
+    let attempts = (0..12).map(|n| {
+        let mut client = t.client();
+        async move {
+            let address = format!("192.0.2.{n}");
+            client
+                .register(with_metadata(
+                    registration(&format!("racer{n}"), &format!("racer{n}@example.com")),
+                    &[("x-forwarded-for", &address)],
+                ))
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let codes: Vec<Code> = outcomes
+        .iter()
+        .map(|outcome| {
+            outcome
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| Code::Ok)
+        })
+        .collect();
+    let admitted = codes.iter().filter(|code| **code == Code::Ok).count();
+    assert_eq!(admitted, 2, "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probing_for_registered_emails_is_limited_like_failed_logins() {
     let t = TestServer::with_args(args(&["--registrations-per-client-hour", "0"])).await;
     t.register("victim").await;
