@@ -1315,15 +1315,7 @@ async fn a_stolen_access_token_cannot_change_the_email() {
 async fn the_old_address_is_told_of_an_email_change() {
     let t = TestServer::start().await;
     let (_, login) = t.verified_signup("edsger").await;
-    t.client()
-        .update_me(bearer(
-            &login.access_token,
-            UpdateMeRequest {
-                display_name: None,
-                email: Some("edsger@new.example".into()),
-                current_password: PASSWORD.into(),
-            },
-        ))
+    t.change_email(&login.access_token, "edsger@new.example")
         .await
         .unwrap();
     let notice = t
@@ -1340,15 +1332,7 @@ async fn the_old_address_is_told_of_an_email_change() {
 async fn a_reset_is_not_mailed_to_an_unverified_changed_address() {
     let t = TestServer::start().await;
     let (user_id, login) = t.verified_signup("barbara").await;
-    t.client()
-        .update_me(bearer(
-            &login.access_token,
-            UpdateMeRequest {
-                display_name: None,
-                email: Some("barbara@elsewhere.example".into()),
-                current_password: PASSWORD.into(),
-            },
-        ))
+    t.change_email(&login.access_token, "barbara@elsewhere.example")
         .await
         .unwrap();
     let reset = || {
@@ -1575,15 +1559,7 @@ async fn an_email_change_cannot_squat_someone_elses_address() {
     let t = TestServer::start().await;
     // Mallory "changes" her email to the victim's address, which she cannot read.
     let (_, mallory) = t.verified_signup("mallory").await;
-    t.client()
-        .update_me(bearer(
-            &mallory.access_token,
-            UpdateMeRequest {
-                display_name: None,
-                email: Some("victim@example.com".into()),
-                current_password: PASSWORD.into(),
-            },
-        ))
+    t.change_email(&mallory.access_token, "victim@example.com")
         .await
         .unwrap();
     let squatters_link = t.mailer.token("victim@example.com", "Confirm", 0).await;
@@ -1602,15 +1578,7 @@ async fn an_email_change_cannot_squat_someone_elses_address() {
         .unwrap();
     t.mailer.token("victim@example.com", "Reset", 0).await;
     // Asking for a registered address reveals nothing (the answer comes with the link).
-    t.client()
-        .update_me(bearer(
-            &mallory.access_token,
-            UpdateMeRequest {
-                display_name: None,
-                email: Some("victim@example.com".into()),
-                current_password: PASSWORD.into(),
-            },
-        ))
+    t.change_email(&mallory.access_token, "victim@example.com")
         .await
         .unwrap();
     // Mallory's link, had she read it, no longer takes the address.

@@ -280,6 +280,26 @@ impl TestServer {
         key
     }
 
+    /// UpdateMe by the holder of `access_token` asking to change the email to `email`, with
+    /// [`PASSWORD`] as the current password.
+    pub async fn change_email(
+        &self,
+        access_token: &str,
+        email: &str,
+    ) -> Result<proto::auth::UpdateMeResponse, tonic::Status> {
+        self.client()
+            .update_me(bearer(
+                access_token,
+                proto::auth::UpdateMeRequest {
+                    display_name: None,
+                    email: Some(email.to_owned()),
+                    current_password: PASSWORD.to_owned(),
+                },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// An administrator created as `auth-svc admin create` does, signed in.
     pub async fn admin(&self, name: &str) -> (String, LoginResponse) {
         let mut conn = self.db.connect(SPEC.name).await;

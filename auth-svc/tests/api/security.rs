@@ -60,23 +60,27 @@ async fn session_address(t: &TestServer, name: &str, metadata: &[(&'static str, 
     sessions[0].client_address.clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_forwarded_address_buys_no_fresh_failure_budget() {
-    let t = TestServer::start().await;
-    t.signup("hopper").await;
-    // A password spray that claims a new address on every attempt.
-    for n in 0..20 {
-        let forged = format!("203.0.113.{n}");
+/// One failed login on an unknown name from each of `addresses` (in `x-forwarded-for`).
+async fn spray(t: &TestServer, addresses: impl Iterator<Item = String>) {
+    for (n, address) in addresses.enumerate() {
         let err = t
             .client()
             .login(with_metadata(
                 login_request(&format!("nobody{n}"), "not the password 9"),
-                &[("x-forwarded-for", &forged)],
+                &[("x-forwarded-for", &address)],
             ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_forwarded_address_buys_no_fresh_failure_budget() {
+    let t = TestServer::start().await;
+    t.signup("hopper").await;
+    // A password spray that claims a new address on every attempt.
+    spray(&t, (0..20).map(|n| format!("203.0.113.{n}"))).await;
     let locked = t
         .client()
         .login(with_metadata(
@@ -191,18 +195,7 @@ async fn the_addresses_of_one_ipv6_64_share_one_failure_budget() {
     let t = TestServer::with_args(args(&["--trusted-proxies", "127.0.0.1"])).await;
     t.signup("hopper").await;
     // A password spray from a new address of the attacker's /64 on every attempt.
-    for n in 1..=20 {
-        let address = format!("2001:db8:1:2::{n:x}");
-        let err = t
-            .client()
-            .login(with_metadata(
-                login_request(&format!("nobody{n}"), "not the password 9"),
-                &[("x-forwarded-for", &address)],
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    }
+    spray(&t, (1..=20).map(|n| format!("2001:db8:1:2::{n:x}"))).await;
     let from = async |address: &str| {
         t.client()
             .login(with_metadata(
