@@ -69,8 +69,9 @@ pub struct AccountsArgs {
     /// unlimited, e.g. for load tests).
     #[arg(long, env = "REGISTRATIONS_PER_CLIENT_HOUR", default_value_t = 20)]
     pub registrations_per_client_hour: u32,
-    /// Registration attempts allowed per hour from all clients together, a bound on the argon2
-    /// work sign-ups can cause (0: unlimited).
+    /// Registrations allowed per hour from all clients together that get as far as hashing the
+    /// password (refused probes do not count): a bound on the argon2 work sign-ups can cause (0:
+    /// unlimited).
     #[arg(long, env = "REGISTRATIONS_PER_HOUR", default_value_t = 2000)]
     pub registrations_per_hour: u32,
     /// Refuse Login until the account's email is verified.

@@ -90,8 +90,9 @@ fn send(state: &State, mail: Mail) {
     });
 }
 
-/// Register: validated, then limited (every attempt counts per address and overall), then
-/// checked for a taken email or username, and only then hashed, so probes cost no argon2 run.
+/// Register: validated, then limited (every attempt counts per address), then checked for a
+/// taken email or username, and only then limited overall and hashed, so probes cost no argon2
+/// run and cannot use up everyone's budget.
 /// A taken email or username counts as a failed password attempt of the client address (the
 /// budget logins share) and of that email, which bounds enumeration the way lockout bounds
 /// guessing.
@@ -114,7 +115,7 @@ pub async fn register(
         &email,
         state.config.password_min_strength,
     )?;
-    admit_registration(state, client).await?;
+    let registration = admit_registration(state, client).await?;
     let key = format!(
         "registration:{}",
         hex::encode(secret::keyed_hash(&state.config.name_key, &email))
@@ -128,6 +129,7 @@ pub async fn register(
     if let Some(field) = taken {
         return Err(taken_error(field));
     }
+    admit_hashing(state, registration).await?;
     // No connection is held while argon2 runs, so slow hashes cannot starve the pool.
     let hash = state.config.hasher.hash(input.password.to_owned()).await?;
     let now = state.clock.now();
@@ -168,38 +170,49 @@ pub async fn register(
     Ok(user)
 }
 
-/// Counts a registration attempt of `client` unless the address (limit per hour; unknown
-/// addresses share no budget) or everyone together (limit per hour) reached the limit:
-/// `RESOURCE_EXHAUSTED` then.
-async fn admit_registration(state: &State, client: &ClientInfo) -> Result<(), Error> {
+/// Counts a registration attempt of `client` unless the address reached its hourly limit
+/// (unknown addresses share no budget): `RESOURCE_EXHAUSTED` then. Returns the attempt's id.
+async fn admit_registration(state: &State, client: &ClientInfo) -> Result<Uuid, Error> {
     let now = state.clock.now();
     let since = now - chrono::Duration::hours(1);
     let per_client = i64::from(state.config.registrations_per_client_hour);
-    let overall = i64::from(state.config.registrations_per_hour);
     let address_key = client.limit_key();
     let mut conn = state.pool.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {
-        // The client's lock before the overall one, always, so no two transactions wait crosswise.
         if per_client > 0 && !address_key.is_empty() {
             store::registrations::lock(conn, Some(&address_key)).await?;
-            let recent = store::registrations::count_since(conn, Some(&address_key), since).await?;
+            let recent = store::registrations::count_since(conn, &address_key, since).await?;
             if recent >= per_client {
                 return Err(Error::ResourceExhausted(
                     "too many registrations from this client; retry later".into(),
                 ));
             }
         }
-        if overall > 0 {
-            // Without the lock, concurrent registrations all count the same total and all pass.
-            store::registrations::lock(conn, None).await?;
-            if store::registrations::count_since(conn, None, since).await? >= overall {
-                tracing::warn!(overall, "the hourly registration limit is reached");
-                return Err(Error::ResourceExhausted(
-                    "too many registrations right now; retry later".into(),
-                ));
-            }
-        }
         Ok(store::registrations::record(conn, &address_key, now).await?)
+    })
+    .await
+}
+
+/// Lets attempt `attempt` hash its password unless everyone together reached the hourly limit of
+/// hashing registrations (`RESOURCE_EXHAUSTED` then). Only attempts that get this far count, so
+/// refused probes from many addresses cannot close sign-up for everyone.
+async fn admit_hashing(state: &State, attempt: Uuid) -> Result<(), Error> {
+    let overall = i64::from(state.config.registrations_per_hour);
+    if overall == 0 {
+        return Ok(());
+    }
+    let since = state.clock.now() - chrono::Duration::hours(1);
+    let mut conn = state.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        // Without the lock, concurrent registrations all count the same total and all pass.
+        store::registrations::lock(conn, None).await?;
+        if store::registrations::count_hashed_since(conn, since).await? >= overall {
+            tracing::warn!(overall, "the hourly registration limit is reached");
+            return Err(Error::ResourceExhausted(
+                "too many registrations right now; retry later".into(),
+            ));
+        }
+        Ok(store::registrations::mark_hashed(conn, attempt).await?)
     })
     .await
 }

@@ -1,4 +1,5 @@
-//! `registration_attempts`: every Register call, for the per-address and overall limits.
+//! `registration_attempts`: every Register call, for the per-address limit, and whether it got as
+//! far as hashing, for the overall one.
 
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types::Text};
@@ -21,32 +22,55 @@ pub async fn lock(conn: &mut AsyncPgConnection, client_address: Option<&str>) ->
     Ok(())
 }
 
-/// Attempts since `since`, from `client_address` or (`None`) from anywhere.
+/// Attempts from `client_address` since `since`.
 pub async fn count_since(
     conn: &mut AsyncPgConnection,
-    client_address: Option<&str>,
+    client_address: &str,
     since: DateTime<Utc>,
 ) -> QueryResult<i64> {
-    let mut query = registration_attempts::table
+    registration_attempts::table
         .filter(registration_attempts::attempted_at.gt(since))
-        .into_boxed();
-    if let Some(address) = client_address {
-        query = query.filter(registration_attempts::client_address.eq(address));
-    }
-    query.count().get_result(conn).await
+        .filter(registration_attempts::client_address.eq(client_address))
+        .count()
+        .get_result(conn)
+        .await
 }
 
+/// Attempts from anywhere since `since` that got as far as hashing.
+pub async fn count_hashed_since(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+) -> QueryResult<i64> {
+    registration_attempts::table
+        .filter(registration_attempts::attempted_at.gt(since))
+        .filter(registration_attempts::hashed)
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Records an attempt; returns its id.
 pub async fn record(
     conn: &mut AsyncPgConnection,
     client_address: &str,
     now: DateTime<Utc>,
-) -> QueryResult<()> {
+) -> QueryResult<Uuid> {
+    let id = Uuid::now_v7();
     diesel::insert_into(registration_attempts::table)
         .values((
-            registration_attempts::id.eq(Uuid::now_v7()),
+            registration_attempts::id.eq(id),
             registration_attempts::attempted_at.eq(now),
             registration_attempts::client_address.eq(client_address),
         ))
+        .execute(conn)
+        .await?;
+    Ok(id)
+}
+
+/// Marks attempt `id` as one that hashes a password.
+pub async fn mark_hashed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+    diesel::update(registration_attempts::table.find(id))
+        .set(registration_attempts::hashed.eq(true))
         .execute(conn)
         .await?;
     Ok(())

@@ -76,6 +76,7 @@ pub mod auth {
             id -> Uuid,
             attempted_at -> Timestamptz,
             client_address -> Text,
+            hashed -> Bool,
         }
     }
 

@@ -449,3 +449,35 @@ async fn without_smtp_auth_svc_refuses_to_start_rather_than_log_reset_links() {
     std::fs::remove_file(&log).unwrap();
     assert!(stderr.contains("AUTH_LOG_MAIL=true"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_from_many_addresses_do_not_close_sign_up_for_everyone() {
+    let t = TestServer::with_args(args(&[
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--registrations-per-hour",
+        "2",
+    ]))
+    .await;
+    t.register("taken").await;
+    // Refused probes from many addresses cost no argon2 run, so they use none of the hour's budget.
+    for n in 0..5 {
+        let address = format!("192.0.2.{n}");
+        let refused = t
+            .client()
+            .register(with_metadata(
+                registration("taken", &format!("probe{n}@example.com")),
+                &[("x-forwarded-for", &address)],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    }
+    t.client()
+        .register(with_metadata(
+            registration("newcomer", "newcomer@example.com"),
+            &[("x-forwarded-for", "198.51.100.1")],
+        ))
+        .await
+        .unwrap();
+}
