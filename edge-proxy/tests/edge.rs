@@ -40,6 +40,10 @@ fn healthz_answers_and_sigterm_stops_the_proxy() {
     let (exit, took) = edge.terminate(Duration::from_secs(5));
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    // Its log went to a file, not a terminal: plain text, no colour codes for a collector to choke on.
+    let log = edge.log();
+    assert!(log.contains("edge-proxy serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Logging (tracing, `RUST_LOG` filter with INFO default, JSON when `LOG_FORMAT=json`) and the
 //! process-wide Prometheus recorder.
 
-use std::sync::OnceLock;
+use std::{io::IsTerminal, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
@@ -25,7 +25,14 @@ pub fn init_tracing() {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    // Colour codes only for a person at a terminal: a pipe or a log file (`just
+                    // up`'s prefixed output, a collector) gets plain text.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
 }
