@@ -268,7 +268,6 @@ fn retryable(err: &diesel::result::Error) -> bool {
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
 
-    use diesel_async::RunQueryDsl;
     use kit::{clock::SystemClock, testing::TestDb};
     use uuid::Uuid;
 
@@ -303,10 +302,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_wait_for_the_shards_turn_and_the_worker_commits_them() {
         let db = TestDb::new(&[(SPEC.name, MIGRATIONS)]).await;
-        diesel::sql_query(
-            "INSERT INTO default_entitlements (metric, quota_limit) VALUES ('api.calls', 10)",
+        let free_tier = [("api.calls".to_owned(), Some(10))];
+        crate::store::entitlements::apply_defaults(
+            &mut db.connect(SPEC.name).await,
+            &free_tier,
+            1,
+            chrono::Utc::now(),
         )
-        .execute(&mut db.connect(SPEC.name).await)
         .await
         .unwrap();
         let pool = kit::db::pool(db.url(), SPEC.name, 2, Duration::from_secs(5)).unwrap();

@@ -2,8 +2,7 @@
 //! for the backends that charge their users' quotas.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use kit::{
     ServerArgs,
     caller::{role, scope},
@@ -18,7 +17,6 @@ use crate::{
     accounts::validate::{SERVICE_EMAIL_DOMAIN, SERVICE_USERNAME_PREFIX},
     error::Error,
     keys::cli::connect,
-    store::schema::auth::users,
 };
 
 /// Issue an API key for a service account; prints only the key.
@@ -64,29 +62,12 @@ async fn ensure_service_account(
     username: &str,
     now: DateTime<Utc>,
 ) -> Result<Uuid, Error> {
-    let roles = vec![Some(role::SERVICE.to_owned())];
-    diesel::insert_into(users::table)
-        .values((
-            users::id.eq(Uuid::now_v7()),
-            users::email.eq(format!("{username}@{SERVICE_EMAIL_DOMAIN}")),
-            users::username.eq(username),
-            users::display_name.eq(username),
-            users::roles.eq(&roles),
-            users::status.eq("active"),
-            users::created_at.eq(now),
-            users::updated_at.eq(now),
-        ))
-        // The account exists already (unique username among non-deleted accounts).
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    let (id, roles, status): (Uuid, Vec<Option<String>>, String) = users::table
-        .filter(users::username.eq(username))
-        .filter(users::status.ne("deleted"))
-        .select((users::id, users::roles, users::status))
-        .first(conn)
-        .await?;
-    if !roles.iter().flatten().any(|r| r == role::SERVICE) || status != "active" {
+    let email = format!("{username}@{SERVICE_EMAIL_DOMAIN}");
+    store::insert_service_account(conn, username, &email, now).await?;
+    let (id, owner) = store::find_by_username(conn, username)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("service account {username} vanished")))?;
+    if !owner.roles.iter().any(|held| held == role::SERVICE) || !owner.is_active() {
         return Err(Error::PermissionDenied(format!(
             "{username} exists but is not an active service account"
         )));

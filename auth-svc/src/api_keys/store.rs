@@ -66,6 +66,50 @@ pub async fn lock_owner(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryRes
     }))
 }
 
+/// Creates service account `username` with `email` (active, role `service`, no password: it
+/// cannot log in) unless a non-deleted account holds the name already.
+pub async fn insert_service_account(
+    conn: &mut AsyncPgConnection,
+    username: &str,
+    email: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::insert_into(users::table)
+        .values((
+            users::id.eq(Uuid::now_v7()),
+            users::email.eq(email),
+            users::username.eq(username),
+            users::display_name.eq(username),
+            users::roles.eq(vec![Some(kit::caller::role::SERVICE.to_owned())]),
+            users::status.eq(ACTIVE),
+            users::created_at.eq(now),
+            users::updated_at.eq(now),
+        ))
+        // The account exists already (unique username among non-deleted accounts).
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The id, roles and status of the non-deleted account named `username`.
+pub async fn find_by_username(
+    conn: &mut AsyncPgConnection,
+    username: &str,
+) -> QueryResult<Option<(Uuid, Owner)>> {
+    let row: Option<(Uuid, Vec<Option<String>>, String)> = users::table
+        .filter(users::username.eq(username))
+        .filter(users::status.ne("deleted"))
+        .select((users::id, users::roles, users::status))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(row.map(|(id, roles, status)| {
+        let roles = roles.into_iter().flatten().collect();
+        (id, Owner { roles, status })
+    }))
+}
+
 /// How many unrevoked keys `user_id` holds.
 pub async fn count_unrevoked(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<i64> {
     api_keys::table
