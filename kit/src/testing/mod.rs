@@ -4,6 +4,7 @@
 //! curl.
 
 mod binary;
+mod credentials;
 mod db;
 mod http;
 mod in_process;
@@ -12,6 +13,7 @@ mod proxy;
 mod schema;
 
 pub use binary::{Binary, free_port, grpcurl, grpcurl_ok, grpcurl_result, workspace_binary};
+pub use credentials::{with_api_key, with_bearer, with_metadata};
 pub use db::TestDb;
 pub use http::{curl, curl_post, issue_service_key, start_auth_svc, verify_email_by_logged_link};
 pub use in_process::{InProcess, wait_for_health};
