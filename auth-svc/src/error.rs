@@ -4,8 +4,6 @@ use diesel_async::pooled_connection::deadpool::PoolError;
 use kit::{db::DbError, error::FieldError};
 use tonic::Status;
 
-use crate::keys::SealError;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input: `INVALID_ARGUMENT` naming the field.
@@ -30,9 +28,6 @@ pub enum Error {
     FailedPrecondition(String),
     #[error(transparent)]
     Db(#[from] DbError),
-    /// A signing key could not be sealed or opened (e.g. a wrong `AUTH_MASTER_KEY`).
-    #[error(transparent)]
-    Seal(#[from] SealError),
     /// Anything else that must not happen; logged, never shown to callers.
     #[error("{0}")]
     Internal(String),
@@ -76,7 +71,6 @@ impl From<Error> for Status {
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Db(err) => kit::error::from_db(&err),
-            Error::Seal(err) => kit::error::internal(&err),
             Error::Internal(cause) => kit::error::internal(&cause),
         }
     }

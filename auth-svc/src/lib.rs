@@ -1,16 +1,18 @@
 //! auth-svc: accounts, sign-in sessions, API keys, the audit log and the JWT signing keys of
 //! commerce-mesh (schema `auth`).
 //!
-//! `accounts` holds the account rules and flows, `keys` the token signing keys, `api_keys` the
-//! programmatic credentials, `store` the queries, `api` the thin gRPC layer over them.
+//! Laid out like every service of the mesh (see `docs/architecture.md`): `api` (thin gRPC
+//! handlers) → `service` (the flows, owning their transactions) → `domain` (pure rules) and
+//! `store` (all SQL); `cli` holds the one-shot commands, `config` the settings, `mailer` the
+//! outgoing mail. This file builds the server from them.
 
-pub mod accounts;
 pub mod api;
-pub mod api_keys;
+pub mod cli;
+pub mod config;
+pub mod domain;
 pub mod error;
-pub mod keys;
-pub mod local_auth;
 pub mod mailer;
+pub mod service;
 pub mod store;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kit::{
     ServiceSpec,
+    caller::{AuthConfig, Authenticator},
     client_address::{ClientAddressLayer, TrustedProxies},
     clock::Clock,
     db::{Migrations, PgPool},
@@ -26,8 +29,14 @@ use proto::auth::auth_service_server::AuthServiceServer;
 use tonic::service::Routes;
 use tower::Layer;
 
-use accounts::AccountsArgs;
-use keys::{KeysConfig, cli::KeysArgs};
+use api::local_credentials::LocalCredentials;
+use config::{AccountsArgs, KeysArgs};
+pub use service::State;
+use service::{
+    api_key_cache::ApiKeys,
+    credentials::Credentials,
+    signing_keys::{KeysConfig, Signer},
+};
 
 /// How auth-svc presents itself to the mesh.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -56,28 +65,10 @@ pub struct AuthArgs {
     pub trusted_proxies: TrustedProxies,
 }
 
-/// What the handlers share; cheap to clone.
-#[derive(Clone)]
-pub struct State {
-    pub pool: PgPool,
-    pub credentials: local_auth::Credentials,
-    pub config: Arc<accounts::Config>,
-    pub mailer: Arc<dyn mailer::Mailer>,
-    pub clock: Arc<dyn Clock>,
-    pub trusted_proxies: TrustedProxies,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("config", &self.config)
-            .field("mailer", &self.mailer)
-            .finish_non_exhaustive()
-    }
-}
-
 impl State {
     /// The state of a server on `pool`. `mailer` replaces the one `args` configure (tests).
+    /// Built here, where the layers meet: its authenticator checks callers through
+    /// [`LocalCredentials`], an `api` adapter.
     /// Needs a tokio runtime (background tasks); touches no database yet.
     pub fn new(
         pool: PgPool,
@@ -86,7 +77,7 @@ impl State {
         mailer: Option<Arc<dyn mailer::Mailer>>,
     ) -> anyhow::Result<Self> {
         let master_key = args.keys.master_key()?;
-        let config = accounts::Config::new(&args.accounts, &master_key)?;
+        let config = config::Config::new(&args.accounts, &master_key)?;
         let keys = KeysConfig {
             issuer: args.accounts.issuer.clone(),
             audience: args.accounts.audience.clone(),
@@ -98,7 +89,7 @@ impl State {
             None => mailer::from_args(&args.accounts, pool.clone())?,
         };
         Ok(Self {
-            credentials: local_auth::Credentials::new(
+            credentials: credentials(
                 pool.clone(),
                 keys,
                 args.keys.api_key_cache_ttl(),
@@ -113,7 +104,6 @@ impl State {
     }
 }
 
-/// The tonic routes serving `state`.
 /// The tonic routes serving `state`. Each request's client address is decided before any
 /// handler sees it.
 pub fn routes(state: State) -> Routes {
@@ -122,4 +112,35 @@ pub fn routes(state: State) -> Routes {
         Arc::clone(&state.credentials.authenticator),
     );
     Routes::new(client_address.layer(AuthServiceServer::new(api::Api::new(state))))
+}
+
+/// The credentials of a server on `pool`, checked in this process; starts the task writing API
+/// key usage (so it needs a tokio runtime). Touches no database until first used.
+fn credentials(
+    pool: PgPool,
+    keys: KeysConfig,
+    api_key_cache_ttl: std::time::Duration,
+    clock: Arc<dyn Clock>,
+) -> Credentials {
+    let auth_config = AuthConfig {
+        issuer: keys.issuer.clone(),
+        audience: keys.audience.clone(),
+        api_key_cache_ttl,
+        access_token_ttl: keys.access_token_ttl,
+        ..AuthConfig::default()
+    };
+    let signer = Arc::new(Signer::new(pool.clone(), keys));
+    let api_keys = Arc::new(ApiKeys::new(pool, api_key_cache_ttl));
+    api_keys.spawn_usage_flusher();
+    let source = LocalCredentials {
+        signer: Arc::clone(&signer),
+        api_keys: Arc::clone(&api_keys),
+    };
+    Credentials {
+        signer,
+        api_keys,
+        authenticator: Arc::new(
+            Authenticator::new(auth_config, Arc::new(source)).with_clock(clock),
+        ),
+    }
 }

@@ -9,7 +9,7 @@ use chrono::Utc;
 use kit::db::PgPool;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::Mailbox};
 
-use crate::{accounts::AccountsArgs, error::Error, store};
+use crate::{config::AccountsArgs, error::Error, store};
 
 /// A message carrying one secret link.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ impl Mail {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Mailer: Send + Sync + std::fmt::Debug + 'static {
     async fn send(&self, mail: Mail) -> Result<(), Error>;
 }
@@ -67,7 +67,7 @@ impl std::fmt::Debug for Smtp {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Mailer for Smtp {
     async fn send(&self, mail: Mail) -> Result<(), Error> {
         let to: Mailbox = mail
@@ -98,7 +98,7 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Mailer for Outbox {
     async fn send(&self, mail: Mail) -> Result<(), Error> {
         let mut conn = self.pool.get().await?;

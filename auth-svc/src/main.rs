@@ -1,11 +1,13 @@
 //! The auth-svc binary: `serve` (default), `migrate`, `admin create`, `keys rotate` and
 //! `service-key issue`.
 
-use std::{io::Read, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
-use anyhow::Context;
-use auth_svc::{AuthArgs, MIGRATIONS, SPEC, State, accounts, api_keys::cli::IssueServiceKey, keys};
-use chrono::Utc;
+use auth_svc::{
+    AuthArgs, MIGRATIONS, SPEC, State,
+    cli::{self, service_key::IssueServiceKey},
+    service::attempts,
+};
 use clap::{Parser, Subcommand};
 use kit::{ServerArgs, clock::SystemClock};
 
@@ -84,7 +86,7 @@ async fn main() -> ExitCode {
             username,
             display_name,
         }) => {
-            create_admin(
+            cli::admin::create(
                 &cli.server,
                 &cli.auth,
                 &email,
@@ -93,74 +95,27 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        Command::Keys(KeysCommand::Rotate) => keys::cli::rotate(&cli.server, &cli.auth.keys).await,
+        Command::Keys(KeysCommand::Rotate) => cli::keys::rotate(&cli.server, &cli.auth.keys).await,
         Command::ServiceKey(ServiceKeyCommand::Issue(args)) => {
-            auth_svc::api_keys::cli::issue_service_key(&cli.server, &args).await
+            cli::service_key::issue_service_key(&cli.server, &args).await
         }
     };
     kit::exit_code(result)
 }
 
 async fn serve(server: ServerArgs, auth: AuthArgs) -> anyhow::Result<()> {
-    keys::cli::preflight(&server, &auth.keys).await?;
+    cli::keys::preflight(&server, &auth.keys).await?;
     let mut api_keys = None;
     kit::server::run(SPEC, server, MIGRATIONS, |pool| {
         let state = State::new(pool, &auth, Arc::new(SystemClock), None)?;
         api_keys = Some(Arc::clone(&state.credentials.api_keys));
-        accounts::sessions::spawn_attempt_pruning(&state);
+        attempts::spawn_pruning(&state);
         Ok(auth_svc::routes(state))
     })
     .await?;
     // API key uses noted since the last periodic write (at most a few seconds of them).
     if let Some(api_keys) = api_keys {
         api_keys.flush_usage().await?;
-    }
-    Ok(())
-}
-
-fn admin_password() -> anyhow::Result<String> {
-    if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
-        return Ok(password);
-    }
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .context("reading the password from stdin")?;
-    let password = input.lines().next().unwrap_or_default().to_owned();
-    anyhow::ensure!(
-        !password.is_empty(),
-        "set ADMIN_PASSWORD or pipe the password into stdin"
-    );
-    Ok(password)
-}
-
-async fn create_admin(
-    server: &ServerArgs,
-    auth: &AuthArgs,
-    email: &str,
-    username: &str,
-    display_name: Option<&str>,
-) -> anyhow::Result<()> {
-    let password = admin_password()?;
-    let config = accounts::Config::new(&auth.accounts, &auth.keys.master_key()?)?;
-    let mut conn = keys::cli::connect(server).await?;
-    let user = accounts::admin::create_admin(
-        &mut conn,
-        &config,
-        email,
-        username,
-        display_name,
-        &password,
-        Utc::now(),
-    )
-    .await?;
-    tracing::info!(user_id = %user.id, username = %user.username, "administrator created");
-    #[expect(
-        clippy::print_stdout,
-        reason = "the command's output, captured by scripts"
-    )]
-    {
-        println!("{}", user.id);
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::auth::login_attempts;
-use crate::accounts::lockout::{Attempt, Outcome};
+use crate::domain::lockout::{Attempt, Outcome};
 
 /// Serialises the lockout decisions on `account_key` and on `client_address` (if known) until
 /// the transaction ends, across connections and replicas. Always the account first, so two

@@ -7,11 +7,12 @@ use kit::page::Cursor;
 use uuid::Uuid;
 
 use super::schema::auth::audit_events;
+use crate::domain::audit::{AuditFilter, EventType};
 
 /// An event to record. `details` never holds secrets.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
-    pub event_type: &'a str,
+    pub event_type: EventType,
     pub actor: Option<Uuid>,
     pub subject: Option<Uuid>,
     pub client_address: &'a str,
@@ -39,7 +40,7 @@ pub async fn record(
         .values((
             audit_events::id.eq(Uuid::now_v7()),
             audit_events::occurred_at.eq(now),
-            audit_events::event_type.eq(event.event_type),
+            audit_events::event_type.eq(event.event_type.as_str()),
             audit_events::actor_user_id.eq(event.actor),
             audit_events::subject_user_id.eq(event.subject),
             audit_events::client_address.eq(event.client_address),
@@ -48,15 +49,6 @@ pub async fn record(
         .execute(conn)
         .await
         .map(drop)
-}
-
-/// Filters of ListAuditEvents; `to` is exclusive.
-#[derive(Debug, Default)]
-pub struct AuditFilter {
-    pub subject: Option<Uuid>,
-    pub event_type: Option<String>,
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
 }
 
 /// Events newest first, after `after`, at most `limit`.

@@ -7,7 +7,7 @@ use kit::page::Cursor;
 use uuid::Uuid;
 
 use super::schema::auth::users;
-use crate::accounts::UserStatus;
+use crate::domain::UserStatus;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
@@ -29,8 +29,9 @@ pub struct UserRow {
 }
 
 impl UserRow {
+    /// The CHECK constraint admits only known statuses; anything else would refuse everything.
     pub fn status(&self) -> UserStatus {
-        UserStatus::parse(&self.status)
+        self.status.parse().unwrap_or(UserStatus::Deleted)
     }
 
     pub fn roles(&self) -> Vec<String> {

@@ -6,7 +6,9 @@ use auth_svc::{MIGRATIONS, SPEC};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use diesel::{QueryableByName, sql_query, sql_types::Text};
 use diesel_async::RunQueryDsl;
-use kit::testing::{Binary, assert_migrations_revert, assert_schema_rs_matches, grpcurl};
+use kit::testing::{
+    Binary, assert_migrations_revert, assert_schema_rs_matches, grpcurl, with_api_key, with_bearer,
+};
 use proto::auth::{
     ChangePasswordRequest, ConfirmPasswordResetRequest, DeleteUserRequest, GetMeRequest,
     GetUserRequest, ListAuditEventsRequest, ListSessionsRequest, ListUsersRequest, LogoutRequest,
@@ -16,10 +18,7 @@ use proto::auth::{
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
-use crate::{
-    common::{PASSWORD, TestServer, args, bearer, production_args, set_roles_request},
-    keys::with_header,
-};
+use crate::common::{PASSWORD, TestServer, args, production_args, set_roles_request};
 
 const NEW_PASSWORD: &str = "purple elephant drinking tea 77";
 
@@ -51,7 +50,7 @@ async fn refresh_rotates_and_reuse_of_a_rotated_token_revokes_the_session() {
     assert_eq!(login.token_type, "Bearer");
     let me = t
         .client()
-        .get_me(bearer(&login.access_token, GetMeRequest {}))
+        .get_me(with_bearer(&login.access_token, GetMeRequest {}))
         .await
         .unwrap()
         .into_inner();
@@ -66,7 +65,7 @@ async fn refresh_rotates_and_reuse_of_a_rotated_token_revokes_the_session() {
     assert_ne!(rotated.refresh_token, login.refresh_token);
     // The new access token works.
     t.client()
-        .get_me(bearer(&rotated.access_token, GetMeRequest {}))
+        .get_me(with_bearer(&rotated.access_token, GetMeRequest {}))
         .await
         .unwrap();
 
@@ -87,7 +86,7 @@ async fn refresh_rotates_and_reuse_of_a_rotated_token_revokes_the_session() {
     let (admin_id, admin) = t.admin("root").await;
     let events = t
         .client()
-        .list_audit_events(bearer(
+        .list_audit_events(with_bearer(
             &admin.access_token,
             ListAuditEventsRequest {
                 subject_user_id: user_id.clone(),
@@ -149,8 +148,8 @@ async fn five_failures_lock_the_account_until_the_window_passes() {
         std::sync::Arc::clone(&t.clock),
         std::sync::Arc::clone(&t.mailer),
     );
-    let client = auth_svc::accounts::ClientInfo::default();
-    let again = auth_svc::accounts::sessions::login(&restarted, &client, "grace", PASSWORD).await;
+    let client = auth_svc::domain::ClientInfo::default();
+    let again = auth_svc::service::sessions::login(&restarted, &client, "grace", PASSWORD).await;
     assert!(matches!(
         again,
         Err(auth_svc::error::Error::LockedOut { .. })
@@ -300,7 +299,7 @@ async fn unknown_users_wrong_passwords_and_inactive_accounts_look_alike() {
     let (deleted_id, _) = t.signup("deleted").await;
     let (_, admin) = t.admin("root").await;
     t.client()
-        .update_user(bearer(
+        .update_user(with_bearer(
             &admin.access_token,
             UpdateUserRequest {
                 user_id: disabled_id,
@@ -311,7 +310,7 @@ async fn unknown_users_wrong_passwords_and_inactive_accounts_look_alike() {
         .await
         .unwrap();
     t.client()
-        .delete_user(bearer(
+        .delete_user(with_bearer(
             &admin.access_token,
             DeleteUserRequest {
                 user_id: deleted_id,
@@ -479,11 +478,11 @@ async fn admin_rpcs_refuse_non_admins() {
     let token = login.access_token.as_str();
     let denied = [
         t.client()
-            .list_users(bearer(token, ListUsersRequest::default()))
+            .list_users(with_bearer(token, ListUsersRequest::default()))
             .await
             .map(drop),
         t.client()
-            .get_user(bearer(
+            .get_user(with_bearer(
                 token,
                 GetUserRequest {
                     user_id: user_id.clone(),
@@ -492,7 +491,7 @@ async fn admin_rpcs_refuse_non_admins() {
             .await
             .map(drop),
         t.client()
-            .update_user(bearer(
+            .update_user(with_bearer(
                 token,
                 UpdateUserRequest {
                     user_id: user_id.clone(),
@@ -505,7 +504,7 @@ async fn admin_rpcs_refuse_non_admins() {
             .await
             .map(drop),
         t.client()
-            .delete_user(bearer(
+            .delete_user(with_bearer(
                 token,
                 DeleteUserRequest {
                     user_id: user_id.clone(),
@@ -514,7 +513,7 @@ async fn admin_rpcs_refuse_non_admins() {
             .await
             .map(drop),
         t.client()
-            .list_audit_events(bearer(token, ListAuditEventsRequest::default()))
+            .list_audit_events(with_bearer(token, ListAuditEventsRequest::default()))
             .await
             .map(drop),
     ];
@@ -611,7 +610,7 @@ async fn email_verification_profile_changes_and_password_change() {
     let second = t.login("donald", PASSWORD).await.unwrap();
     let updated = t
         .client()
-        .update_me(bearer(
+        .update_me(with_bearer(
             &first.access_token,
             UpdateMeRequest {
                 display_name: Some("Don".into()),
@@ -654,7 +653,10 @@ async fn email_verification_profile_changes_and_password_change() {
 
     let sessions = t
         .client()
-        .list_sessions(bearer(&first.access_token, ListSessionsRequest::default()))
+        .list_sessions(with_bearer(
+            &first.access_token,
+            ListSessionsRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -664,7 +666,7 @@ async fn email_verification_profile_changes_and_password_change() {
 
     let wrong = t
         .client()
-        .change_password(bearer(
+        .change_password(with_bearer(
             &first.access_token,
             ChangePasswordRequest {
                 old_password: "not my password 1".into(),
@@ -676,7 +678,7 @@ async fn email_verification_profile_changes_and_password_change() {
         .unwrap_err();
     assert_eq!(wrong.code(), Code::PermissionDenied);
     t.client()
-        .change_password(bearer(
+        .change_password(with_bearer(
             &first.access_token,
             ChangePasswordRequest {
                 old_password: PASSWORD.into(),
@@ -701,7 +703,10 @@ async fn email_verification_profile_changes_and_password_change() {
     // RevokeSession: unknown ids are NOT_FOUND, the own session can be revoked.
     let current = t
         .client()
-        .list_sessions(bearer(&kept.access_token, ListSessionsRequest::default()))
+        .list_sessions(with_bearer(
+            &kept.access_token,
+            ListSessionsRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -709,7 +714,7 @@ async fn email_verification_profile_changes_and_password_change() {
     assert_eq!(current.len(), 1);
     let missing = t
         .client()
-        .revoke_session(bearer(
+        .revoke_session(with_bearer(
             &kept.access_token,
             RevokeSessionRequest {
                 session_id: uuid::Uuid::now_v7().to_string(),
@@ -719,7 +724,7 @@ async fn email_verification_profile_changes_and_password_change() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     t.client()
-        .revoke_session(bearer(
+        .revoke_session(with_bearer(
             &kept.access_token,
             RevokeSessionRequest {
                 session_id: current[0].session_id.clone(),
@@ -750,7 +755,7 @@ async fn admins_list_disable_and_delete_users() {
     };
     let first = t
         .client()
-        .list_users(bearer(token, page(String::new())))
+        .list_users(with_bearer(token, page(String::new())))
         .await
         .unwrap()
         .into_inner();
@@ -761,7 +766,7 @@ async fn admins_list_disable_and_delete_users() {
     assert_eq!(names(&first.users), ["grace", "alan"]);
     let second = t
         .client()
-        .list_users(bearer(token, page(first.next_page_token)))
+        .list_users(with_bearer(token, page(first.next_page_token)))
         .await
         .unwrap()
         .into_inner();
@@ -771,7 +776,7 @@ async fn admins_list_disable_and_delete_users() {
     // Admins cannot lock themselves out.
     let myself = t
         .client()
-        .update_user(bearer(
+        .update_user(with_bearer(
             token,
             UpdateUserRequest {
                 user_id: admin_id.clone(),
@@ -784,7 +789,7 @@ async fn admins_list_disable_and_delete_users() {
     assert_eq!(myself.code(), Code::FailedPrecondition);
     let unknown_role = t
         .client()
-        .update_user(bearer(
+        .update_user(with_bearer(
             token,
             UpdateUserRequest {
                 user_id: ada_id.clone(),
@@ -806,7 +811,7 @@ async fn admins_list_disable_and_delete_users() {
     authenticator.verify_api_key(&key).await.unwrap();
     let disabled = t
         .client()
-        .update_user(bearer(
+        .update_user(with_bearer(
             token,
             UpdateUserRequest {
                 user_id: ada_id.clone(),
@@ -830,7 +835,7 @@ async fn admins_list_disable_and_delete_users() {
     for _ in 0..2 {
         let deleted = t
             .client()
-            .delete_user(bearer(
+            .delete_user(with_bearer(
                 token,
                 DeleteUserRequest {
                     user_id: ada_id.clone(),
@@ -849,7 +854,7 @@ async fn admins_list_disable_and_delete_users() {
     }
     let kept = t
         .client()
-        .get_user(bearer(
+        .get_user(with_bearer(
             token,
             GetUserRequest {
                 user_id: ada_id.clone(),
@@ -867,7 +872,7 @@ async fn admins_list_disable_and_delete_users() {
 
     let events = t
         .client()
-        .list_audit_events(bearer(
+        .list_audit_events(with_bearer(
             token,
             ListAuditEventsRequest {
                 subject_user_id: ada_id,
@@ -907,7 +912,7 @@ async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
     let (deputy_id, deputy) = t.admin("deputy").await;
     let admin_key = t.api_key(&deputy.access_token, "ops", &["admin"]).await;
     let list_users = || {
-        let request = with_header("x-api-key", &admin_key, ListUsersRequest::default());
+        let request = with_api_key(&admin_key, ListUsersRequest::default());
         let mut client = t.client();
         async move { client.list_users(request).await }
     };
@@ -923,14 +928,14 @@ async fn a_removed_role_is_refused_to_the_owners_api_keys_at_once() {
         .key_in_store(
             &robot_id,
             &["service"],
-            auth_svc::api_keys::Grantor::Operator,
+            auth_svc::domain::api_key::Grantor::Operator,
         )
         .await;
     let verify = || {
         let request = proto::auth::VerifyApiKeyRequest {
             key: admin_key.clone(),
         };
-        let request = with_header("x-api-key", &service_key, request);
+        let request = with_api_key(&service_key, request);
         let mut client = t.client();
         async move { client.verify_api_key(request).await }
     };
@@ -1070,14 +1075,14 @@ async fn without_smtp_mail_goes_to_the_outbox_without_its_secret() {
         None,
     )
     .unwrap();
-    let registration = auth_svc::accounts::users::Registration {
+    let registration = auth_svc::domain::validate::Registration {
         email: "niklaus@example.com",
         username: "niklaus",
         password: PASSWORD,
         display_name: "",
     };
-    let client = auth_svc::accounts::ClientInfo::default();
-    auth_svc::accounts::users::register(&state, &client, &registration)
+    let client = auth_svc::domain::ClientInfo::default();
+    auth_svc::service::registration::register(&state, &client, &registration)
         .await
         .unwrap();
     let mut conn = db.connect(SPEC.name).await;
@@ -1154,7 +1159,7 @@ async fn a_squatters_api_key_dies_when_the_owner_resets_the_password() {
         .key_in_store(
             &squatter_id,
             &["quota:read"],
-            auth_svc::api_keys::Grantor::Owner,
+            auth_svc::domain::api_key::Grantor::Owner,
         )
         .await;
     let authenticator = &t.state.credentials.authenticator;
@@ -1198,7 +1203,7 @@ async fn a_stolen_access_token_cannot_mint_an_api_key_after_the_reauth_window() 
     let t = TestServer::start().await;
     let (_, login) = t.verified_signup("ada").await;
     let create = |token: &str, password: &str| {
-        let request = bearer(token, key_request(password));
+        let request = with_bearer(token, key_request(password));
         let mut client = t.client();
         async move { client.create_api_key(request).await }
     };
@@ -1238,7 +1243,7 @@ async fn an_unverified_account_cannot_create_api_keys() {
     for password in ["", PASSWORD] {
         let refused = t
             .client()
-            .create_api_key(bearer(&login.access_token, key_request(password)))
+            .create_api_key(with_bearer(&login.access_token, key_request(password)))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -1257,7 +1262,7 @@ async fn a_stolen_access_token_cannot_change_the_email() {
     let t = TestServer::start().await;
     let (_, login) = t.verified_signup("grace").await;
     let update = |current_password: &str| {
-        let request = bearer(
+        let request = with_bearer(
             &login.access_token,
             UpdateMeRequest {
                 display_name: None,
@@ -1283,7 +1288,7 @@ async fn a_stolen_access_token_cannot_change_the_email() {
     assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
     let me = t
         .client()
-        .get_me(bearer(&login.access_token, GetMeRequest {}))
+        .get_me(with_bearer(&login.access_token, GetMeRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -1295,7 +1300,7 @@ async fn a_stolen_access_token_cannot_change_the_email() {
     );
     // The display name needs no password.
     t.client()
-        .update_me(bearer(
+        .update_me(with_bearer(
             &login.access_token,
             UpdateMeRequest {
                 display_name: Some("Grace H.".into()),
@@ -1445,7 +1450,7 @@ async fn an_older_reset_link_dies_after_a_password_change() {
         .unwrap();
     let link = t.mailer.token("frances@example.com", "Reset", 0).await;
     t.client()
-        .change_password(bearer(
+        .change_password(with_bearer(
             &login.access_token,
             ChangePasswordRequest {
                 old_password: PASSWORD.into(),
@@ -1476,7 +1481,7 @@ async fn a_password_change_revokes_the_api_keys_a_thief_made_when_asked() {
         .await;
     let authenticator = &t.state.credentials.authenticator;
     let change = |old: &str, new: &str, revoke_api_keys: bool| {
-        let request = bearer(
+        let request = with_bearer(
             &login.access_token,
             ChangePasswordRequest {
                 old_password: old.into(),
@@ -1533,7 +1538,7 @@ async fn an_admin_cannot_grant_itself_the_service_role() {
     }
     let root_now = t
         .client()
-        .get_user(bearer(
+        .get_user(with_bearer(
             &root.access_token,
             GetUserRequest {
                 user_id: root_id.clone(),
@@ -1592,7 +1597,7 @@ async fn an_email_change_cannot_squat_someone_elses_address() {
     assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
     let me = t
         .client()
-        .get_me(bearer(&mallory.access_token, GetMeRequest {}))
+        .get_me(with_bearer(&mallory.access_token, GetMeRequest {}))
         .await
         .unwrap()
         .into_inner()

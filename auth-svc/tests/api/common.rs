@@ -14,7 +14,7 @@ use auth_svc::{
 use chrono::Utc;
 use kit::{
     clock::OffsetClock,
-    testing::{InProcess, TestDb},
+    testing::{InProcess, TestDb, with_bearer},
 };
 use proto::auth::{
     LoginRequest, LoginResponse, RegisterRequest, VerifyEmailRequest,
@@ -237,7 +237,7 @@ impl TestServer {
     /// verified user signed in within the re-authentication window).
     pub async fn api_key(&self, access_token: &str, name: &str, scopes: &[&str]) -> String {
         self.client()
-            .create_api_key(bearer(
+            .create_api_key(with_bearer(
                 access_token,
                 proto::auth::CreateApiKeyRequest {
                     name: name.into(),
@@ -258,16 +258,16 @@ impl TestServer {
         &self,
         user_id: &str,
         scopes: &[&str],
-        grantor: auth_svc::api_keys::Grantor,
+        grantor: auth_svc::domain::api_key::Grantor,
     ) -> String {
         let scopes: Vec<String> = scopes.iter().map(|scope| (*scope).to_owned()).collect();
-        let request = auth_svc::api_keys::domain::KeyRequest {
+        let request = auth_svc::domain::api_key::KeyRequest {
             name: "in store",
             scopes: &scopes,
             expires_at: None,
         };
         let mut conn = self.db.connect(SPEC.name).await;
-        let (_, key) = auth_svc::api_keys::create(
+        let (_, key) = auth_svc::service::api_keys::create(
             &mut conn,
             user_id.parse().unwrap(),
             &request,
@@ -288,7 +288,7 @@ impl TestServer {
         email: &str,
     ) -> Result<proto::auth::UpdateMeResponse, tonic::Status> {
         self.client()
-            .update_me(bearer(
+            .update_me(with_bearer(
                 access_token,
                 proto::auth::UpdateMeRequest {
                     display_name: None,
@@ -303,7 +303,7 @@ impl TestServer {
     /// An administrator created as `auth-svc admin create` does, signed in.
     pub async fn admin(&self, name: &str) -> (String, LoginResponse) {
         let mut conn = self.db.connect(SPEC.name).await;
-        let user = auth_svc::accounts::admin::create_admin(
+        let user = auth_svc::service::admin::create_admin(
             &mut conn,
             &self.state.config,
             &format!("{name}@example.com"),
@@ -327,7 +327,7 @@ pub fn set_roles_request(
     user_id: &str,
     roles: &[&str],
 ) -> Request<proto::auth::UpdateUserRequest> {
-    bearer(
+    with_bearer(
         token,
         proto::auth::UpdateUserRequest {
             user_id: user_id.to_owned(),
@@ -337,13 +337,4 @@ pub fn set_roles_request(
             }),
         },
     )
-}
-
-/// `message` with `authorization: Bearer <token>`.
-pub fn bearer<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }

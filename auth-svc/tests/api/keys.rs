@@ -5,8 +5,12 @@ use std::{sync::Arc, time::Duration};
 
 use auth_svc::{
     MIGRATIONS, State,
-    api_keys::{self, Grantor, domain::KeyRequest},
-    keys::{self, MasterKey},
+    api::Api,
+    domain::{
+        api_key::{Grantor, KeyRequest},
+        master_key::MasterKey,
+    },
+    service::{api_keys, signing_keys as keys},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -17,10 +21,11 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use kit::{
     caller::{AccessClaims, hash_api_key, scope},
-    testing::TestDb,
+    testing::{TestDb, with_api_key, with_bearer},
 };
 use proto::auth::{
     CreateApiKeyRequest, ListApiKeysRequest, RevokeApiKeyRequest, VerifyApiKeyRequest,
+    auth_service_server::AuthService,
 };
 use tonic::{Code, Request};
 use uuid::Uuid;
@@ -92,7 +97,7 @@ impl Keys {
             .issue_access_token(user_id, session, &roles, Utc::now())
             .await
             .unwrap();
-        common::bearer(&token, message)
+        with_bearer(&token, message)
     }
 
     /// A key created directly (as the operator would), with `scopes`.
@@ -132,23 +137,17 @@ impl Keys {
         caller_key: &str,
         key: &str,
     ) -> Result<proto::auth::VerifyApiKeyResponse, tonic::Status> {
-        let request = with_header(
-            "x-api-key",
+        let request = with_api_key(
             caller_key,
             VerifyApiKeyRequest {
                 key: key.to_owned(),
             },
         );
-        api_keys::verify_api_key(&self.state, request)
+        Api::new(self.state.clone())
+            .verify_api_key(request)
             .await
             .map(tonic::Response::into_inner)
     }
-}
-
-pub fn with_header<T>(name: &'static str, value: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(name, value.parse().unwrap());
-    request
 }
 
 fn create_request(scopes: &[&str]) -> CreateApiKeyRequest {
@@ -174,14 +173,14 @@ struct KeyRow {
 async fn api_keys_are_stored_only_as_hashes_and_listed_by_prefix() {
     let keys = Keys::new().await;
     let user = keys.user(&[]).await;
-    let created = api_keys::create_api_key(
-        &keys.state,
-        keys.as_user(user, &[], create_request(&["quota:read", "billing:read"]))
-            .await,
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let created = Api::new(keys.state.clone())
+        .create_api_key(
+            keys.as_user(user, &[], create_request(&["quota:read", "billing:read"]))
+                .await,
+        )
+        .await
+        .unwrap()
+        .into_inner();
     let secret = created.secret;
     assert!(secret.starts_with("cmk_") && secret.len() >= 47, "{secret}");
     let metadata = created.api_key.unwrap();
@@ -201,13 +200,11 @@ async fn api_keys_are_stored_only_as_hashes_and_listed_by_prefix() {
         rows[0].row_text
     );
 
-    let listed = api_keys::list_api_keys(
-        &keys.state,
-        keys.as_user(user, &[], ListApiKeysRequest::default()).await,
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let listed = Api::new(keys.state.clone())
+        .list_api_keys(keys.as_user(user, &[], ListApiKeysRequest::default()).await)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.api_keys.len(), 1);
     assert_eq!(listed.api_keys[0].prefix, secret[..12]);
     assert_eq!(listed.api_keys[0].scopes, ["quota:read", "billing:read"]);
@@ -221,11 +218,9 @@ async fn key_scopes_are_limited_to_what_the_owner_may_grant() {
     let create = |user_id, roles: &'static [&'static str], scopes: &'static [&'static str]| {
         let keys = &keys;
         async move {
-            api_keys::create_api_key(
-                &keys.state,
-                keys.as_user(user_id, roles, create_request(scopes)).await,
-            )
-            .await
+            Api::new(keys.state.clone())
+                .create_api_key(keys.as_user(user_id, roles, create_request(scopes)).await)
+                .await
         }
     };
     let status = create(user, &[], &["admin"]).await.unwrap_err();
@@ -260,7 +255,8 @@ async fn key_scopes_are_limited_to_what_the_owner_may_grant() {
         )),
         ..create_request(&["quota:read"])
     };
-    let status = api_keys::create_api_key(&keys.state, keys.as_user(user, &[], past).await)
+    let status = Api::new(keys.state.clone())
+        .create_api_key(keys.as_user(user, &[], past).await)
         .await
         .unwrap_err();
     assert!(
@@ -271,12 +267,10 @@ async fn key_scopes_are_limited_to_what_the_owner_may_grant() {
 
     // API keys cannot create keys: only a signed-in user can.
     let key = keys.key(user, &["quota:read"], None).await;
-    let status = api_keys::create_api_key(
-        &keys.state,
-        with_header("x-api-key", &key, create_request(&["quota:read"])),
-    )
-    .await
-    .unwrap_err();
+    let status = Api::new(keys.state.clone())
+        .create_api_key(with_api_key(&key, create_request(&["quota:read"])))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 }
 
@@ -318,48 +312,46 @@ async fn revoked_keys_are_refused_at_once() {
     keys.verify(&service_key, &key).await.unwrap();
     authenticator.verify_api_key(&key).await.unwrap();
 
-    let listed = api_keys::list_api_keys(
-        &keys.state,
-        keys.as_user(user, &[], ListApiKeysRequest::default()).await,
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let listed = Api::new(keys.state.clone())
+        .list_api_keys(keys.as_user(user, &[], ListApiKeysRequest::default()).await)
+        .await
+        .unwrap()
+        .into_inner();
     let key_id = listed.api_keys[0].key_id.clone();
 
     // Another user cannot see it.
     let stranger = keys.user(&[]).await;
-    let status = api_keys::revoke_api_key(
-        &keys.state,
-        keys.as_user(
-            stranger,
-            &[],
-            RevokeApiKeyRequest {
-                key_id: key_id.clone(),
-            },
+    let status = Api::new(keys.state.clone())
+        .revoke_api_key(
+            keys.as_user(
+                stranger,
+                &[],
+                RevokeApiKeyRequest {
+                    key_id: key_id.clone(),
+                },
+            )
+            .await,
         )
-        .await,
-    )
-    .await
-    .unwrap_err();
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
-    let revoked = api_keys::revoke_api_key(
-        &keys.state,
-        keys.as_user(
-            user,
-            &[],
-            RevokeApiKeyRequest {
-                key_id: key_id.clone(),
-            },
+    let revoked = Api::new(keys.state.clone())
+        .revoke_api_key(
+            keys.as_user(
+                user,
+                &[],
+                RevokeApiKeyRequest {
+                    key_id: key_id.clone(),
+                },
+            )
+            .await,
         )
-        .await,
-    )
-    .await
-    .unwrap()
-    .into_inner()
-    .api_key
-    .unwrap();
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+        .unwrap();
     assert!(revoked.revoked_at.is_some());
 
     assert_eq!(
@@ -373,16 +365,16 @@ async fn revoked_keys_are_refused_at_once() {
 
     // Idempotent, and an admin may revoke any key.
     let admin = keys.user(&["admin"]).await;
-    let again = api_keys::revoke_api_key(
-        &keys.state,
-        keys.as_user(admin, &["admin"], RevokeApiKeyRequest { key_id })
-            .await,
-    )
-    .await
-    .unwrap()
-    .into_inner()
-    .api_key
-    .unwrap();
+    let again = Api::new(keys.state.clone())
+        .revoke_api_key(
+            keys.as_user(admin, &["admin"], RevokeApiKeyRequest { key_id })
+                .await,
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+        .unwrap();
     assert_eq!(again.revoked_at, revoked.revoked_at);
 
     // Created by the operator (no actor), revoked once by its owner: two audit events.
@@ -424,9 +416,10 @@ async fn a_users_keys_are_revoked_together() {
     let service_key = keys.service_key().await;
     keys.verify(&service_key, &first).await.unwrap();
 
-    let revoked = api_keys::revoke_all_for_user(&mut keys.conn().await, user, Utc::now())
-        .await
-        .unwrap();
+    let revoked =
+        auth_svc::store::api_keys::revoke_all_for_user(&mut keys.conn().await, user, Utc::now())
+            .await
+            .unwrap();
     assert_eq!(revoked.len(), 2);
     keys.state.credentials.forget_user_keys(user);
     for key in [&first, &second] {
@@ -478,21 +471,21 @@ async fn keys_are_listed_newest_first_in_pages() {
     let page = |token: String| {
         let keys = &keys;
         async move {
-            api_keys::list_api_keys(
-                &keys.state,
-                keys.as_user(
-                    user,
-                    &[],
-                    ListApiKeysRequest {
-                        page_size: 2,
-                        page_token: token,
-                    },
+            Api::new(keys.state.clone())
+                .list_api_keys(
+                    keys.as_user(
+                        user,
+                        &[],
+                        ListApiKeysRequest {
+                            page_size: 2,
+                            page_token: token,
+                        },
+                    )
+                    .await,
                 )
-                .await,
-            )
-            .await
-            .unwrap()
-            .into_inner()
+                .await
+                .unwrap()
+                .into_inner()
         }
     };
     let first = page(String::new()).await;
@@ -608,7 +601,7 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
     let old_token = keys.as_user(user, &[], ()).await;
 
     // Rotated a moment ago: long enough for the new key to sign, not for its tokens to expire.
-    let rotated_at = now - keys::ring::PUBLISH_BEFORE_SIGNING;
+    let rotated_at = now - auth_svc::domain::signing_key_ring::PUBLISH_BEFORE_SIGNING;
     let new_kid = keys::rotate(&mut keys.conn().await, &master_key(), rotated_at)
         .await
         .unwrap();
@@ -630,7 +623,8 @@ async fn rotation_keeps_the_previous_key_published_until_its_tokens_expired() {
             ("OKP", "Ed25519", "EdDSA", "sig")
         );
     }
-    let after_expiry = now + chrono::Duration::minutes(15) + keys::ring::RETIRE_MARGIN;
+    let after_expiry =
+        now + chrono::Duration::minutes(15) + auth_svc::domain::signing_key_ring::RETIRE_MARGIN;
     let kids: Vec<String> = keys
         .state
         .credentials
@@ -911,7 +905,8 @@ async fn the_binary_serves_jwks_and_verifies_service_keys() {
     // GetJwks from memory), long before the new key signs anything.
     let kid = auth_svc(&db, &["keys", "rotate"]);
     let expected = [kid.trim(), published[0]["kid"].as_str().unwrap()];
-    let published_by = std::time::Instant::now() + auth_svc::keys::JWKS_CACHE_TTL * 2;
+    let published_by =
+        std::time::Instant::now() + auth_svc::service::signing_keys::JWKS_CACHE_TTL * 2;
     loop {
         let jwks = get_jwks();
         let kids: Vec<&str> = jwks["keys"]
@@ -1046,7 +1041,7 @@ async fn an_admin_session_cannot_call_internal_rpcs() {
 
     let refused = t
         .client()
-        .verify_api_key(common::bearer(
+        .verify_api_key(with_bearer(
             &admin.access_token,
             VerifyApiKeyRequest { key },
         ))

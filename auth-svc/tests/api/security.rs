@@ -4,15 +4,15 @@
 use auth_svc::{MIGRATIONS, SPEC};
 use diesel::{QueryableByName, sql_query, sql_types::Text};
 use diesel_async::RunQueryDsl;
-use kit::testing::{TestDb, issue_service_key};
+use kit::testing::{TestDb, issue_service_key, with_bearer};
 use proto::auth::{GetJwksRequest, ListSessionsRequest, LoginRequest, RegisterRequest};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
-use crate::common::{MASTER_KEY, PASSWORD, TestServer, args, bearer};
+use crate::common::{MASTER_KEY, PASSWORD, TestServer, args};
 
-/// `message` with the given metadata.
-fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> Request<T> {
+/// `message` with the given metadata entries.
+fn with_entries<T>(pairs: &[(&'static str, &str)], message: T) -> Request<T> {
     let mut request = Request::new(message);
     for (name, value) in pairs {
         request.metadata_mut().insert(*name, value.parse().unwrap());
@@ -40,13 +40,13 @@ fn registration(name: &str, email: &str) -> RegisterRequest {
 async fn session_address(t: &TestServer, name: &str, metadata: &[(&'static str, &str)]) -> String {
     let login = t
         .client()
-        .login(with_metadata(login_request(name, PASSWORD), metadata))
+        .login(with_entries(metadata, login_request(name, PASSWORD)))
         .await
         .unwrap()
         .into_inner();
     let sessions = t
         .client()
-        .list_sessions(bearer(
+        .list_sessions(with_bearer(
             &login.access_token,
             ListSessionsRequest {
                 page_size: 1,
@@ -65,9 +65,9 @@ async fn spray(t: &TestServer, addresses: impl Iterator<Item = String>) {
     for (n, address) in addresses.enumerate() {
         let err = t
             .client()
-            .login(with_metadata(
-                login_request(&format!("nobody{n}"), "not the password 9"),
+            .login(with_entries(
                 &[("x-forwarded-for", &address)],
+                login_request(&format!("nobody{n}"), "not the password 9"),
             ))
             .await
             .unwrap_err();
@@ -83,9 +83,9 @@ async fn a_forged_forwarded_address_buys_no_fresh_failure_budget() {
     spray(&t, (0..20).map(|n| format!("203.0.113.{n}"))).await;
     let locked = t
         .client()
-        .login(with_metadata(
-            login_request("hopper", PASSWORD),
+        .login(with_entries(
             &[("x-forwarded-for", "198.51.100.77")],
+            login_request("hopper", PASSWORD),
         ))
         .await
         .unwrap_err();
@@ -97,9 +97,9 @@ async fn a_forged_forwarded_address_does_not_pass_the_registration_limit_or_reac
     let t = TestServer::with_args(args(&["--registrations-per-client-hour", "2"])).await;
     let register = async |name: &str, forged: &str| {
         t.client()
-            .register(with_metadata(
-                registration(name, &format!("{name}@example.com")),
+            .register(with_entries(
                 &[("x-forwarded-for", forged)],
+                registration(name, &format!("{name}@example.com")),
             ))
             .await
     };
@@ -171,7 +171,7 @@ async fn a_client_line_before_a_trusted_proxys_own_line_is_not_the_client() {
     let login = t.client().login(request).await.unwrap().into_inner();
     let sessions = t
         .client()
-        .list_sessions(bearer(
+        .list_sessions(with_bearer(
             &login.access_token,
             ListSessionsRequest {
                 page_size: 10,
@@ -198,9 +198,9 @@ async fn the_addresses_of_one_ipv6_64_share_one_failure_budget() {
     spray(&t, (1..=20).map(|n| format!("2001:db8:1:2::{n:x}"))).await;
     let from = async |address: &str| {
         t.client()
-            .login(with_metadata(
-                login_request("hopper", PASSWORD),
+            .login(with_entries(
                 &[("x-forwarded-for", address)],
+                login_request("hopper", PASSWORD),
             ))
             .await
     };
@@ -229,9 +229,9 @@ async fn concurrent_registrations_do_not_pass_the_hourly_limit_together() {
         async move {
             let address = format!("192.0.2.{n}");
             client
-                .register(with_metadata(
-                    registration(&format!("racer{n}"), &format!("racer{n}@example.com")),
+                .register(with_entries(
                     &[("x-forwarded-for", &address)],
+                    registration(&format!("racer{n}"), &format!("racer{n}@example.com")),
                 ))
                 .await
         }
@@ -308,9 +308,9 @@ async fn refused_registrations_count_towards_the_hourly_limits() {
     let register = async |n: usize| {
         let address = format!("192.0.2.{n}");
         t.client()
-            .register(with_metadata(
-                registration(&format!("user{n}"), &format!("user{n}@example.com")),
+            .register(with_entries(
                 &[("x-forwarded-for", &address)],
+                registration(&format!("user{n}"), &format!("user{n}@example.com")),
             ))
             .await
     };
@@ -382,7 +382,7 @@ async fn get_jwks_is_answered_from_memory_not_by_the_database() {
     let before = jwks().await;
     assert_eq!(before.len(), 1);
     // A rotation the server has not read yet: a flood of calls must not read the database.
-    auth_svc::keys::rotate(
+    auth_svc::service::signing_keys::rotate(
         &mut t.db.connect(SPEC.name).await,
         &MASTER_KEY.parse().unwrap(),
         chrono::Utc::now(),
@@ -465,18 +465,18 @@ async fn probes_from_many_addresses_do_not_close_sign_up_for_everyone() {
         let address = format!("192.0.2.{n}");
         let refused = t
             .client()
-            .register(with_metadata(
-                registration("taken", &format!("probe{n}@example.com")),
+            .register(with_entries(
                 &[("x-forwarded-for", &address)],
+                registration("taken", &format!("probe{n}@example.com")),
             ))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
     }
     t.client()
-        .register(with_metadata(
-            registration("newcomer", "newcomer@example.com"),
+        .register(with_entries(
             &[("x-forwarded-for", "198.51.100.1")],
+            registration("newcomer", "newcomer@example.com"),
         ))
         .await
         .unwrap();

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use kit::caller::{API_KEY_PREFIX, scope, scopes_of_roles};
 use rand::{Rng, distributions::Alphanumeric};
 
+use super::validate::SERVICE_USERNAME_PREFIX;
 use crate::error::Error;
 
 /// Random characters after `cmk_`: 43 base62 characters carry 256 bits.
@@ -137,6 +138,22 @@ pub fn validate(
             .collect(),
         expires_at: request.expires_at,
     })
+}
+
+/// The username of the service account of `service`: `svc-` and 1–28 characters of `a-z`,
+/// `0-9` and `-`.
+pub fn service_account_name(service: &str) -> Result<String, Error> {
+    let valid = (1..=28).contains(&service.len())
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(Error::invalid(
+            "service",
+            "1–28 characters of a-z, 0-9 and -",
+        ));
+    }
+    Ok(format!("{SERVICE_USERNAME_PREFIX}{service}"))
 }
 
 #[cfg(test)]
@@ -278,5 +295,16 @@ mod tests {
             "expires_at"
         );
         assert!(validate(&at(Duration::seconds(1)), &[], Grantor::Owner, now()).is_ok());
+    }
+
+    #[test]
+    fn service_names_become_account_names() {
+        assert_eq!(
+            service_account_name("quota").ok().as_deref(),
+            Some("svc-quota")
+        );
+        for bad in ["", "Quota", "a_b", &"x".repeat(29)] {
+            assert!(service_account_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

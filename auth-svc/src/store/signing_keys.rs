@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::ring::PublicKey;
-use crate::store::schema::auth::signing_keys;
+use super::schema::auth::signing_keys;
+use crate::domain::signing_key_ring::PublicKey;
 
 /// A row of `signing_keys`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -1,6 +1,10 @@
-//! The tonic implementation of `AuthService`: decode the request, authenticate and authorize the
-//! caller, call the domain function, map the result. The keys half's RPCs delegate to `keys` and
-//! `api_keys`.
+//! The tonic implementation of `AuthService`: every RPC decodes its request, authenticates and
+//! authorizes the caller, calls one `service` function and maps the result. Nothing below this
+//! module knows gRPC.
+
+mod client;
+mod convert;
+pub mod local_credentials;
 
 use kit::{
     caller::Caller,
@@ -9,18 +13,22 @@ use kit::{
 use proto::auth::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
 
+use self::{
+    client::client_info,
+    convert::{audit_event, session, tokens, user},
+};
 use crate::{
-    State,
-    accounts::{
-        ClientInfo, UserStatus,
+    domain::{
         admin::{self, UserUpdate},
-        sessions::{self, Tokens},
-        users::{self, ProfileUpdate, Registration},
+        api_key::KeyRequest,
+        validate::Registration,
     },
-    api_keys,
     error::Error,
-    keys,
-    store::{audit::AuditRow, sessions::SessionRow, users::UserFilter, users::UserRow},
+    service::{
+        self, State, api_keys, passwords, registration, sessions,
+        users::{self, ProfileUpdate},
+    },
+    store::users::UserFilter,
 };
 
 /// The gRPC service.
@@ -56,75 +64,6 @@ impl Api {
     }
 }
 
-fn user_status(status: UserStatus) -> pb::UserStatus {
-    match status {
-        UserStatus::Active => pb::UserStatus::Active,
-        UserStatus::Disabled => pb::UserStatus::Disabled,
-        UserStatus::Deleted => pb::UserStatus::Deleted,
-    }
-}
-
-fn user(row: &UserRow) -> pb::User {
-    pb::User {
-        user_id: row.id.to_string(),
-        email: row.email.clone(),
-        email_verified: row.email_verified_at.is_some(),
-        username: row.username.clone(),
-        display_name: row.display_name.clone(),
-        roles: row.roles(),
-        status: user_status(row.status()).into(),
-        created_at: Some(timestamp(row.created_at)),
-        updated_at: Some(timestamp(row.updated_at)),
-        last_login_at: row.last_login_at.map(timestamp),
-        pending_email: row.pending_email.clone().unwrap_or_default(),
-    }
-}
-
-fn session(row: &SessionRow, current: uuid::Uuid) -> pb::Session {
-    pb::Session {
-        session_id: row.id.to_string(),
-        created_at: Some(timestamp(row.created_at)),
-        last_used_at: Some(timestamp(row.last_used_at)),
-        expires_at: Some(timestamp(row.expires_at)),
-        client_address: row.client_address.clone(),
-        user_agent: row.user_agent.clone(),
-        current: row.id == current,
-    }
-}
-
-fn audit_event(row: &AuditRow) -> pb::AuditEvent {
-    let id = |id: Option<uuid::Uuid>| id.map(|id| id.to_string()).unwrap_or_default();
-    pb::AuditEvent {
-        event_id: row.id.to_string(),
-        event_type: row.event_type.clone(),
-        occurred_at: Some(timestamp(row.occurred_at)),
-        actor_user_id: id(row.actor_user_id),
-        subject_user_id: id(row.subject_user_id),
-        client_address: row.client_address.clone(),
-        details: kit::json::to_struct(row.details.clone()),
-    }
-}
-
-/// The fields Login and Refresh responses share: access token and expiry, refresh token and
-/// expiry, user.
-type TokenFields = (
-    String,
-    Option<prost_types::Timestamp>,
-    String,
-    Option<prost_types::Timestamp>,
-    Option<pb::User>,
-);
-
-fn tokens(tokens: Tokens) -> TokenFields {
-    (
-        tokens.access_token,
-        Some(timestamp(tokens.access_token_expires_at)),
-        tokens.refresh_token,
-        Some(timestamp(tokens.refresh_token_expires_at)),
-        Some(user(&tokens.user)),
-    )
-}
-
 const TOKEN_TYPE: &str = "Bearer";
 
 #[tonic::async_trait]
@@ -133,7 +72,7 @@ impl AuthService for Api {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let request = request.into_inner();
         let input = Registration {
             email: &request.email,
@@ -141,7 +80,7 @@ impl AuthService for Api {
             password: &request.password,
             display_name: &request.display_name,
         };
-        let row = users::register(&self.state, &client, &input).await?;
+        let row = registration::register(&self.state, &client, &input).await?;
         Ok(Response::new(pb::RegisterResponse {
             user: Some(user(&row)),
             email_verification_required: true,
@@ -152,7 +91,7 @@ impl AuthService for Api {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let request = request.into_inner();
         let issued = sessions::login(
             &self.state,
@@ -177,7 +116,7 @@ impl AuthService for Api {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let issued =
             sessions::refresh(&self.state, &client, &request.into_inner().refresh_token).await?;
         let (access_token, access_token_expires_at, refresh_token, refresh_token_expires_at, user) =
@@ -196,7 +135,7 @@ impl AuthService for Api {
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         sessions::logout(&self.state, &client, &request.into_inner().refresh_token).await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
@@ -205,8 +144,9 @@ impl AuthService for Api {
         &self,
         request: Request<pb::RequestPasswordResetRequest>,
     ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
-        let client = ClientInfo::of(&request);
-        users::request_password_reset(&self.state, &client, &request.into_inner().email).await?;
+        let client = client_info(&request);
+        passwords::request_password_reset(&self.state, &client, &request.into_inner().email)
+            .await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }
 
@@ -214,10 +154,15 @@ impl AuthService for Api {
         &self,
         request: Request<pb::ConfirmPasswordResetRequest>,
     ) -> Result<Response<pb::ConfirmPasswordResetResponse>, Status> {
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let request = request.into_inner();
-        users::confirm_password_reset(&self.state, &client, &request.token, &request.new_password)
-            .await?;
+        passwords::confirm_password_reset(
+            &self.state,
+            &client,
+            &request.token,
+            &request.new_password,
+        )
+        .await?;
         Ok(Response::new(pb::ConfirmPasswordResetResponse {}))
     }
 
@@ -225,7 +170,7 @@ impl AuthService for Api {
         &self,
         request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let row = users::verify_email(&self.state, &client, &request.into_inner().token).await?;
         Ok(Response::new(pb::VerifyEmailResponse {
             user: Some(user(&row)),
@@ -248,7 +193,7 @@ impl AuthService for Api {
         request: Request<pb::UpdateMeRequest>,
     ) -> Result<Response<pb::UpdateMeResponse>, Status> {
         let (caller, _) = self.session(&request).await?;
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let request = request.into_inner();
         let update = ProfileUpdate {
             display_name: request.display_name.as_deref(),
@@ -268,9 +213,9 @@ impl AuthService for Api {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let (caller, session_id) = self.session(&request).await?;
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let request = request.into_inner();
-        users::change_password(
+        passwords::change_password(
             &self.state,
             &client,
             caller.user_id,
@@ -307,7 +252,7 @@ impl AuthService for Api {
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
         let (caller, _) = self.session(&request).await?;
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let session_id = uuid("session_id", &request.into_inner().session_id)?;
         sessions::revoke(&self.state, &client, caller.user_id, session_id).await?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
@@ -319,21 +264,21 @@ impl AuthService for Api {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         self.admin(&request).await?;
         let request = request.into_inner();
-        let status = match pb::UserStatus::try_from(request.status) {
-            Ok(pb::UserStatus::Unspecified) => None,
-            Ok(pb::UserStatus::Active) => Some(UserStatus::Active),
-            Ok(pb::UserStatus::Disabled) => Some(UserStatus::Disabled),
-            Ok(pb::UserStatus::Deleted) => Some(UserStatus::Deleted),
-            Err(_) => return Err(Error::invalid("status", "unknown status").into()),
-        };
+        let status = convert::status_filter(request.status)
+            .ok_or_else(|| Error::invalid("status", "unknown status"))?;
         let text = |value: &str| Some(value.trim().to_lowercase()).filter(|v| !v.is_empty());
         let filter = UserFilter {
             email: text(&request.email),
             username: text(&request.username),
             status,
         };
-        let (rows, next_page_token) =
-            admin::list_users(&self.state, &filter, request.page_size, &request.page_token).await?;
+        let (rows, next_page_token) = service::admin::list_users(
+            &self.state,
+            &filter,
+            request.page_size,
+            &request.page_token,
+        )
+        .await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: rows.iter().map(user).collect(),
             next_page_token,
@@ -346,7 +291,7 @@ impl AuthService for Api {
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         self.admin(&request).await?;
         let user_id = uuid("user_id", &request.into_inner().user_id)?;
-        let row = admin::get_user(&self.state, user_id).await?;
+        let row = service::admin::get_user(&self.state, user_id).await?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some(user(&row)),
         }))
@@ -357,7 +302,7 @@ impl AuthService for Api {
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let caller = self.admin(&request).await?;
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let request = request.into_inner();
         let user_id = uuid("user_id", &request.user_id)?;
         let update = UserUpdate {
@@ -368,7 +313,8 @@ impl AuthService for Api {
                 .transpose()?,
         };
         let row =
-            admin::update_user(&self.state, &client, caller.user_id, user_id, &update).await?;
+            service::admin::update_user(&self.state, &client, caller.user_id, user_id, &update)
+                .await?;
         Ok(Response::new(pb::UpdateUserResponse {
             user: Some(user(&row)),
         }))
@@ -379,9 +325,10 @@ impl AuthService for Api {
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let caller = self.admin(&request).await?;
-        let client = ClientInfo::of(&request);
+        let client = client_info(&request);
         let user_id = uuid("user_id", &request.into_inner().user_id)?;
-        let row = admin::delete_user(&self.state, &client, caller.user_id, user_id).await?;
+        let row =
+            service::admin::delete_user(&self.state, &client, caller.user_id, user_id).await?;
         Ok(Response::new(pb::DeleteUserResponse {
             user: Some(user(&row)),
         }))
@@ -408,9 +355,13 @@ impl AuthService for Api {
             .map(|at| from_timestamp("to", at))
             .transpose()?;
         let filter = admin::audit_filter(subject, &request.event_type, from, to)?;
-        let (rows, next_page_token) =
-            admin::list_audit_events(&self.state, &filter, request.page_size, &request.page_token)
-                .await?;
+        let (rows, next_page_token) = service::admin::list_audit_events(
+            &self.state,
+            &filter,
+            request.page_size,
+            &request.page_token,
+        )
+        .await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: rows.iter().map(audit_event).collect(),
             next_page_token,
@@ -421,34 +372,101 @@ impl AuthService for Api {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        api_keys::create_api_key(&self.state, request).await
+        let (caller, session_id) = self.session(&request).await?;
+        let client = client_info(&request);
+        let request = request.into_inner();
+        let expires_at = request
+            .expires_at
+            .as_ref()
+            .map(|at| from_timestamp("expires_at", at))
+            .transpose()?;
+        let key_request = KeyRequest {
+            name: &request.name,
+            scopes: &request.scopes,
+            expires_at,
+        };
+        let (row, secret) = api_keys::create_for_owner(
+            &self.state,
+            &client,
+            caller.user_id,
+            session_id,
+            &key_request,
+            &request.password,
+        )
+        .await?;
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(convert::api_key(&row)),
+            secret,
+        }))
     }
 
     async fn list_api_keys(
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        api_keys::list_api_keys(&self.state, request).await
+        let (caller, _) = self.session(&request).await?;
+        let request = request.into_inner();
+        let (rows, next_page_token) = api_keys::list(
+            &self.state,
+            caller.user_id,
+            request.page_size,
+            &request.page_token,
+        )
+        .await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: rows.iter().map(convert::api_key).collect(),
+            next_page_token,
+        }))
     }
 
     async fn revoke_api_key(
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
-        api_keys::revoke_api_key(&self.state, request).await
+        let caller = self.caller(&request).await?;
+        // Admins may revoke any key with any credential; owners only from a sign-in.
+        if !caller.is_admin() {
+            caller.require_session()?;
+        }
+        let client = client_info(&request);
+        let key_id = uuid("key_id", &request.get_ref().key_id)?;
+        let row = api_keys::revoke(
+            &self.state,
+            &client,
+            caller.user_id,
+            caller.is_admin(),
+            key_id,
+        )
+        .await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            api_key: Some(convert::api_key(&row)),
+        }))
     }
 
+    /// Public: no credentials.
     async fn get_jwks(
         &self,
-        request: Request<pb::GetJwksRequest>,
+        _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        keys::get_jwks(&self.state, request).await
+        let keys = self.state.credentials.signer.jwks().await?;
+        Ok(Response::new(pb::GetJwksResponse {
+            keys: keys.as_ref().clone(),
+        }))
     }
 
+    /// Internal: a service resolves a client's key to its owner and scopes.
     async fn verify_api_key(
         &self,
         request: Request<pb::VerifyApiKeyRequest>,
     ) -> Result<Response<pb::VerifyApiKeyResponse>, Status> {
-        api_keys::verify_api_key(&self.state, request).await
+        self.caller(&request).await?.require_service()?;
+        let usable = api_keys::verify(&self.state, &request.into_inner().key).await?;
+        Ok(Response::new(pb::VerifyApiKeyResponse {
+            user_id: usable.user_id.to_string(),
+            key_id: usable.id.to_string(),
+            scopes: usable.scopes.clone(),
+            expires_at: usable.expires_at.map(timestamp),
+            owner_roles: usable.owner_roles.clone(),
+        }))
     }
 }

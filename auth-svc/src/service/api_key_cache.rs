@@ -13,11 +13,11 @@ use kit::{caller::hash_api_key, db::PgPool};
 use moka::sync::Cache;
 use uuid::Uuid;
 
-use super::{
-    domain,
-    store::{self, UsableKey},
+use crate::{
+    domain::api_key as domain,
+    error::Error,
+    store::api_keys::{self as store, UsableKey},
 };
-use crate::error::Error;
 
 /// `last_used_at` is recorded at most this often per key (the contract says once a minute).
 pub const LAST_USED_GRANULARITY: chrono::Duration = chrono::Duration::minutes(1);

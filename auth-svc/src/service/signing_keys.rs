@@ -8,11 +8,6 @@
 //! [`JWKS_CACHE_TTL`]; a new key signs only after [`ring::PUBLISH_BEFORE_SIGNING`], by when every
 //! replica's copy lists it.
 
-pub mod cli;
-mod master_key;
-pub mod ring;
-pub mod store;
-
 use std::{
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -24,14 +19,16 @@ use ed25519_dalek::{SigningKey, pkcs8::EncodePrivateKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kit::db::PgPool;
 use rand::rngs::OsRng;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-pub use master_key::{MasterKey, SealError};
-pub use ring::TokenSubject;
-use store::SigningKeyRow;
-
-use crate::{State, error::Error};
+use crate::{
+    domain::{
+        master_key::MasterKey,
+        signing_key_ring::{self as ring, TokenSubject},
+    },
+    error::Error,
+    store::signing_keys::{self as store, SigningKeyRow},
+};
 
 /// How often a replica re-reads which key is current, so a rotation made elsewhere (the CLI,
 /// another replica) takes effect.
@@ -292,15 +289,4 @@ pub async fn rotate(
         Ok(row.kid)
     })
     .await
-}
-
-/// `GetJwks`: public, no credentials.
-pub async fn get_jwks(
-    state: &State,
-    _request: Request<proto::auth::GetJwksRequest>,
-) -> Result<Response<proto::auth::GetJwksResponse>, Status> {
-    let keys = state.credentials.signer.jwks().await?;
-    Ok(Response::new(proto::auth::GetJwksResponse {
-        keys: keys.as_ref().clone(),
-    }))
 }

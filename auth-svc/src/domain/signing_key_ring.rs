@@ -53,7 +53,7 @@ pub fn published(
 }
 
 /// How long a new key is published before it signs: longer than a replica keeps its copy of the
-/// JWKS (`super::JWKS_CACHE_TTL`), so every copy lists a key before any token signed with it exists.
+/// JWKS (`crate::service::signing_keys::JWKS_CACHE_TTL`), so every copy lists a key before any token signed with it exists.
 pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::seconds(10);
 
 /// The key to sign with at `now`: the current key once it has been published for

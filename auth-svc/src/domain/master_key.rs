@@ -12,6 +12,8 @@ use base64::{
 };
 use rand::{RngCore, rngs::OsRng};
 
+use crate::error::Error;
+
 const NONCE_LEN: usize = 12;
 
 /// 32 secret bytes, given as base64 (standard or URL-safe, padded or not) or as 64 hex digits.
@@ -69,6 +71,14 @@ pub enum SealError {
     /// Wrong master key, or the bytes were altered.
     #[error("cannot decrypt a sealed signing key: wrong AUTH_MASTER_KEY or altered data")]
     Decrypt,
+}
+
+/// A key that cannot be sealed or opened (e.g. a wrong `AUTH_MASTER_KEY`) is a server fault:
+/// logged, never shown to callers.
+impl From<SealError> for Error {
+    fn from(err: SealError) -> Self {
+        Self::Internal(err.to_string())
+    }
 }
 
 impl MasterKey {

@@ -1,5 +1,6 @@
 //! Validation and normalisation of account fields. Errors name the field.
 
+use super::password;
 use crate::error::Error;
 
 pub const MAX_EMAIL_CHARS: usize = 254;
@@ -108,6 +109,44 @@ pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Erro
         ));
     }
     Ok(value)
+}
+
+/// Register's input, unvalidated.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    pub email: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub display_name: &'a str,
+}
+
+/// Register's fields, normalised; the password passed the policy.
+#[derive(Debug)]
+pub struct ValidRegistration {
+    pub email: String,
+    pub username: String,
+    /// The username when none was given.
+    pub display_name: String,
+}
+
+/// Validates and normalises `input`, the password against the policy at `min_strength`.
+pub fn registration(
+    input: &Registration<'_>,
+    min_strength: u8,
+) -> Result<ValidRegistration, Error> {
+    let email = email("email", input.email)?;
+    let username = username(input.username)?;
+    let display_name = if input.display_name.trim().is_empty() {
+        username.clone()
+    } else {
+        display_name(input.display_name)?
+    };
+    password::check_policy("password", input.password, &username, &email, min_strength)?;
+    Ok(ValidRegistration {
+        email,
+        username,
+        display_name,
+    })
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use super::{lockout, password::Hasher, secret::HashKey};
-use crate::keys::MasterKey;
+use kit::cli::Secret;
+
+use crate::domain::{lockout, master_key::MasterKey, password::Hasher, secret::HashKey};
 
 /// Account, token and mail settings (flattened into the binary's command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -146,5 +147,40 @@ impl Config {
             )?,
             name_key: HashKey::new(master_key.derive("commerce-mesh auth login names")),
         })
+    }
+}
+
+/// Signing-key and API-key settings (flattened into the binary's command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeysArgs {
+    /// Key that encrypts the token signing keys at rest: 32 bytes as base64 or 64 hex digits
+    /// (e.g. `openssl rand -base64 32`). Required to serve and to rotate keys; keep it secret and
+    /// stable across restarts.
+    #[arg(long, env = "AUTH_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<Secret>,
+    /// How long auth-svc trusts a verified API key without reading the database, in seconds
+    /// (0–30; 0 disables the cache). Revoking a key in this process takes effect at once.
+    #[arg(
+        long,
+        env = "API_KEY_CACHE_TTL_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=30)
+    )]
+    pub api_key_cache_ttl_secs: u64,
+}
+
+impl KeysArgs {
+    /// The master key, or an error saying how to provide one (never quoting what was given).
+    pub fn master_key(&self) -> anyhow::Result<MasterKey> {
+        let text = self.master_key.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "AUTH_MASTER_KEY is not set: give 32 bytes as base64 or hex (e.g. `openssl rand -base64 32`)"
+            )
+        })?;
+        text.expose().parse().map_err(anyhow::Error::msg)
+    }
+
+    pub fn api_key_cache_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.api_key_cache_ttl_secs)
     }
 }
