@@ -9,5 +9,6 @@ mod harness;
 mod lifecycle;
 mod notifications;
 mod plans;
+mod reconciliation;
 mod refunds;
 mod schema;
