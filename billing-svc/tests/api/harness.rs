@@ -70,6 +70,9 @@ pub struct Mesh {
     /// In front of quota-svc: `set_up(false)` takes it down for billing.
     pub quota_proxy: TcpProxy,
     pub sim: RunningSim,
+    /// In front of the simulator's gateway as billing reaches it: `set_up(false)` makes the
+    /// payment provider unreachable.
+    pub provider_proxy: TcpProxy,
     pub edge: SocketAddr,
     pub http: reqwest::Client,
 }
@@ -107,12 +110,14 @@ impl Mesh {
         )
         .unwrap();
 
+        let provider_proxy = TcpProxy::start(sim.addr()).await;
+
         // The edge's address is the notify URL's base, so it is bound before billing starts.
         let edge_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let edge = edge_listener.local_addr().unwrap();
         let alipay: Arc<dyn PaymentProvider> = Arc::new(
             Alipay::new(AlipayConfig {
-                gateway_url: sim.gateway_url(),
+                gateway_url: format!("http://{}/gateway.do", provider_proxy.addr()),
                 app_id: APP_ID.to_owned(),
                 merchant_private_key: keys.merchant.clone(),
                 alipay_public_key: keys.alipay.public_key(),
@@ -187,6 +192,7 @@ impl Mesh {
             quota_server,
             quota_proxy,
             sim,
+            provider_proxy,
             edge,
             http: reqwest::Client::new(),
         };
