@@ -18,7 +18,8 @@ use quota_svc::{MIGRATIONS, SPEC, routes};
 use tonic::{Request, Status, transport::Channel};
 use uuid::Uuid;
 
-pub struct Mesh {
+/// One quota-svc, in-process, with what its tests call it with.
+pub struct QuotaServer {
     pub db: TestDb,
     pub issuer: Arc<TestIssuer>,
     pub clock: Arc<ManualClock>,
@@ -30,7 +31,7 @@ pub struct Mesh {
     pub backend_key: String,
 }
 
-impl Mesh {
+impl QuotaServer {
     pub async fn start() -> Self {
         Self::start_with(4).await
     }
