@@ -18,7 +18,7 @@ use crate::{
         Counter, Source,
         batch::{Decision, Request as ConsumeInput},
         consumer::{Consumer, Refunder, SignedInWith},
-        usage::Bucket,
+        usage::{Bucket, EventKind},
         validate,
     },
     error::Error,
@@ -336,10 +336,9 @@ impl QuotaService for QuotaApi {
                 usage_id: row.usage_id.to_string(),
                 subject: row.subject.to_string(),
                 metric: row.metric,
-                kind: if row.kind == "refund" {
-                    pb::UsageEventKind::Refund
-                } else {
-                    pb::UsageEventKind::Consume
+                kind: match row.kind {
+                    EventKind::Consume => pb::UsageEventKind::Consume,
+                    EventKind::Refund => pb::UsageEventKind::Refund,
                 } as i32,
                 amount: row.amount,
                 idempotency_key: row.idempotency_key,
