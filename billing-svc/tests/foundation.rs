@@ -19,6 +19,7 @@ use kit::{
     db::PgPool,
     testing::{
         Binary, InProcess, TcpProxy, TestDb, TestIssuer, grpcurl, grpcurl_ok, wait_for_health,
+        with_metadata,
     },
 };
 use proto::billing::{ListPlansRequest, billing_service_client::BillingServiceClient};
@@ -165,10 +166,11 @@ async fn request_ids_are_echoed_and_metrics_count_rpcs_by_code() {
     let server = InProcess::start(SPEC, db.url(), MIGRATIONS, |_| {}, routes).await;
     let mut client = BillingServiceClient::new(server.channel.clone());
 
-    let mut request = tonic::Request::new(ListPlansRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-request-id", "test-request-42".parse().unwrap());
+    let request = with_metadata(
+        "x-request-id",
+        "test-request-42",
+        ListPlansRequest::default(),
+    );
     let listed = client.list_plans(request).await.unwrap();
     assert_eq!(
         listed.metadata().get("x-request-id").unwrap(),

@@ -6,7 +6,7 @@ use std::{process::Command, sync::Arc, time::Duration};
 use futures::future::join_all;
 use kit::{
     convert::timestamp,
-    testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok},
+    testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok, with_api_key},
 };
 use proto::quota::{
     ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
@@ -15,7 +15,7 @@ use quota_svc::{MIGRATIONS, SPEC};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::harness::{backend_key, metric_limits, with_key};
+use super::harness::{backend_key, metric_limits};
 
 struct Replicas {
     db: TestDb,
@@ -83,7 +83,7 @@ impl Replicas {
             version: 1,
         };
         QuotaServiceClient::new(self.channel(&self.binaries[0]))
-            .apply_entitlements(with_key(request, &self.service_key))
+            .apply_entitlements(with_api_key(&self.service_key, request))
             .await
             .unwrap();
     }
@@ -139,7 +139,8 @@ async fn two_replicas_grant_exactly_the_limit() {
         .collect();
     let results = join_all((0..500).map(|i| {
         let mut client = clients[i % clients.len()].clone();
-        let request = with_key(
+        let request = with_api_key(
+            &replicas.service_key,
             ConsumeRequest {
                 metric: "api.calls".to_owned(),
                 subject: subject.to_string(),
@@ -147,7 +148,6 @@ async fn two_replicas_grant_exactly_the_limit() {
                 idempotency_key: format!("k{i}"),
                 attributes: None,
             },
-            &replicas.service_key,
         );
         async move { client.consume(request).await.unwrap().into_inner().allowed }
     }))

@@ -3,6 +3,7 @@
 use chrono::{Datelike, TimeDelta};
 use diesel_async::RunQueryDsl;
 use futures::future::join_all;
+use kit::testing::{with_api_key, with_bearer};
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
     RefundRequest, ResetQuotaRequest,
@@ -18,7 +19,7 @@ use quota_svc::{
 use tonic::Code;
 use uuid::Uuid;
 
-use super::harness::{QuotaServer, metric_limits, with_key};
+use super::harness::{QuotaServer, metric_limits};
 
 async fn grant_concurrently(quota: &QuotaServer, subject: Uuid, calls: usize) -> usize {
     let results = join_all((0..calls).map(|i| {
@@ -345,11 +346,8 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
         metric: "api.calls".to_owned(),
         subject: subject.to_string(),
     };
-    let mut as_admin = tonic::Request::new(reset);
     let admin = quota.issuer.token(Uuid::now_v7(), &["admin"]);
-    as_admin
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let as_admin = with_bearer(&admin, reset);
     quota.client().reset_quota(as_admin).await.unwrap();
     assert!(
         quota
@@ -976,10 +974,7 @@ async fn only_admins_and_services_name_other_subjects() {
     assert_eq!(status.code(), Code::PermissionDenied);
     // An admin may.
     let admin = quota.issuer.token(Uuid::now_v7(), &["admin"]);
-    let mut as_admin = tonic::Request::new(request(&bob.to_string()));
-    as_admin
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let as_admin = with_bearer(&admin, request(&bob.to_string()));
     assert!(
         quota
             .client()
@@ -993,14 +988,14 @@ async fn only_admins_and_services_name_other_subjects() {
     let reader = quota.issuer.add_api_key(alice, &["quota:read"], &[]);
     let status = quota
         .client()
-        .consume(with_key(request(""), &reader))
+        .consume(with_api_key(&reader, request("")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     let consumer = quota.issuer.add_api_key(alice, &["quota:consume"], &[]);
     let status = quota
         .client()
-        .consume(with_key(request(&bob.to_string()), &consumer))
+        .consume(with_api_key(&consumer, request(&bob.to_string())))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -1026,10 +1021,7 @@ async fn only_admins_and_services_name_other_subjects() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let mut as_admin = tonic::Request::new(reset);
-    as_admin
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let as_admin = with_bearer(&admin, reset);
     assert_eq!(
         quota
             .client()
@@ -1045,11 +1037,7 @@ async fn only_admins_and_services_name_other_subjects() {
     let status = quota.client().consume(request("")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let expired = quota.issuer.expired_token(alice);
-    let mut late = tonic::Request::new(request(""));
-    late.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {expired}").parse().unwrap(),
-    );
+    let late = with_bearer(&expired, request(""));
     assert_eq!(
         quota.client().consume(late).await.unwrap_err().code(),
         Code::Unauthenticated
@@ -1066,7 +1054,8 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
     // for its users.
     let consumed = quota
         .client()
-        .consume(with_key(
+        .consume(with_api_key(
+            backend,
             ConsumeRequest {
                 metric: "api.calls".to_owned(),
                 subject: user.to_string(),
@@ -1074,7 +1063,6 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
                 idempotency_key: "job-1".to_owned(),
                 attributes: None,
             },
-            backend,
         ))
         .await
         .unwrap()
@@ -1088,7 +1076,7 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
     assert_eq!(
         quota
             .client()
-            .refund(with_key(refund, backend))
+            .refund(with_api_key(backend, refund))
             .await
             .unwrap()
             .into_inner()
@@ -1102,7 +1090,7 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
     assert_eq!(
         quota
             .client()
-            .check_quota(with_key(check.clone(), backend))
+            .check_quota(with_api_key(backend, check.clone()))
             .await
             .unwrap()
             .into_inner()
@@ -1119,7 +1107,7 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
     };
     let status = quota
         .client()
-        .apply_entitlements(with_key(apply, backend))
+        .apply_entitlements(with_api_key(backend, apply))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -1129,7 +1117,7 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
     };
     let status = quota
         .client()
-        .apply_default_entitlements(with_key(defaults, backend))
+        .apply_default_entitlements(with_api_key(backend, defaults))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -1139,7 +1127,7 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
         .add_api_key(Uuid::now_v7(), &["quota:read"], &["service"]);
     let status = quota
         .client()
-        .check_quota(with_key(check, &reader))
+        .check_quota(with_api_key(&reader, check))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);

@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use kit::{
     clock::ManualClock,
     convert::timestamp,
-    testing::{InProcess, TestDb, TestIssuer},
+    testing::{InProcess, TestDb, TestIssuer, with_api_key, with_bearer},
 };
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, ConsumeResponse,
@@ -73,17 +73,12 @@ impl QuotaServer {
 
     /// A request carrying the service API key.
     pub fn as_service<T>(&self, message: T) -> Request<T> {
-        with_key(message, &self.service_key)
+        with_api_key(&self.service_key, message)
     }
 
     /// A request carrying a user's access token.
     pub fn as_user<T>(&self, user: Uuid, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let token = self.issuer.token(user, &[]);
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        request
+        with_bearer(&self.issuer.token(user, &[]), message)
     }
 
     /// Gives `subject` a plan with `limits` for the period around now (one day each side).
@@ -161,14 +156,6 @@ pub fn backend_key(issuer: &TestIssuer) -> String {
         &["quota:consume", "quota:read"],
         &["service"],
     )
-}
-
-pub fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    request
 }
 
 pub fn metric_limits(limits: &[(&str, Option<i64>)]) -> Vec<MetricLimit> {

@@ -5,26 +5,19 @@
 use diesel::sql_query;
 use diesel_async::RunQueryDsl;
 use futures::future::join_all;
+use kit::testing::{with_api_key, with_bearer};
 use proto::quota::{CheckQuotaRequest, ConsumeRequest, RefundRequest, RefundResponse};
 use quota_svc::SPEC;
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
-use super::harness::{QuotaServer, with_key};
+use super::harness::QuotaServer;
 
 /// A key of the service account `account`, as a backend holds it.
 fn backend_key_of(quota: &QuotaServer, account: Uuid) -> String {
     quota
         .issuer
         .add_api_key(account, &["quota:consume", "quota:read"], &["service"])
-}
-
-fn as_token<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 fn consume(subject: &str, amount: i64, key: &str) -> ConsumeRequest {
@@ -107,7 +100,10 @@ async fn a_user_cannot_refund_what_a_backend_charged_them() {
     let backend = backend_key_of(&quota, account);
     let charged = quota
         .client()
-        .consume(with_key(consume(&user.to_string(), 3, "job-1"), &backend))
+        .consume(with_api_key(
+            &backend,
+            consume(&user.to_string(), 3, "job-1"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -118,15 +114,15 @@ async fn a_user_cannot_refund_what_a_backend_charged_them() {
     // ListUsageEvents shows it) and by key: refused, nothing changes.
     let session = quota.issuer.token(user, &[]);
     let own_key = quota.issuer.add_api_key(user, &["quota:consume"], &[]);
-    assert_refused(refund(&quota, as_token(&session, by_id(&charged.usage_id))).await);
-    assert_refused(refund(&quota, as_token(&session, by_key(user, "job-1"))).await);
-    assert_refused(refund(&quota, with_key(by_id(&charged.usage_id), &own_key)).await);
+    assert_refused(refund(&quota, with_bearer(&session, by_id(&charged.usage_id))).await);
+    assert_refused(refund(&quota, with_bearer(&session, by_key(user, "job-1"))).await);
+    assert_refused(refund(&quota, with_api_key(&own_key, by_id(&charged.usage_id))).await);
     assert_eq!(state(&quota, user).await, (3, 0, 0));
 
     // Another key of the same service account refunds it...
     let refunded = refund(
         &quota,
-        with_key(by_key(user, "job-1"), &backend_key_of(&quota, account)),
+        with_api_key(&backend_key_of(&quota, account), by_key(user, "job-1")),
     )
     .await
     .unwrap();
@@ -136,7 +132,7 @@ async fn a_user_cannot_refund_what_a_backend_charged_them() {
     );
     assert_eq!(state(&quota, user).await, (0, 1, 1));
     // ...and a replay by the user is refused too, not reported as already refunded.
-    assert_refused(refund(&quota, as_token(&session, by_key(user, "job-1"))).await);
+    assert_refused(refund(&quota, with_bearer(&session, by_key(user, "job-1"))).await);
     assert_eq!(state(&quota, user).await, (0, 1, 1));
 }
 
@@ -148,7 +144,10 @@ async fn another_backend_cannot_refund_what_a_backend_charged() {
     let backend = &quota.backend_key;
     let charged = quota
         .client()
-        .consume(with_key(consume(&user.to_string(), 2, "job-1"), backend))
+        .consume(with_api_key(
+            backend,
+            consume(&user.to_string(), 2, "job-1"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -158,10 +157,12 @@ async fn another_backend_cannot_refund_what_a_backend_charged() {
         subject: user.to_string(),
         ..by_id(&charged.usage_id)
     };
-    assert_refused(refund(&quota, with_key(refund_1.clone(), &other)).await);
+    assert_refused(refund(&quota, with_api_key(&other, refund_1.clone())).await);
     assert_eq!(state(&quota, user).await, (2, 0, 0));
     // The same key refunds it.
-    let refunded = refund(&quota, with_key(refund_1, backend)).await.unwrap();
+    let refunded = refund(&quota, with_api_key(backend, refund_1))
+        .await
+        .unwrap();
     assert_eq!(refunded.refunded_amount, 2);
     assert_eq!(state(&quota, user).await, (0, 1, 1));
 }
@@ -174,9 +175,9 @@ async fn a_service_or_an_admin_refunds_what_a_backend_charged() {
     for key in ["job-1", "job-2"] {
         let charged = quota
             .client()
-            .consume(with_key(
-                consume(&user.to_string(), 2, key),
+            .consume(with_api_key(
                 &quota.backend_key,
+                consume(&user.to_string(), 2, key),
             ))
             .await
             .unwrap()
@@ -188,7 +189,7 @@ async fn a_service_or_an_admin_refunds_what_a_backend_charged() {
         .unwrap();
     assert_eq!(by_service.refunded_amount, 2);
     let admin = quota.issuer.token(Uuid::now_v7(), &["admin"]);
-    let by_admin = refund(&quota, as_token(&admin, by_key(user, "job-2")))
+    let by_admin = refund(&quota, with_bearer(&admin, by_key(user, "job-2")))
         .await
         .unwrap();
     assert_eq!(by_admin.refunded_amount, 2);
@@ -204,13 +205,13 @@ async fn a_user_refunds_what_they_consumed_themselves() {
     let own_key = quota.issuer.add_api_key(user, &["quota:consume"], &[]);
     let with_session = quota
         .client()
-        .consume(as_token(&session, consume("", 1, "upload-1")))
+        .consume(with_bearer(&session, consume("", 1, "upload-1")))
         .await
         .unwrap()
         .into_inner();
     let with_key_of_user = quota
         .client()
-        .consume(with_key(consume("", 2, "upload-2"), &own_key))
+        .consume(with_api_key(&own_key, consume("", 2, "upload-2")))
         .await
         .unwrap()
         .into_inner();
@@ -225,11 +226,14 @@ async fn a_user_refunds_what_they_consumed_themselves() {
         2
     );
     // Either of the user's credentials refunds either consumption: they are the same principal.
-    let refunded = refund(&quota, with_key(by_id(&with_session.usage_id), &own_key))
-        .await
-        .unwrap();
+    let refunded = refund(
+        &quota,
+        with_api_key(&own_key, by_id(&with_session.usage_id)),
+    )
+    .await
+    .unwrap();
     assert_eq!(refunded.refunded_amount, 1);
-    let refunded = refund(&quota, as_token(&session, by_key(user, "upload-2")))
+    let refunded = refund(&quota, with_bearer(&session, by_key(user, "upload-2")))
         .await
         .unwrap();
     assert_eq!(refunded.refunded_amount, 2);
@@ -245,7 +249,7 @@ async fn a_user_cannot_refund_consumptions_made_before_consumers_were_recorded()
     for key in ["old-1", "old-2"] {
         let consumed = quota
             .client()
-            .consume(as_token(&session, consume("", 1, key)))
+            .consume(with_bearer(&session, consume("", 1, key)))
             .await
             .unwrap()
             .into_inner();
@@ -256,7 +260,7 @@ async fn a_user_cannot_refund_consumptions_made_before_consumers_were_recorded()
         .execute(&mut quota.db.connect(SPEC.name).await)
         .await
         .unwrap();
-    let status = refund(&quota, as_token(&session, by_key(user, "old-1")))
+    let status = refund(&quota, with_bearer(&session, by_key(user, "old-1")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -266,7 +270,7 @@ async fn a_user_cannot_refund_consumptions_made_before_consumers_were_recorded()
     );
     assert_eq!(state(&quota, user).await, (2, 0, 0));
     let admin = quota.issuer.token(Uuid::now_v7(), &["admin"]);
-    refund(&quota, as_token(&admin, by_key(user, "old-1")))
+    refund(&quota, with_bearer(&admin, by_key(user, "old-1")))
         .await
         .unwrap();
     refund(&quota, quota.as_service(by_key(user, "old-2")))
@@ -285,7 +289,7 @@ async fn a_user_cannot_refund_a_batch_of_backend_charges() {
     let backend = backend_key_of(&quota, account);
     let charged = join_all((0..40).map(|i| {
         let mut client = quota.client();
-        let request = with_key(consume(&user.to_string(), 1, &format!("job-{i}")), &backend);
+        let request = with_api_key(&backend, consume(&user.to_string(), 1, &format!("job-{i}")));
         async move { client.consume(request).await.unwrap().into_inner() }
     }))
     .await;
@@ -301,7 +305,7 @@ async fn a_user_cannot_refund_a_batch_of_backend_charges() {
     );
     let session = quota.issuer.token(user, &[]);
     for answer in &charged {
-        assert_refused(refund(&quota, as_token(&session, by_id(&answer.usage_id))).await);
+        assert_refused(refund(&quota, with_bearer(&session, by_id(&answer.usage_id))).await);
     }
     assert_eq!(state(&quota, user).await, (40, 0, 0));
 }
@@ -320,17 +324,20 @@ async fn a_user_cannot_take_a_backends_idempotency_key_to_have_its_charge_replay
     let session = quota.issuer.token(user, &[]);
     let taken = quota
         .client()
-        .consume(as_token(&session, consume("", 1, "req-1")))
+        .consume(with_bearer(&session, consume("", 1, "req-1")))
         .await
         .unwrap()
         .into_inner();
     assert!(taken.allowed);
-    refund(&quota, as_token(&session, by_key(user, "req-1")))
+    refund(&quota, with_bearer(&session, by_key(user, "req-1")))
         .await
         .unwrap();
     let status = quota
         .client()
-        .consume(with_key(consume(&user.to_string(), 1, "req-1"), &backend))
+        .consume(with_api_key(
+            &backend,
+            consume(&user.to_string(), 1, "req-1"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
@@ -341,22 +348,25 @@ async fn a_user_cannot_take_a_backends_idempotency_key_to_have_its_charge_replay
     // another key of the backend's account replays it.
     let charged = quota
         .client()
-        .consume(with_key(consume(&user.to_string(), 2, "job-1"), &backend))
+        .consume(with_api_key(
+            &backend,
+            consume(&user.to_string(), 2, "job-1"),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(charged.allowed && !charged.replayed);
     let status = quota
         .client()
-        .consume(as_token(&session, consume("", 2, "job-1")))
+        .consume(with_bearer(&session, consume("", 2, "job-1")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     let replayed = quota
         .client()
-        .consume(with_key(
-            consume(&user.to_string(), 2, "job-1"),
+        .consume(with_api_key(
             &backend_key_of(&quota, account),
+            consume(&user.to_string(), 2, "job-1"),
         ))
         .await
         .unwrap()
