@@ -6,7 +6,9 @@ use std::{process::Command, sync::Arc, time::Duration};
 use futures::future::join_all;
 use kit::{
     convert::timestamp,
-    testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok, with_api_key},
+    testing::{
+        AuthServer, Binary, TestDb, TestIssuer, assert_grpcurl_lists, grpcurl_ok, with_api_key,
+    },
 };
 use proto::quota::{
     ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
@@ -99,18 +101,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
     let mut replicas = Replicas::start(1).await;
     let addr = replicas.binaries[0].addr.to_string();
 
-    let listed = grpcurl_ok(&["-plaintext", &addr, "list"]);
-    for service in [
-        "commerce.quota.v1.QuotaService",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ] {
-        assert!(
-            listed.lines().any(|line| line == service),
-            "{service} missing from:\n{listed}"
-        );
-    }
+    assert_grpcurl_lists(&addr, "commerce.quota.v1.QuotaService");
     for body in ["{}", r#"{"service":"commerce.quota.v1.QuotaService"}"#] {
         let health = grpcurl_ok(&[
             "-plaintext",
@@ -122,9 +113,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
         assert!(health.contains("\"SERVING\""), "{body}: {health}");
     }
 
-    let (exit, took) = replicas.binaries[0].terminate(Duration::from_secs(5));
-    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
-    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    replicas.binaries[0].assert_stops_on_sigterm();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
