@@ -21,7 +21,7 @@ use chrono::{TimeDelta, Utc};
 use kit::{
     client_address::TrustedProxies,
     clock::ManualClock,
-    testing::{InProcess, TcpProxy, TestDb, TestIssuer},
+    testing::{InProcess, TcpProxy, TestDb, TestIssuer, with_bearer},
 };
 use proto::{
     billing::{
@@ -213,21 +213,12 @@ impl Mesh {
 
     /// A request carrying `user`'s access token.
     pub fn as_user<T>(&self, user: Uuid, message: T) -> Request<T> {
-        self.with_roles(user, &[], message)
+        with_bearer(&self.issuer.token(user, &[]), message)
     }
 
     /// A request carrying an administrator's access token.
     pub fn as_admin<T>(&self, message: T) -> Request<T> {
-        self.with_roles(Uuid::now_v7(), &["admin"], message)
-    }
-
-    fn with_roles<T>(&self, user: Uuid, roles: &[&str], message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let token = self.issuer.token(user, roles);
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        request
+        with_bearer(&self.issuer.token(Uuid::now_v7(), &["admin"]), message)
     }
 
     /// Subscribes `user` to `plan` with Alipay.
