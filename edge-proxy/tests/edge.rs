@@ -82,7 +82,7 @@ async fn rest_calls_are_transcoded_and_errors_come_back_as_json() {
     assert_eq!(status, 200, "{body}");
     let plans: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(plans["plans"], serde_json::json!([]));
-    // A gRPC status comes back as HTTP with the JSON error body (refunds come in a later issue).
+    // A gRPC status comes back as HTTP with the JSON error body: a refund needs an admin.
     let (status, body) = curl(&[
         "-X",
         "POST",
@@ -90,9 +90,9 @@ async fn rest_calls_are_transcoded_and_errors_come_back_as_json() {
         "{}",
         &format!("{base}/v1/payments/0190c3a4-0000-7000-8000-000000000000:refund"),
     ]);
-    assert_eq!(status, 501, "{body}");
+    assert_eq!(status, 401, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(error["status"], "UNIMPLEMENTED");
+    assert_eq!(error["status"], "UNAUTHENTICATED");
 
     let (status, body) = curl(&[&format!("{base}/v1/nothing-here")]);
     assert_eq!(status, 404, "{body}");
