@@ -23,7 +23,7 @@ use crate::{
     },
     error::Error,
     providers::RawNotification,
-    service::{Billing, CheckoutRequest, CheckoutResult},
+    service::{Billing, CheckoutRequest, CheckoutResult, RefundRequest},
     store::{payments::PaymentRow, plans::PlanRow, subscriptions::SubscriptionRow},
 };
 
@@ -519,6 +519,29 @@ impl BillingService for BillingApi {
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: rows.into_iter().map(payment_pb).collect(),
             next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(payment = %request.get_ref().payment_id))]
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        let request = request.into_inner();
+        let payment_id = uuid("payment_id", &request.payment_id).map_err(Error::from)?;
+        let payment = self
+            .billing
+            .refund_payment(&RefundRequest {
+                payment_id,
+                amount_minor: request.amount_minor,
+                reason: request.reason,
+                idempotency_key: request.idempotency_key,
+                requested_by: caller.user_id,
+            })
+            .await?;
+        Ok(Response::new(pb::RefundPaymentResponse {
+            payment: Some(payment_pb(payment)),
         }))
     }
 

@@ -55,7 +55,8 @@ impl From<Error> for Status {
                 tracing::warn!(%cause, "payment provider call failed");
                 // The provider's own words help the caller; nothing of ours is in them.
                 Status::unavailable(format!(
-                    "{cause}; nothing was charged; retry with the same idempotency key"
+                    "{cause}; retry with the same idempotency key: a retry never charges or \
+                     refunds twice"
                 ))
             }
             Error::Db(err) => kit::error::from_db(&err),

@@ -1,5 +1,6 @@
-//! The lifecycle worker: runs [`Billing::run_lifecycle`] every few seconds, on every replica
-//! (rows are claimed with `FOR UPDATE SKIP LOCKED`, so replicas share the work).
+//! The lifecycle worker: runs [`Billing::run_lifecycle`] and the reconciliation with the
+//! providers ([`Billing::reconcile_refunds`]) every few seconds, on every replica (rows are
+//! claimed with `FOR UPDATE SKIP LOCKED`, so replicas share the work).
 
 use std::{sync::Weak, time::Duration};
 
@@ -18,6 +19,11 @@ pub async fn run(billing: Weak<Billing>, every: Duration) {
             Ok(0) => {}
             Ok(moved) => tracing::info!(moved, "lifecycle round"),
             Err(err) => tracing::warn!(%err, "lifecycle round failed; retried next round"),
+        }
+        match billing.reconcile_refunds().await {
+            Ok(0) => {}
+            Ok(asked) => tracing::info!(asked, "refunds reconciled"),
+            Err(err) => tracing::warn!(%err, "refund reconciliation failed; retried next round"),
         }
     }
 }

@@ -15,8 +15,8 @@ use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
 use billing_svc::{
     domain::Provider,
     providers::{
-        Checkout, CheckoutOrder, PaymentProvider, ProviderError, RawNotification, Refusal, Trade,
-        TradeStatus,
+        Checkout, CheckoutOrder, Notification, NotificationEvent, PaymentProvider, ProviderError,
+        RawNotification, Refusal, Trade, TradeStatus,
         alipay::{Alipay, AlipayConfig, NOTIFY_SIGN_EXCLUDED, Refund, sign_content},
         rsa_keys::{self, PrivateKey, PublicKey},
     },
@@ -217,12 +217,13 @@ async fn a_paid_order_is_notified_as_often_as_asked_and_every_notification_verif
     let mut notification_ids = Vec::new();
     for raw in &received {
         let notification = harness.alipay.verify_notification(raw, Utc::now()).unwrap();
-        assert_eq!(notification.trade.out_trade_no, order.out_trade_no);
-        assert_eq!(notification.trade.trade_no.as_deref(), Some(trade_no));
-        assert_eq!(notification.trade.status, TradeStatus::Paid);
-        assert_eq!(notification.trade.amount_minor, 1999);
-        assert_eq!(notification.trade.currency, "CNY");
-        assert!(notification.trade.paid_at.is_some());
+        let trade = trade_of(&notification);
+        assert_eq!(trade.out_trade_no, order.out_trade_no);
+        assert_eq!(trade.trade_no.as_deref(), Some(trade_no));
+        assert_eq!(trade.status, TradeStatus::Paid);
+        assert_eq!(trade.amount_minor, 1999);
+        assert_eq!(trade.currency, "CNY");
+        assert!(trade.paid_at.is_some());
         notification_ids.push(notification.notification_id);
         let fields = form(&raw.body);
         for name in [
@@ -326,7 +327,7 @@ async fn a_notification_with_a_tampered_amount_verifies_but_states_another_amoun
         .alipay
         .verify_notification(&received[0], Utc::now())
         .unwrap();
-    assert_ne!(notification.trade.amount_minor, order.amount_minor);
+    assert_ne!(trade_of(&notification).amount_minor, order.amount_minor);
     let trade = harness.trade(&order.out_trade_no).await;
     assert_eq!(trade.status, TradeStatus::Pending);
 }
@@ -385,14 +386,20 @@ async fn refunds_are_partial_or_whole_never_twice_and_a_whole_refund_closes_the_
         other => panic!("expected a refusal, got {other:?}"),
     };
     assert_eq!(
-        refused_code(alipay.refund(&order.out_trade_no, "r1", 999).await),
+        refused_code(alipay.trade_refund(&order.out_trade_no, "r1", 999).await),
         "ACQ.TRADE_STATUS_ERROR"
     );
     let (_, paid) = harness.pay(&order.out_trade_no, None).await;
 
-    let first = alipay.refund(&order.out_trade_no, "r1", 999).await.unwrap();
-    let repeated = alipay.refund(&order.out_trade_no, "r1", 999).await.unwrap();
-    let too_much = alipay.refund(&order.out_trade_no, "r2", 1001).await;
+    let first = alipay
+        .trade_refund(&order.out_trade_no, "r1", 999)
+        .await
+        .unwrap();
+    let repeated = alipay
+        .trade_refund(&order.out_trade_no, "r1", 999)
+        .await
+        .unwrap();
+    let too_much = alipay.trade_refund(&order.out_trade_no, "r2", 1001).await;
 
     assert_eq!(
         first,
@@ -412,7 +419,7 @@ async fn refunds_are_partial_or_whole_never_twice_and_a_whole_refund_closes_the_
         TradeStatus::Paid
     );
     let rest = alipay
-        .refund(&order.out_trade_no, "r2", 1000)
+        .trade_refund(&order.out_trade_no, "r2", 1000)
         .await
         .unwrap();
     assert_eq!(rest.refunded_total_minor, 1999);
@@ -421,7 +428,7 @@ async fn refunds_are_partial_or_whole_never_twice_and_a_whole_refund_closes_the_
         TradeStatus::Closed
     );
     assert_eq!(
-        refused_code(alipay.refund("never-opened", "r1", 1).await),
+        refused_code(alipay.trade_refund("never-opened", "r1", 1).await),
         "ACQ.TRADE_NOT_EXIST"
     );
 }
@@ -604,4 +611,12 @@ async fn the_binary_writes_development_keys_and_serves_with_them() {
     server.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(answer.unwrap(), None);
+}
+
+/// The trade a payment notification reports.
+fn trade_of(notification: &Notification) -> &Trade {
+    match &notification.event {
+        NotificationEvent::Trade(trade) => trade,
+        NotificationEvent::Refund(refund) => panic!("a refund notification: {refund:?}"),
+    }
 }

@@ -20,20 +20,25 @@ use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, DefaultBodyLimit, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use http::uri::PathAndQuery;
 use kit::client_address::{
     FORWARDED_FOR_HEADER, PROXY_KEY_HEADER, TrustedProxies, client_of, forwarded_chain,
 };
-use prost_reflect::DescriptorPool;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use tonic::{
+    Status,
     metadata::{Ascii, MetadataMap, MetadataValue},
     transport::Channel,
 };
 
-use crate::{codec::DynamicCodec, routes::Route, transcode::BadRequest};
+use crate::{
+    codec::DynamicCodec,
+    routes::{PathVariables, Route},
+    transcode::BadRequest,
+};
 
 /// Where the gRPC services are.
 #[derive(Debug, Clone)]
@@ -65,6 +70,17 @@ struct Edge {
     quota: Channel,
     forwarding: Forwarding,
     rpc_timeout: Duration,
+}
+
+impl Edge {
+    /// The channel to the service of a contract package, and what that service may be told.
+    fn upstream_of(&self, package: &str) -> (Channel, Upstream) {
+        match package {
+            "commerce.auth.v1" => (self.auth.clone(), Upstream::Auth),
+            "commerce.billing.v1" => (self.billing.clone(), Upstream::Other),
+            _ => (self.quota.clone(), Upstream::Other),
+        }
+    }
 }
 
 /// How the edge tells the services who the client is.
@@ -115,6 +131,7 @@ pub fn router(
         .with_state(Arc::new(edge)))
 }
 
+/// Every REST call: the route, the request message, the RPC, and its answer in HTTP terms.
 async fn transcode_call(
     State(edge): State<Arc<Edge>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -122,56 +139,96 @@ async fn transcode_call(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let path = uri.path();
+) -> Result<Response, Refusal> {
+    let (route, variables) = find_route(&edge.routes, &method, uri.path())?;
+    let message = decode_request(route, variables, &uri, &headers, &body)?;
+    let answer = match call_service(&edge, route, message, &headers, peer).await {
+        Ok(reply) => reply_response(&reply),
+        Err(status) => status_response(&status),
+    };
+    Ok(answer)
+}
+
+/// A call the edge answers itself, before any service sees it.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: tonic::Code,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.code, &self.message, None)
+    }
+}
+
+/// The route for `method` on `path` and its path variables. A path that exists under another
+/// method is 405, not 404, so the client learns that only its method is wrong.
+fn find_route<'a>(
+    routes: &'a [Route],
+    method: &Method,
+    path: &str,
+) -> Result<(&'a Route, PathVariables), Refusal> {
     let mut path_matched = false;
-    let found = edge.routes.iter().find_map(|route| {
+    let found = routes.iter().find_map(|route| {
         let variables = route.matches(path)?;
         path_matched = true;
         (route.http_method == method).then_some((route, variables))
     });
-    let Some((route, variables)) = found else {
-        return if path_matched {
-            error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                tonic::Code::Unimplemented,
-                &format!("{method} is not allowed on {path}"),
-                None,
-            )
+    found.ok_or_else(|| {
+        if path_matched {
+            Refusal {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: tonic::Code::Unimplemented,
+                message: format!("{method} is not allowed on {path}"),
+            }
         } else {
-            error_response(
-                StatusCode::NOT_FOUND,
-                tonic::Code::NotFound,
-                &format!("no route for {method} {path}"),
-                None,
-            )
-        };
-    };
+            Refusal {
+                status: StatusCode::NOT_FOUND,
+                code: tonic::Code::NotFound,
+                message: format!("no route for {method} {path}"),
+            }
+        }
+    })
+}
+
+/// The RPC's request message from the body, the path variables and the query string; the
+/// content type only matters to `google.api.HttpBody` bodies, which keep it.
+fn decode_request(
+    route: &Route,
+    variables: PathVariables,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<DynamicMessage, Refusal> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok());
-    let message =
-        match transcode::request_message(route, variables, uri.query(), content_type, &body) {
-            Ok(message) => message,
-            Err(BadRequest(problem)) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    tonic::Code::InvalidArgument,
-                    &problem,
-                    None,
-                );
-            }
-        };
+    transcode::request_message(route, variables, uri.query(), content_type, body).map_err(
+        |BadRequest(problem)| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: tonic::Code::InvalidArgument,
+            message: problem,
+        },
+    )
+}
 
+/// Calls the route's RPC on the service that owns it, with the client's metadata and the edge's
+/// deadline. The edge's own failures are statuses too, so that one mapping turns every failed
+/// call into HTTP: a bad RPC path is 500 "internal error", an unreachable service 503.
+async fn call_service(
+    edge: &Edge,
+    route: &Route,
+    message: DynamicMessage,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<tonic::Response<DynamicMessage>, Status> {
     let service = route.method.parent_service();
-    let (channel, upstream) = match service.package_name() {
-        "commerce.auth.v1" => (edge.auth.clone(), Upstream::Auth),
-        "commerce.billing.v1" => (edge.billing.clone(), Upstream::Other),
-        _ => (edge.quota.clone(), Upstream::Other),
-    };
+    let (channel, upstream) = edge.upstream_of(service.package_name());
     let mut request = tonic::Request::new(message);
     forward_metadata(
-        &headers,
+        headers,
         peer,
         &edge.forwarding,
         upstream,
@@ -179,74 +236,60 @@ async fn transcode_call(
     );
     request.set_timeout(edge.rpc_timeout);
     let rpc_path = format!("/{}/{}", service.full_name(), route.method.name());
-    let Ok(rpc_path) = PathAndQuery::from_str(&rpc_path) else {
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            tonic::Code::Internal,
-            "internal error",
-            None,
-        );
-    };
+    let rpc_path =
+        PathAndQuery::from_str(&rpc_path).map_err(|_| Status::internal("internal error"))?;
     let mut grpc = tonic::client::Grpc::new(channel);
-    if let Err(err) = grpc.ready().await {
+    grpc.ready().await.map_err(|err| {
         tracing::warn!(%err, "upstream not ready");
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            tonic::Code::Unavailable,
-            "the service is unavailable",
-            None,
-        );
-    }
-    match grpc
-        .unary(request, rpc_path, DynamicCodec::new(route.method.output()))
+        Status::unavailable("the service is unavailable")
+    })?;
+    grpc.unary(request, rpc_path, DynamicCodec::new(route.method.output()))
         .await
-    {
-        Ok(response) => {
-            let request_id = response.metadata().get("x-request-id").cloned();
-            match transcode::response_body(response.get_ref()) {
-                Ok((content_type, bytes)) => {
-                    let mut out = Response::new(Body::from(bytes));
-                    if let Ok(value) = HeaderValue::from_str(&content_type) {
-                        out.headers_mut().insert(header::CONTENT_TYPE, value);
-                    }
-                    copy_request_id(
-                        &mut out,
-                        request_id.as_ref().and_then(|id| id.to_str().ok()),
-                    );
-                    out
-                }
-                Err(err) => {
-                    tracing::error!(%err, "serialising a response");
-                    error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        tonic::Code::Internal,
-                        "internal error",
-                        None,
-                    )
-                }
-            }
-        }
-        Err(status) => {
-            let mut out = error_response(
-                transcode::http_status(status.code()),
-                status.code(),
-                status.message(),
-                status
-                    .metadata()
-                    .get("x-request-id")
-                    .and_then(|id| id.to_str().ok()),
+}
+
+/// A service's reply as HTTP: proto3 JSON (or an `HttpBody`'s own bytes and content type),
+/// with the request id the service logged it under.
+fn reply_response(reply: &tonic::Response<DynamicMessage>) -> Response {
+    let (content_type, bytes) = match transcode::response_body(reply.get_ref()) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(%err, "serialising a response");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                "internal error",
+                None,
             );
-            if let Some(retry_after) = status
-                .metadata()
-                .get("retry-after")
-                .and_then(|value| value.to_str().ok())
-                && let Ok(value) = HeaderValue::from_str(retry_after)
-            {
-                out.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            out
         }
+    };
+    let mut out = Response::new(Body::from(bytes));
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        out.headers_mut().insert(header::CONTENT_TYPE, value);
     }
+    copy_request_id(&mut out, metadata_text(reply.metadata(), "x-request-id"));
+    out
+}
+
+/// A failed call as HTTP: the status's code and message in the JSON error body, with its request
+/// id, and `Retry-After` when the service said when to come back (auth-svc's login lockout).
+fn status_response(status: &Status) -> Response {
+    let mut out = error_response(
+        transcode::http_status(status.code()),
+        status.code(),
+        status.message(),
+        metadata_text(status.metadata(), "x-request-id"),
+    );
+    if let Some(retry_after) = metadata_text(status.metadata(), "retry-after")
+        && let Ok(value) = HeaderValue::from_str(retry_after)
+    {
+        out.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    out
+}
+
+/// A metadata entry as text; one that is not visible ASCII is left out rather than guessed at.
+fn metadata_text<'a>(metadata: &'a MetadataMap, key: &str) -> Option<&'a str> {
+    metadata.get(key).and_then(|value| value.to_str().ok())
 }
 
 /// Which service a call goes to, as far as the metadata it gets is concerned.

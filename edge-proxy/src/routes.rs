@@ -13,6 +13,9 @@ enum Segment {
     Variable(String),
 }
 
+/// A route's path variables as matched: (field path, percent-decoded value), in template order.
+pub type PathVariables = Vec<(String, String)>;
+
 /// A REST route of one RPC.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -87,7 +90,7 @@ impl Route {
     }
 
     /// The path variables if `path` matches this route's template.
-    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+    pub fn matches(&self, path: &str) -> Option<PathVariables> {
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,

@@ -10,7 +10,7 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value as Json};
 
-use crate::routes::Route;
+use crate::routes::{PathVariables, Route};
 
 const HTTP_BODY: &str = "google.api.HttpBody";
 
@@ -22,7 +22,7 @@ pub struct BadRequest(pub String);
 /// Builds the RPC's request message.
 pub fn request_message(
     route: &Route,
-    variables: Vec<(String, String)>,
+    variables: PathVariables,
     query: Option<&str>,
     content_type: Option<&str>,
     body: &[u8],

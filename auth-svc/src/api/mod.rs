@@ -78,7 +78,9 @@ impl AuthService for Api {
             email: &request.email,
             username: &request.username,
             password: &request.password,
-            display_name: &request.display_name,
+            // Blank: the username (the contract's default).
+            display_name: Some(request.display_name.as_str())
+                .filter(|name| !name.trim().is_empty()),
         };
         let row = registration::register(&self.state, &client, &input).await?;
         Ok(Response::new(pb::RegisterResponse {

@@ -5,7 +5,7 @@ use chrono::Utc;
 use kit::{ServerArgs, caller::scope};
 
 use super::connect;
-use crate::service::api_keys;
+use crate::{domain::api_key::service_account_name, service::api_keys};
 
 /// Issue an API key for a service account; prints only the key.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,10 +31,12 @@ pub struct IssueServiceKey {
 
 /// Runs `service-key issue`.
 pub async fn issue_service_key(server: &ServerArgs, args: &IssueServiceKey) -> anyhow::Result<()> {
+    // Checked before connecting: a bad name needs no database.
+    let username = service_account_name(&args.service)?;
     let mut conn = connect(server).await?;
     let (row, secret, revoked) = api_keys::issue_service_key(
         &mut conn,
-        &args.service,
+        &username,
         &args.scopes,
         args.revoke_previous,
         Utc::now(),

@@ -117,7 +117,8 @@ pub struct Registration<'a> {
     pub email: &'a str,
     pub username: &'a str,
     pub password: &'a str,
-    pub display_name: &'a str,
+    /// `None`: the username.
+    pub display_name: Option<&'a str>,
 }
 
 /// Register's fields, normalised; the password passed the policy.
@@ -136,10 +137,9 @@ pub fn registration(
 ) -> Result<ValidRegistration, Error> {
     let email = email("email", input.email)?;
     let username = username(input.username)?;
-    let display_name = if input.display_name.trim().is_empty() {
-        username.clone()
-    } else {
-        display_name(input.display_name)?
+    let display_name = match input.display_name {
+        Some(name) => display_name(name)?,
+        None => username.clone(),
     };
     password::check_policy("password", input.password, &username, &email, min_strength)?;
     Ok(ValidRegistration {

@@ -198,7 +198,7 @@ pub async fn create_admin(
         email,
         username,
         password,
-        display_name: display_name.unwrap_or_default(),
+        display_name,
     };
     let valid = validate::registration(&registration, config.password_min_strength)?;
     let user = UserRow {

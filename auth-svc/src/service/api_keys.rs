@@ -215,19 +215,18 @@ pub async fn verify(state: &State, key: &str) -> Result<Arc<UsableKey>, Error> {
         .await
 }
 
-/// `service-key issue`: a key with `scopes` for the account of `service` (created if missing),
-/// optionally revoking its earlier keys, in one transaction. Returns the key's row, its secret
-/// and how many keys were revoked.
+/// `service-key issue`: a key with `scopes` for the service account `username` (from
+/// [`api_key::service_account_name`]; created if missing), optionally revoking its earlier keys,
+/// in one transaction. Returns the key's row, its secret and how many keys were revoked.
 pub async fn issue_service_key(
     conn: &mut AsyncPgConnection,
-    service: &str,
+    username: &str,
     scopes: &[String],
     revoke_previous: bool,
     now: DateTime<Utc>,
 ) -> Result<(ApiKeyRow, String, usize), Error> {
-    let username = api_key::service_account_name(service)?;
     conn.transaction::<_, Error, _>(async |conn| {
-        let user_id = ensure_service_account(conn, &username, now).await?;
+        let user_id = ensure_service_account(conn, username, now).await?;
         let revoked = if revoke_previous {
             store::api_keys::revoke_all_for_user(conn, user_id, now).await?
         } else {

@@ -50,14 +50,13 @@ pub async fn login(
         .trim()
         .to_lowercase();
     validate::required("password", password)?;
-    let (user, attempt) = check_password(state, client, &name, password).await?;
+    let (user, attempt, now) = check_password(state, client, &name, password).await?;
     if state.config.require_verified_email && user.email_verified_at.is_none() {
         attempts::settle(state, attempt, true).await?;
         return Err(Error::FailedPrecondition(
             "verify your email address before signing in".into(),
         ));
     }
-    let now = state.clock.now();
     let (session, refresh_token) = start_session(state, client, &user, attempt, now).await?;
     let user = UserRow {
         last_login_at: Some(now),
@@ -66,15 +65,15 @@ pub async fn login(
     issue(state, user, &session, refresh_token, now).await
 }
 
-/// The active account `name` (username or email) names, if `password` is its password; the
-/// attempt stays open for the caller to settle. Any failure is audited and answers
-/// [`INVALID_CREDENTIALS`], whatever its reason.
+/// The active account `name` (username or email) names, if `password` is its password, with the
+/// attempt (open, for the caller to settle) and the time the sign-in counts from. Any failure is
+/// audited and answers [`INVALID_CREDENTIALS`], whatever its reason.
 async fn check_password(
     state: &State,
     client: &ClientInfo,
     name: &str,
     password: &str,
-) -> Result<(UserRow, Uuid), Error> {
+) -> Result<(UserRow, Uuid, DateTime<Utc>), Error> {
     let user = {
         let mut conn = state.pool.get().await?;
         store::users::find_by_login(&mut conn, name).await?
@@ -95,7 +94,7 @@ async fn check_password(
         .verify(password.to_owned(), hash)
         .await?;
     match user {
-        Some(user) if matches => Ok((user, attempt)),
+        Some(user) if matches => Ok((user, attempt, now)),
         other => {
             let reason = match &other {
                 None => "unknown_user",

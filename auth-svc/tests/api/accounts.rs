@@ -1079,7 +1079,7 @@ async fn without_smtp_mail_goes_to_the_outbox_without_its_secret() {
         email: "niklaus@example.com",
         username: "niklaus",
         password: PASSWORD,
-        display_name: "",
+        display_name: None,
     };
     let client = auth_svc::domain::ClientInfo::default();
     auth_svc::service::registration::register(&state, &client, &registration)

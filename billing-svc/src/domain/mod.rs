@@ -1,9 +1,32 @@
 //! billing's pure rules: no tonic, no SQL. State machines, period arithmetic, money formatting,
 //! plan-file parsing and validation live here and are tested without a network.
 
+/// A closed set of values stored as text: one `as_str` and one `parse`, matching the column's
+/// CHECK constraint.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// The value stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// The variant of a stored value.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
 pub mod fingerprint;
 pub mod money;
 pub mod plan;
+pub mod refund;
 pub mod subscription;
 pub mod validate;
 

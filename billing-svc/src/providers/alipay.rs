@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
 use super::{
-    Acknowledgement, Checkout, CheckoutOrder, Notification, PaymentProvider, ProviderError,
-    RawNotification, Refusal, Trade, TradeStatus,
+    Acknowledgement, Checkout, CheckoutOrder, Notification, NotificationEvent, PaymentProvider,
+    ProviderError, RawNotification, RefundOrder, RefundStatus, RefundUpdate, Refusal, Trade,
+    TradeStatus,
     rsa_keys::{self, PrivateKey, PublicKey},
 };
 use crate::domain::{
@@ -172,8 +173,7 @@ impl Alipay {
 
     /// Refunds `amount_minor` of a paid trade (`alipay.trade.refund`). `out_request_no` names
     /// this refund: repeating it never refunds twice, so a retry after `Unavailable` is safe.
-    /// Not part of [`PaymentProvider`] yet: billing takes refunds in a later issue.
-    pub async fn refund(
+    pub async fn trade_refund(
         &self,
         out_trade_no: &str,
         out_request_no: &str,
@@ -285,6 +285,24 @@ impl PaymentProvider for Alipay {
         }
     }
 
+    /// Alipay refunds synchronously: an answer means the refund is done (or was done by an
+    /// earlier request with the same `out_request_no`).
+    async fn refund(&self, order: &RefundOrder) -> Result<RefundUpdate, ProviderError> {
+        self.trade_refund(
+            &order.out_trade_no,
+            &order.out_refund_no,
+            order.amount_minor,
+        )
+        .await?;
+        Ok(RefundUpdate {
+            out_trade_no: order.out_trade_no.clone(),
+            out_refund_no: order.out_refund_no.clone(),
+            status: RefundStatus::Succeeded,
+            amount_minor: order.amount_minor,
+            refund_id: None,
+        })
+    }
+
     fn verify_notification(
         &self,
         notification: &RawNotification,
@@ -338,7 +356,7 @@ impl PaymentProvider for Alipay {
         .map_err(Refusal::Malformed)?;
         Ok(Notification {
             notification_id: required("notify_id")?.to_owned(),
-            trade,
+            event: NotificationEvent::Trade(trade),
         })
     }
 
@@ -812,14 +830,14 @@ mod tests {
             notification,
             Notification {
                 notification_id: "2025010200222110500012345678".to_owned(),
-                trade: Trade {
+                event: NotificationEvent::Trade(Trade {
                     out_trade_no: "0190f1a2b3c47d8e9fa0b1c2d3e4f506".to_owned(),
                     trade_no: Some("2025010222001400000012345678".to_owned()),
                     status: TradeStatus::Paid,
                     amount_minor: 1999,
                     currency: "CNY".to_owned(),
                     paid_at: Some(utc("2025-01-02T03:04:59Z")),
-                },
+                }),
             }
         );
     }
@@ -833,9 +851,12 @@ mod tests {
         let notification = alipay()
             .verify_notification(&raw(body), Utc::now())
             .unwrap();
-        assert_eq!(notification.trade.currency, "USD");
-        assert_eq!(notification.trade.status, TradeStatus::Closed);
-        assert_eq!(notification.trade.paid_at, None);
+        let NotificationEvent::Trade(trade) = notification.event else {
+            panic!("a trade notification, got {notification:?}");
+        };
+        assert_eq!(trade.currency, "USD");
+        assert_eq!(trade.status, TradeStatus::Closed);
+        assert_eq!(trade.paid_at, None);
     }
 
     #[test]

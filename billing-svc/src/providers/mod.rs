@@ -80,7 +80,58 @@ pub struct RawNotification {
 pub struct Notification {
     /// The provider's id of this notification, the same on every retry (dedupe and audit).
     pub notification_id: String,
-    pub trade: Trade,
+    pub event: NotificationEvent,
+}
+
+/// What a notification reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationEvent {
+    /// A trade's new state (paid, closed, failed).
+    Trade(Trade),
+    /// The outcome of a refund we asked for (WeChat Pay's refund notification).
+    Refund(RefundUpdate),
+}
+
+/// What billing asks a provider to refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOrder {
+    pub out_trade_no: String,
+    /// Names this refund at the provider (Alipay `out_request_no`, WeChat Pay `out_refund_no`,
+    /// at most 64 characters): the same on every retry, so a retry never refunds twice.
+    pub out_refund_no: String,
+    /// Amount to refund in minor units, > 0.
+    pub amount_minor: i64,
+    /// The whole payment in minor units (WeChat Pay states it with every refund).
+    pub total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Shown to the buyer where the provider shows one.
+    pub reason: String,
+    /// Where the provider posts the refund's outcome (WeChat Pay); Alipay answers at once.
+    pub notify_url: String,
+}
+
+/// Where a refund stands at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundStatus {
+    /// The money is on its way back to the buyer.
+    Succeeded,
+    /// Accepted; the outcome comes later (a notification or a query).
+    Processing,
+    /// The provider gave up on it (WeChat Pay `CLOSED`/`ABNORMAL`); nothing was refunded.
+    Failed,
+}
+
+/// A refund as the provider reports it (answer, query or notification).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundUpdate {
+    pub out_trade_no: String,
+    pub out_refund_no: String,
+    pub status: RefundStatus,
+    /// The amount of this refund in minor units, as the provider states it.
+    pub amount_minor: i64,
+    /// The provider's id of the refund, when it states one.
+    pub refund_id: Option<String>,
 }
 
 /// Why a notification was refused. Each is recorded with the raw body; none changes a payment.
@@ -135,6 +186,10 @@ pub trait PaymentProvider: Send + Sync + 'static {
     /// Closes an unpaid order so it can no longer be paid. Closing an order the provider does
     /// not know, or one already closed, succeeds.
     async fn close(&self, out_trade_no: &str) -> Result<(), ProviderError>;
+
+    /// Refunds part or all of a paid order. Repeating it with the same `out_refund_no` never
+    /// refunds twice; it answers the state of that refund.
+    async fn refund(&self, order: &RefundOrder) -> Result<RefundUpdate, ProviderError>;
 
     /// Verifies a notification's signature and merchant account and parses it.
     fn verify_notification(

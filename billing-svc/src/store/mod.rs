@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod outbox;
 pub mod payments;
 pub mod plans;
+pub mod refunds;
 pub mod schema;
 pub mod subscriptions;
 

@@ -181,6 +181,49 @@ pub async fn fail(
     leave_pending(conn, id, PaymentStatus::Failed, now).await
 }
 
+/// Sets a paid payment's refunded amount from `from` to `to`, with the `status` that follows
+/// (see [`crate::domain::refund::status_after`]); `None` if it is not paid or its refunded
+/// amount is no longer `from` (a concurrent refund came first).
+pub async fn set_refunded(
+    conn: &mut Conn,
+    id: Uuid,
+    from: i64,
+    to: i64,
+    status: PaymentStatus,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<PaymentRow>> {
+    diesel::update(
+        payments::table
+            .find(id)
+            .filter(payments::status.eq_any([
+                PaymentStatus::Succeeded.as_str(),
+                PaymentStatus::PartiallyRefunded.as_str(),
+                PaymentStatus::Refunded.as_str(),
+            ]))
+            .filter(payments::refunded_amount_minor.eq(from)),
+    )
+    .set((
+        payments::refunded_amount_minor.eq(to),
+        payments::status.eq(status.as_str()),
+        payments::updated_at.eq(now),
+    ))
+    .returning(PaymentRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// The payment, locked until the transaction ends.
+pub async fn get_for_update(conn: &mut Conn, id: Uuid) -> QueryResult<Option<PaymentRow>> {
+    payments::table
+        .find(id)
+        .select(PaymentRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// A page of a user's payments, newest first, after the `(created_at, payment_id)` of the last
 /// page.
 pub async fn list(

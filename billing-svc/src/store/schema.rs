@@ -93,6 +93,24 @@ pub mod billing {
     }
 
     diesel::table! {
+        billing.refunds (refund_id) {
+            refund_id -> Uuid,
+            payment_id -> Uuid,
+            idempotency_key -> Text,
+            request_fingerprint -> Bytea,
+            out_refund_no -> Text,
+            amount_minor -> Int8,
+            currency -> Text,
+            reason -> Text,
+            status -> Text,
+            provider_refund_id -> Nullable<Text>,
+            requested_by -> Uuid,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
         billing.subscriptions (subscription_id) {
             subscription_id -> Uuid,
             user_id -> Uuid,
@@ -111,6 +129,7 @@ pub mod billing {
     diesel::joinable!(payment_events -> payments (payment_id));
     diesel::joinable!(payments -> plans (plan_code));
     diesel::joinable!(payments -> subscriptions (subscription_id));
+    diesel::joinable!(refunds -> payments (payment_id));
     diesel::joinable!(subscriptions -> plans (plan_code));
 
     diesel::allow_tables_to_appear_in_same_query!(
@@ -120,6 +139,7 @@ pub mod billing {
         payment_events,
         payments,
         plans,
+        refunds,
         subscriptions,
     );
 }

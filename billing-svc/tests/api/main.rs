@@ -9,4 +9,5 @@ mod harness;
 mod lifecycle;
 mod notifications;
 mod plans;
+mod refunds;
 mod schema;

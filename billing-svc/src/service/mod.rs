@@ -14,6 +14,10 @@ use kit::{
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+mod refunds;
+
+pub use refunds::RefundRequest;
+
 use crate::{
     domain::{
         Provider, fingerprint,
@@ -24,8 +28,8 @@ use crate::{
     },
     error::Error,
     providers::{
-        Acknowledgement, Checkout, CheckoutOrder, PaymentProvider, RawNotification, Refusal, Trade,
-        TradeStatus,
+        Acknowledgement, Checkout, CheckoutOrder, NotificationEvent, PaymentProvider,
+        RawNotification, Refusal, Trade, TradeStatus,
     },
     store::{
         Conn,
@@ -725,9 +729,15 @@ impl Billing {
         let mut conn = self.conn().await?;
         let outcome = conn
             .transaction(async |conn| {
-                let outcome = self
-                    .apply_trade(conn, provider_kind, &notification.trade, now)
-                    .await;
+                let outcome = match &notification.event {
+                    NotificationEvent::Trade(trade) => {
+                        self.apply_trade(conn, provider_kind, trade, now).await
+                    }
+                    NotificationEvent::Refund(refund) => {
+                        self.apply_refund_update(conn, provider_kind, refund, now)
+                            .await
+                    }
+                };
                 // A database failure rolls everything back; the provider retries.
                 if let Err(TradeRefused::Db(err)) = outcome {
                     return Err(Error::from(err));
