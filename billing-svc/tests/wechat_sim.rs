@@ -590,6 +590,10 @@ async fn the_qr_page_shows_the_code_and_its_pay_button_pays() {
 
 /// A headless Chromium screenshot of the QR page, when a Chromium is installed; otherwise says
 /// why it is skipped.
+#[expect(
+    clippy::print_stdout,
+    reason = "the skip reason and the screenshot's path are this test's report"
+)]
 fn screenshot(url: &str, name: &str) {
     let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()

@@ -93,6 +93,8 @@ impl WechatPay {
     /// Builds the provider and its HTTP client (rustls, timeouts set).
     pub fn new(config: WechatPayConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            // API v3 refuses requests without a User-Agent.
+            .user_agent(concat!("commerce-mesh-billing/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()?;
