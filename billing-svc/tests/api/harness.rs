@@ -12,6 +12,7 @@ use billing_svc::{
     providers::{
         PaymentProvider,
         alipay::{Alipay, AlipayConfig},
+        wechat::{WechatPay, WechatPayConfig},
     },
     routes,
     service::{Billing, Settings},
@@ -37,6 +38,10 @@ use uuid::Uuid;
 
 /// The merchant app id the tests configure.
 pub const APP_ID: &str = "2021000000000001";
+
+/// The WeChat Pay merchant and app the tests configure.
+pub const WECHATPAY_MCHID: &str = "1900000109";
+pub const WECHATPAY_APPID: &str = "wxd678efh567hg6787";
 
 /// The plans every test starts with.
 pub const PLANS: &str = r#"
@@ -97,12 +102,13 @@ impl Mesh {
         let quota_proxy = TcpProxy::start(quota_server.addr).await;
 
         let keys = sim::test_keys();
-        let sim = sim::start(
+        let sim = sim::start_with_wechatpay(
             SimConfig {
                 alipay_private_key: keys.alipay.clone(),
                 merchant_public_key: keys.merchant.public_key(),
                 clock: clock.clone(),
             },
+            Some(sim::wechat::test_config()),
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         )
         .unwrap();
@@ -116,6 +122,19 @@ impl Mesh {
                 app_id: APP_ID.to_owned(),
                 merchant_private_key: keys.merchant.clone(),
                 alipay_public_key: keys.alipay.public_key(),
+            })
+            .unwrap(),
+        );
+        let wechatpay: Arc<dyn PaymentProvider> = Arc::new(
+            WechatPay::new(WechatPayConfig {
+                base_url: sim.wechatpay_base_url(),
+                mchid: WECHATPAY_MCHID.to_owned(),
+                appid: WECHATPAY_APPID.to_owned(),
+                merchant_private_key: keys.merchant.clone(),
+                merchant_serial: sim::wechat::TEST_MERCHANT_SERIAL.to_owned(),
+                apiv3_key: sim::wechat::test_apiv3_key(),
+                platform_public_key: keys.alipay.public_key(),
+                platform_serial: sim::wechat::TEST_PLATFORM_SERIAL.to_owned(),
             })
             .unwrap(),
         );
@@ -143,7 +162,12 @@ impl Mesh {
                     &service_key,
                     Duration::from_secs(2),
                 )?;
-                let billing = Arc::new(Billing::new(pool, billing_clock, vec![alipay], settings));
+                let billing = Arc::new(Billing::new(
+                    pool,
+                    billing_clock,
+                    vec![alipay, wechatpay],
+                    settings,
+                ));
                 billing_tx.send(billing.clone())?;
                 routes(
                     billing,

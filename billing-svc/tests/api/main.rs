@@ -11,3 +11,4 @@ mod notifications;
 mod plans;
 mod refunds;
 mod schema;
+mod wechatpay;
