@@ -1,5 +1,5 @@
 //! The lifecycle worker: runs [`Billing::run_lifecycle`] and the reconciliation with the
-//! providers ([`Billing::reconcile_refunds`]) every few seconds, on every replica (rows are
+//! providers ([`Billing::reconcile_payments`], [`Billing::reconcile_refunds`]) every few seconds, on every replica (rows are
 //! claimed with `FOR UPDATE SKIP LOCKED`, so replicas share the work).
 
 use std::{sync::Weak, time::Duration};
@@ -19,6 +19,11 @@ pub async fn run(billing: Weak<Billing>, every: Duration) {
             Ok(0) => {}
             Ok(moved) => tracing::info!(moved, "lifecycle round"),
             Err(err) => tracing::warn!(%err, "lifecycle round failed; retried next round"),
+        }
+        match billing.reconcile_payments().await {
+            Ok(0) => {}
+            Ok(asked) => tracing::info!(asked, "providers asked about unconfirmed payments"),
+            Err(err) => tracing::warn!(%err, "payment reconciliation failed; retried next round"),
         }
         match billing.reconcile_refunds().await {
             Ok(0) => {}

@@ -18,7 +18,8 @@ use kit::{
     clock::SystemClock,
     db::PgPool,
     testing::{
-        Binary, InProcess, TcpProxy, TestDb, TestIssuer, grpcurl, grpcurl_ok, wait_for_health,
+        Binary, InProcess, TcpProxy, TestDb, TestIssuer, assert_grpcurl_lists, grpcurl, grpcurl_ok,
+        wait_for_health, with_metadata,
     },
 };
 use proto::billing::{ListPlansRequest, billing_service_client::BillingServiceClient};
@@ -63,18 +64,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
     );
     let addr = server.addr.to_string();
 
-    let listed = grpcurl_ok(&["-plaintext", &addr, "list"]);
-    for service in [
-        "commerce.billing.v1.BillingService",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ] {
-        assert!(
-            listed.lines().any(|line| line == service),
-            "{service} missing from:\n{listed}"
-        );
-    }
+    assert_grpcurl_lists(&addr, "commerce.billing.v1.BillingService");
     // Reflection serves the full contract, so grpcurl can describe messages too.
     let described = grpcurl_ok(&["-plaintext", &addr, "describe", "commerce.billing.v1.Plan"]);
     assert!(described.contains("amount_minor"), "{described}");
@@ -93,9 +83,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
         "health never said SERVING: {status}"
     );
 
-    let (exit, took) = server.terminate(Duration::from_secs(5));
-    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
-    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    server.assert_stops_on_sigterm();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,10 +153,11 @@ async fn request_ids_are_echoed_and_metrics_count_rpcs_by_code() {
     let server = InProcess::start(SPEC, db.url(), MIGRATIONS, |_| {}, routes).await;
     let mut client = BillingServiceClient::new(server.channel.clone());
 
-    let mut request = tonic::Request::new(ListPlansRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-request-id", "test-request-42".parse().unwrap());
+    let request = with_metadata(
+        "x-request-id",
+        "test-request-42",
+        ListPlansRequest::default(),
+    );
     let listed = client.list_plans(request).await.unwrap();
     assert_eq!(
         listed.metadata().get("x-request-id").unwrap(),

@@ -18,22 +18,22 @@ use crate::{
         Counter, Source,
         batch::{Decision, Request as ConsumeInput},
         consumer::{Consumer, Refunder, SignedInWith},
-        usage::Bucket,
+        usage::{Bucket, EventKind},
         validate,
     },
     error::Error,
-    service::Core,
+    service::Quota,
     store::{consume::Pending, entitlements::PlanLimits, usage::EventFilter},
 };
 
 /// The quota gRPC service.
 #[derive(Clone)]
-pub struct Quota {
-    pub(crate) core: Arc<Core>,
+pub struct QuotaApi {
+    pub(crate) quota: Arc<Quota>,
     pub(crate) auth: Arc<Authenticator>,
 }
 
-impl Quota {
+impl QuotaApi {
     async fn caller<T>(&self, request: &Request<T>, needs: &str) -> Result<Caller, Status> {
         let caller = self.auth.authenticate(request).await?;
         caller.require_scope(needs)?;
@@ -150,7 +150,7 @@ fn limits(limits: Vec<pb::MetricLimit>) -> Result<Vec<(String, Option<i64>)>, Er
 }
 
 #[tonic::async_trait]
-impl QuotaService for Quota {
+impl QuotaService for QuotaApi {
     #[tracing::instrument(skip_all)]
     async fn list_quotas(
         &self,
@@ -162,7 +162,7 @@ impl QuotaService for Quota {
         let size = page::page_size(request.page_size)?;
         let filters = subject.to_string();
         let after = page::decode_key_token(&request.page_token, &filters)?;
-        let quotas = self.core.list(subject).await?;
+        let quotas = self.quota.list(subject).await?;
         let mut states: Vec<pb::QuotaState> = quotas
             .iter()
             .filter(|(metric, _)| after.as_ref().is_none_or(|after| *metric > after))
@@ -186,7 +186,7 @@ impl QuotaService for Quota {
         let request = request.into_inner();
         let subject = subject(&caller, &request.subject)?;
         validate::metric("metric", &request.metric)?;
-        let counter = self.core.check(subject, &request.metric).await?;
+        let counter = self.quota.check(subject, &request.metric).await?;
         Ok(Response::new(pb::CheckQuotaResponse {
             subject: subject.to_string(),
             quota: Some(quota_state(request.metric, &counter)),
@@ -210,7 +210,7 @@ impl QuotaService for Quota {
             .map(|attributes| validate::attributes(&json::from_struct(attributes)))
             .transpose()?;
         let decision = self
-            .core
+            .quota
             .consume(Pending {
                 request: ConsumeInput {
                     subject,
@@ -251,7 +251,7 @@ impl QuotaService for Quota {
             }
         };
         let refunded = self
-            .core
+            .quota
             .refund(subject, refunder(&caller), usage_id, key)
             .await?;
         Ok(Response::new(pb::RefundResponse {
@@ -285,7 +285,7 @@ impl QuotaService for Quota {
             Err(_) => return Err(Error::invalid("bucket", "unknown bucket size").into()),
         };
         let sums = self
-            .core
+            .quota
             .usage(subject, &request.metric, bucket, from, to)
             .await?;
         Ok(Response::new(pb::GetUsageResponse {
@@ -325,7 +325,7 @@ impl QuotaService for Quota {
         };
         let filters = filter.page_filters();
         filter.after = page::decode_token(&request.page_token, &filters)?;
-        let mut rows = self.core.events(&filter, size + 1).await?;
+        let mut rows = self.quota.events(&filter, size + 1).await?;
         let next_page_token = page::next_token(&mut rows, size, &filters, |row| Cursor {
             at: row.occurred_at,
             id: row.usage_id,
@@ -336,10 +336,9 @@ impl QuotaService for Quota {
                 usage_id: row.usage_id.to_string(),
                 subject: row.subject.to_string(),
                 metric: row.metric,
-                kind: if row.kind == "refund" {
-                    pb::UsageEventKind::Refund
-                } else {
-                    pb::UsageEventKind::Consume
+                kind: match row.kind {
+                    EventKind::Consume => pb::UsageEventKind::Consume,
+                    EventKind::Refund => pb::UsageEventKind::Refund,
                 } as i32,
                 amount: row.amount,
                 idempotency_key: row.idempotency_key,
@@ -369,7 +368,7 @@ impl QuotaService for Quota {
         }
         let subject = uuid("subject", &request.subject)?;
         validate::metric("metric", &request.metric)?;
-        let counter = self.core.reset(subject, request.metric.clone()).await?;
+        let counter = self.quota.reset(subject, request.metric.clone()).await?;
         Ok(Response::new(pb::ResetQuotaResponse {
             quota: Some(quota_state(request.metric, &counter)),
         }))
@@ -397,7 +396,7 @@ impl QuotaService for Quota {
             Some((start, end))
         };
         let (applied, version) = self
-            .core
+            .quota
             .apply_plan(PlanLimits {
                 subject,
                 plan_code: request.plan_code,
@@ -422,7 +421,7 @@ impl QuotaService for Quota {
         let request = request.into_inner();
         validate::version(request.version)?;
         let limits = limits(request.limits)?;
-        let (applied, version) = self.core.apply_defaults(limits, request.version).await?;
+        let (applied, version) = self.quota.apply_defaults(limits, request.version).await?;
         Ok(Response::new(pb::ApplyDefaultEntitlementsResponse {
             applied,
             version,

@@ -24,7 +24,7 @@ use kit::{
 use proto::quota::quota_service_server::QuotaServiceServer;
 use tonic::service::Routes;
 
-use crate::{api::Quota, service::Core};
+use crate::{api::QuotaApi, service::Quota};
 
 /// How quota-svc presents itself to the mesh.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -87,9 +87,9 @@ pub fn routes(
     clock: Arc<dyn Clock>,
     batch_workers: usize,
 ) -> anyhow::Result<Routes> {
-    let core = Core::start(pool, clock, batch_workers);
-    Ok(Routes::new(QuotaServiceServer::new(Quota {
-        core,
+    let quota = Quota::start(pool, clock, batch_workers);
+    Ok(Routes::new(QuotaServiceServer::new(QuotaApi {
+        quota,
         auth: authenticator,
     })))
 }

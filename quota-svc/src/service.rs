@@ -32,8 +32,8 @@ use crate::{
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const MAINTENANCE_RETRY: Duration = Duration::from_secs(5);
 
-/// Shared state of the quota operations.
-pub struct Core {
+/// The quota operations, shared by the handlers: the pool, the clock and the consume batcher.
+pub struct Quota {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     /// `None`: one transaction per Consume call (the benchmark's comparison path).
@@ -51,18 +51,18 @@ pub struct Refunded {
     pub counter: Option<Counter>,
 }
 
-impl Core {
+impl Quota {
     /// Starts the batch workers (when `batch_workers > 0`) and the maintenance task.
     pub fn start(pool: PgPool, clock: Arc<dyn Clock>, batch_workers: usize) -> Arc<Self> {
         let batcher =
             (batch_workers > 0).then(|| Batcher::start(pool.clone(), clock.clone(), batch_workers));
-        let core = Arc::new(Self {
+        let quota = Arc::new(Self {
             pool,
             clock,
             batcher,
         });
-        tokio::spawn(maintain(Arc::downgrade(&core)));
-        core
+        tokio::spawn(maintain(Arc::downgrade(&quota)));
+        quota
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -242,11 +242,11 @@ impl Core {
     }
 }
 
-/// Runs [`Core::maintain_once`] once migrations have run and then hourly, until the core is
-/// dropped.
-async fn maintain(core: std::sync::Weak<Core>) {
+/// Runs [`Quota::maintain_once`] once migrations have run and then hourly, until the
+/// operations are dropped.
+async fn maintain(quota: std::sync::Weak<Quota>) {
     loop {
-        let Some(strong) = core.upgrade() else {
+        let Some(strong) = quota.upgrade() else {
             return;
         };
         let wait = match strong.maintain_once().await {

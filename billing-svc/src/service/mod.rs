@@ -14,6 +14,7 @@ use kit::{
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+mod reconcile;
 mod refunds;
 
 pub use refunds::RefundRequest;
@@ -408,6 +409,7 @@ impl Billing {
         now: DateTime<Utc>,
     ) -> PaymentRow {
         PaymentRow {
+            checked_at: None,
             payment_id: Uuid::now_v7(),
             user_id: subscription.user_id,
             subscription_id: subscription.subscription_id,
@@ -654,11 +656,14 @@ impl Billing {
         user: Uuid,
         admin: bool,
     ) -> Result<PaymentRow, Error> {
-        let mut conn = self.conn().await?;
-        payments::get(&mut conn, id)
-            .await?
-            .filter(|payment| admin || payment.user_id == user)
-            .ok_or_else(no_payment)
+        let payment = {
+            let mut conn = self.conn().await?;
+            payments::get(&mut conn, id)
+                .await?
+                .filter(|payment| admin || payment.user_id == user)
+                .ok_or_else(no_payment)?
+        };
+        self.confirm_if_overdue(payment).await
     }
 
     /// A page of a user's payments, newest first.

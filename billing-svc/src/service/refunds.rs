@@ -109,17 +109,9 @@ impl Billing {
                     Error::invalid("amount_minor", refused.to_string())
                 }
             })?;
-            let refunded = payment.refunded_amount_minor + amount;
-            payments::set_refunded(
-                conn,
-                payment.payment_id,
-                payment.refunded_amount_minor,
-                refunded,
-                refund::status_after(payment.amount_minor, refunded),
-                now,
-            )
-            .await?
-            .ok_or_else(|| Error::FailedPrecondition("the payment changed meanwhile".into()))?;
+            add_refunded(conn, &payment, amount, now)
+                .await?
+                .ok_or_else(|| Error::FailedPrecondition("the payment changed meanwhile".into()))?;
             let row = RefundRow {
                 refund_id: Uuid::now_v7(),
                 payment_id: payment.payment_id,
@@ -311,18 +303,30 @@ async fn settle(
         let payment = payments::get_for_update(conn, refund.payment_id)
             .await?
             .ok_or(diesel::result::Error::NotFound)?;
-        let refunded = payment.refunded_amount_minor - refund.amount_minor;
-        payments::set_refunded(
-            conn,
-            payment.payment_id,
-            payment.refunded_amount_minor,
-            refunded,
-            refund::status_after(payment.amount_minor, refunded),
-            now,
-        )
-        .await?
-        .ok_or(diesel::result::Error::NotFound)?;
+        add_refunded(conn, &payment, -refund.amount_minor, now)
+            .await?
+            .ok_or(diesel::result::Error::NotFound)?;
         tracing::warn!(refund = %refund.refund_id, "refund failed at the provider; released");
     }
     Ok(Some(settled))
+}
+
+/// Adds `delta` (negative: a release) to the locked `payment`'s refunded amount, its status
+/// following; `None` if the payment changed since it was read.
+async fn add_refunded(
+    conn: &mut Conn,
+    payment: &PaymentRow,
+    delta: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<PaymentRow>, diesel::result::Error> {
+    let refunded = payment.refunded_amount_minor + delta;
+    payments::set_refunded(
+        conn,
+        payment.payment_id,
+        payment.refunded_amount_minor,
+        refunded,
+        refund::status_after(payment.amount_minor, refunded),
+        now,
+    )
+    .await
 }

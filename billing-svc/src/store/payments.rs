@@ -35,6 +35,9 @@ pub struct PaymentRow {
     pub paid_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the provider was last asked about it while PENDING.
+    #[serde(default)]
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 impl PaymentRow {
@@ -222,6 +225,64 @@ pub async fn get_for_update(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Pay
         .first(conn)
         .await
         .optional()
+}
+
+/// Claims up to `limit` PENDING payments created before `created_before` and not asked about
+/// since `checked_before` (`FOR UPDATE SKIP LOCKED`: replicas take different ones), marking them
+/// asked at `now`.
+pub async fn claim_unconfirmed(
+    conn: &mut Conn,
+    created_before: DateTime<Utc>,
+    checked_before: DateTime<Utc>,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<PaymentRow>> {
+    let ids: Vec<Uuid> = payments::table
+        .filter(payments::status.eq(PaymentStatus::Pending.as_str()))
+        .filter(payments::checkout_url.is_not_null())
+        .filter(payments::created_at.lt(created_before))
+        .filter(
+            payments::checked_at
+                .is_null()
+                .or(payments::checked_at.lt(checked_before)),
+        )
+        .order(payments::created_at.asc())
+        .limit(limit)
+        .select(payments::payment_id)
+        .for_update()
+        .skip_locked()
+        .get_results(conn)
+        .await?;
+    diesel::update(payments::table.filter(payments::payment_id.eq_any(&ids)))
+        .set(payments::checked_at.eq(now))
+        .returning(PaymentRow::as_returning())
+        .get_results(conn)
+        .await
+}
+
+/// Marks one PENDING payment asked about at `now` unless it was asked since `checked_before`;
+/// `None` if it is not pending or was asked too recently (the rate limit of GetPayment's check).
+pub async fn claim_check(
+    conn: &mut Conn,
+    id: Uuid,
+    checked_before: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<PaymentRow>> {
+    diesel::update(
+        payments::table
+            .find(id)
+            .filter(payments::status.eq(PaymentStatus::Pending.as_str()))
+            .filter(
+                payments::checked_at
+                    .is_null()
+                    .or(payments::checked_at.lt(checked_before)),
+            ),
+    )
+    .set(payments::checked_at.eq(now))
+    .returning(PaymentRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
 }
 
 /// A page of a user's payments, newest first, after the `(created_at, payment_id)` of the last

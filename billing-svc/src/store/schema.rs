@@ -73,6 +73,7 @@ pub mod billing {
             paid_at -> Nullable<Timestamptz>,
             created_at -> Timestamptz,
             updated_at -> Timestamptz,
+            checked_at -> Nullable<Timestamptz>,
         }
     }
 

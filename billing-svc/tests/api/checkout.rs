@@ -36,7 +36,8 @@ async fn a_paid_subscription_gets_its_plan_limits_and_loses_them_when_canceled()
     let Some(Checkout::RedirectUrl(url)) = &payment.checkout else {
         panic!("no redirect URL: {payment:?}");
     };
-    assert!(url.starts_with(&mesh.sim.gateway_url()), "{url}");
+    let gateway = format!("http://{}/gateway.do", mesh.provider_proxy.addr());
+    assert!(url.starts_with(&gateway), "{url}");
     // The checkout page shows the amount in yuan.
     let page = mesh
         .http

@@ -22,7 +22,7 @@ use chrono::{TimeDelta, Utc};
 use kit::{
     client_address::TrustedProxies,
     clock::ManualClock,
-    testing::{InProcess, TcpProxy, TestDb, TestIssuer},
+    testing::{InProcess, TcpProxy, TestDb, TestIssuer, with_bearer},
 };
 use proto::{
     billing::{
@@ -75,6 +75,9 @@ pub struct Mesh {
     /// In front of quota-svc: `set_up(false)` takes it down for billing.
     pub quota_proxy: TcpProxy,
     pub sim: RunningSim,
+    /// In front of the simulator's gateway as billing reaches it: `set_up(false)` makes the
+    /// payment provider unreachable.
+    pub provider_proxy: TcpProxy,
     pub edge: SocketAddr,
     pub http: reqwest::Client,
 }
@@ -113,12 +116,14 @@ impl Mesh {
         )
         .unwrap();
 
+        let provider_proxy = TcpProxy::start(sim.addr()).await;
+
         // The edge's address is the notify URL's base, so it is bound before billing starts.
         let edge_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let edge = edge_listener.local_addr().unwrap();
         let alipay: Arc<dyn PaymentProvider> = Arc::new(
             Alipay::new(AlipayConfig {
-                gateway_url: sim.gateway_url(),
+                gateway_url: format!("http://{}/gateway.do", provider_proxy.addr()),
                 app_id: APP_ID.to_owned(),
                 merchant_private_key: keys.merchant.clone(),
                 alipay_public_key: keys.alipay.public_key(),
@@ -211,6 +216,7 @@ impl Mesh {
             quota_server,
             quota_proxy,
             sim,
+            provider_proxy,
             edge,
             http: reqwest::Client::new(),
         };
@@ -231,21 +237,12 @@ impl Mesh {
 
     /// A request carrying `user`'s access token.
     pub fn as_user<T>(&self, user: Uuid, message: T) -> Request<T> {
-        self.with_roles(user, &[], message)
+        with_bearer(&self.issuer.token(user, &[]), message)
     }
 
     /// A request carrying an administrator's access token.
     pub fn as_admin<T>(&self, message: T) -> Request<T> {
-        self.with_roles(Uuid::now_v7(), &["admin"], message)
-    }
-
-    fn with_roles<T>(&self, user: Uuid, roles: &[&str], message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let token = self.issuer.token(user, roles);
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        request
+        with_bearer(&self.issuer.token(Uuid::now_v7(), &["admin"]), message)
     }
 
     /// Subscribes `user` to `plan` with Alipay.

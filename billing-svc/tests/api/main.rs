@@ -9,6 +9,7 @@ mod harness;
 mod lifecycle;
 mod notifications;
 mod plans;
+mod reconciliation;
 mod refunds;
 mod schema;
 mod wechatpay;

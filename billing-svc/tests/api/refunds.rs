@@ -173,3 +173,46 @@ async fn only_an_admin_refunds_and_only_a_paid_payment() {
         PaymentStatus::Succeeded as i32
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_provider_leaves_the_refund_open_and_a_retry_or_the_worker_finishes_it() {
+    let mesh = Mesh::start().await;
+    let (user, payment) = paid(&mesh).await;
+
+    mesh.provider_proxy.set_up(false);
+    let down = refund(&mesh, refund_request(&payment, Some(300), "retry-me"))
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert!(down.message().contains("same idempotency key"), "{down:?}");
+    // Reserved meanwhile: another refund cannot take the same money.
+    let held = mesh.payment(user, &payment.payment_id).await;
+    assert_eq!(held.refunded_amount_minor, 300);
+    assert_eq!(refunded_at_provider(&mesh, &payment).await, "0.00");
+
+    mesh.provider_proxy.set_up(true);
+    let retried = refund(&mesh, refund_request(&payment, Some(300), "retry-me"))
+        .await
+        .unwrap();
+    assert_eq!(retried.refunded_amount_minor, 300);
+    assert_eq!(refunded_at_provider(&mesh, &payment).await, "3.00");
+
+    // Left to the worker: it asks again once the refund has waited long enough.
+    mesh.provider_proxy.set_up(false);
+    refund(&mesh, refund_request(&payment, Some(200), "worker"))
+        .await
+        .unwrap_err();
+    mesh.provider_proxy.set_up(true);
+    assert_eq!(
+        mesh.billing.reconcile_refunds().await.unwrap(),
+        0,
+        "not yet due"
+    );
+    mesh.clock.advance(chrono::TimeDelta::minutes(3));
+    assert_eq!(mesh.billing.reconcile_refunds().await.unwrap(), 1);
+    assert_eq!(refunded_at_provider(&mesh, &payment).await, "5.00");
+    let rows = mesh
+        .texts("SELECT status || ' ' || amount_minor AS v FROM refunds ORDER BY created_at")
+        .await;
+    assert_eq!(rows, ["succeeded 300", "succeeded 200"]);
+}

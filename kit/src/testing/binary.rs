@@ -116,6 +116,14 @@ impl Binary {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Asserts what every server of the mesh promises about stopping: SIGTERM ends it with exit
+    /// status 0 within five seconds.
+    pub fn assert_stops_on_sigterm(&mut self) {
+        let (exit, took) = self.terminate(Duration::from_secs(5));
+        assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+        assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    }
 }
 
 impl Drop for Binary {
@@ -155,6 +163,23 @@ pub fn grpcurl_result(args: &[&str]) -> Result<String, String> {
 /// grpcurl's stdout, asserting it succeeded.
 pub fn grpcurl_ok(args: &[&str]) -> String {
     grpcurl_result(args).unwrap_or_else(|stderr| panic!("grpcurl {args:?} failed: {stderr}"))
+}
+
+/// Asserts that grpcurl, through reflection, lists `service` at `addr` next to health and both
+/// versions of reflection: what every server of the mesh serves.
+pub fn assert_grpcurl_lists(addr: &str, service: &str) {
+    let listed = grpcurl_ok(&["-plaintext", addr, "list"]);
+    for service in [
+        service,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|line| line == service),
+            "{service} missing from:\n{listed}"
+        );
+    }
 }
 
 /// The path of another workspace crate's binary, next to the running test's own directory

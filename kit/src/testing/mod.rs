@@ -12,7 +12,9 @@ mod issuer;
 mod proxy;
 mod schema;
 
-pub use binary::{Binary, free_port, grpcurl, grpcurl_ok, grpcurl_result, workspace_binary};
+pub use binary::{
+    Binary, assert_grpcurl_lists, free_port, grpcurl, grpcurl_ok, grpcurl_result, workspace_binary,
+};
 pub use credentials::{with_api_key, with_bearer, with_metadata};
 pub use db::TestDb;
 pub use http::{curl, curl_post, issue_service_key, start_auth_svc, verify_email_by_logged_link};

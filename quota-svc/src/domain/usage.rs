@@ -1,4 +1,6 @@
-//! Usage report buckets.
+//! The usage log's event kinds and usage report buckets.
+
+use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 
@@ -7,6 +9,39 @@ use crate::error::Error;
 
 /// At most this many buckets per usage report.
 pub const MAX_BUCKETS: usize = 1000;
+
+/// What a usage event logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Consume,
+    Refund,
+}
+
+impl EventKind {
+    /// The stored form (`usage_events.kind`, whose CHECK admits exactly these).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Consume => "consume",
+            EventKind::Refund => "refund",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [EventKind::Consume, EventKind::Refund]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| UnknownEventKind(text.to_owned()))
+    }
+}
+
+/// A stored event kind that is not an [`EventKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown usage event kind {0:?}")]
+pub struct UnknownEventKind(pub String);
 
 /// The size of a usage report bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +117,17 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn event_kinds_read_back_what_they_store() {
+        for kind in [EventKind::Consume, EventKind::Refund] {
+            assert_eq!(kind.as_str().parse(), Ok(kind));
+        }
+        assert_eq!(
+            "Refund".parse::<EventKind>(),
+            Err(UnknownEventKind("Refund".to_owned()))
+        );
     }
 
     #[test]

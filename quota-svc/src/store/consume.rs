@@ -20,8 +20,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    OptionalExtension, QueryableByName, sql_query,
-    sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+    OptionalExtension, QueryResult, QueryableByName,
+    pg::Pg,
+    query_builder::{AstPass, QueryFragment},
+    serialize::ToSql,
+    sql_query,
+    sql_types::{Array, BigInt, HasSqlType, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -361,96 +365,194 @@ async fn write(
     tids: &HashMap<CounterKey, String>,
     now: DateTime<Utc>,
 ) -> Result<(), BatchError> {
-    let mut c_tids = Vec::with_capacity(counters.len());
-    let mut c_used = Vec::with_capacity(counters.len());
-    let mut c_starts = Vec::with_capacity(counters.len());
-    let mut c_ends = Vec::with_capacity(counters.len());
+    let mut rows = Rows {
+        now,
+        counters: CounterColumns::with_capacity(counters.len()),
+        allowed: AllowedColumns::default(),
+    };
     for (key, counter) in counters {
-        let Some(tid) = tids.get(key) else {
-            continue;
-        };
-        c_tids.push(tid.clone());
-        c_used.push(counter.used);
-        c_starts.push(counter.period_start);
-        c_ends.push(counter.period_end);
-    }
-    let mut ids = Vec::new();
-    let mut subjects = Vec::new();
-    let mut metrics = Vec::new();
-    let mut amounts = Vec::new();
-    let mut keys = Vec::new();
-    let mut attributes = Vec::new();
-    let mut limits = Vec::new();
-    let mut used = Vec::new();
-    let mut resets = Vec::new();
-    let mut consumed_by = Vec::new();
-    let mut consumed_with = Vec::new();
-    for (pending, decision) in batch.iter().zip(decisions) {
-        if let Decision::Allowed(answer) = decision {
-            ids.push(answer.usage_id);
-            subjects.push(pending.request.subject);
-            metrics.push(answer.metric.clone());
-            amounts.push(answer.amount);
-            keys.push(pending.request.idempotency_key.clone());
-            attributes.push(pending.attributes.clone());
-            limits.push(answer.limit);
-            used.push(answer.used);
-            resets.push(answer.resets_at);
-            consumed_by.push(pending.request.consumer.principal);
-            consumed_with.push(pending.request.consumer.with.as_str());
+        if let Some(tid) = tids.get(key) {
+            rows.counters.push(tid, counter);
         }
     }
-    let written = Prepared(
-        sql_query(
+    for (pending, decision) in batch.iter().zip(decisions) {
+        if let Decision::Allowed(answer) = decision {
+            rows.allowed.push(pending, answer);
+        }
+    }
+    let written = Prepared(rows).execute(conn).await;
+    written.map(|_| ()).map_err(key_recorded_or)
+}
+
+/// What [`write`] stores with its one statement. The statement binds each array where it names
+/// the column the array fills: in a list of sixteen positional parameters, two arrays of one
+/// type could trade places without an error.
+struct Rows<'a> {
+    now: DateTime<Utc>,
+    counters: CounterColumns<'a>,
+    allowed: AllowedColumns<'a>,
+}
+
+/// The locked counters, a row per index.
+struct CounterColumns<'a> {
+    /// Where the row is (`ctid`), as the lock returned it.
+    tid: Vec<&'a str>,
+    used: Vec<i64>,
+    period_start: Vec<DateTime<Utc>>,
+    period_end: Vec<DateTime<Utc>>,
+}
+
+impl<'a> CounterColumns<'a> {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            tid: Vec::with_capacity(capacity),
+            used: Vec::with_capacity(capacity),
+            period_start: Vec::with_capacity(capacity),
+            period_end: Vec::with_capacity(capacity),
+        }
+    }
+
+    fn push(&mut self, tid: &'a str, counter: &Counter) {
+        self.tid.push(tid);
+        self.used.push(counter.used);
+        self.period_start.push(counter.period_start);
+        self.period_end.push(counter.period_end);
+    }
+}
+
+/// The usage event and the idempotency key of each allowed request, a request per index.
+#[derive(Default)]
+struct AllowedColumns<'a> {
+    usage_id: Vec<Uuid>,
+    subject: Vec<Uuid>,
+    metric: Vec<&'a str>,
+    amount: Vec<i64>,
+    idempotency_key: Vec<&'a str>,
+    /// JSON text.
+    attributes: Vec<Option<&'a str>>,
+    quota_limit: Vec<Option<i64>>,
+    used: Vec<i64>,
+    resets_at: Vec<DateTime<Utc>>,
+    consumed_by: Vec<Uuid>,
+    consumed_with: Vec<&'static str>,
+}
+
+impl<'a> AllowedColumns<'a> {
+    fn push(&mut self, pending: &'a Pending, answer: &'a Recorded) {
+        let request = &pending.request;
+        self.usage_id.push(answer.usage_id);
+        self.subject.push(request.subject);
+        self.metric.push(&answer.metric);
+        self.amount.push(answer.amount);
+        self.idempotency_key.push(&request.idempotency_key);
+        self.attributes.push(pending.attributes.as_deref());
+        self.quota_limit.push(answer.limit);
+        self.used.push(answer.used);
+        self.resets_at.push(answer.resets_at);
+        self.consumed_by.push(request.consumer.principal);
+        self.consumed_with.push(request.consumer.with.as_str());
+    }
+}
+
+impl QueryFragment<Pg> for Rows<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let (c, u) = (&self.counters, &self.allowed);
+        out.push_sql(
             "WITH counters AS ( \
-           UPDATE entitlements e \
-           SET used = c.used, period_start = c.period_start, period_end = c.period_end, \
-               updated_at = $14, \
-               counting_since = CASE WHEN e.period_start = c.period_start \
+               UPDATE entitlements e \
+               SET used = c.used, period_start = c.period_start, period_end = c.period_end, \
+                   updated_at = ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(
+            ", counting_since = CASE WHEN e.period_start = c.period_start \
                  THEN e.counting_since ELSE c.period_start END, \
                seed_held = CASE WHEN e.period_start = c.period_start THEN e.seed_held ELSE 0 END, \
                seed_usage = CASE WHEN e.period_start = c.period_start THEN e.seed_usage ELSE 0 END \
-           FROM unnest($1::tid[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) \
-             AS c(tid, used, period_start, period_end) \
-           WHERE e.ctid = c.tid \
-         ), events AS ( \
-           INSERT INTO usage_events \
-             (occurred_at, usage_id, kind, subject, metric, amount, idempotency_key, attributes) \
-           SELECT $14, u.usage_id, 'consume', u.subject, u.metric, u.amount, u.idempotency_key, \
-                  u.attributes::jsonb \
-           FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], $10::text[]) \
-             AS u(usage_id, subject, metric, amount, idempotency_key, attributes) \
-         ) \
-         INSERT INTO idempotency_keys \
-           (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, resets_at, \
-            created_at, consumed_by, consumed_with) \
-         SELECT u.subject, u.idempotency_key, u.usage_id, u.metric, u.amount, u.quota_limit, \
-                u.used, u.resets_at, $14, u.consumed_by, u.consumed_with \
-         FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::int8[], $9::text[], \
-                     $11::int8[], $12::int8[], $13::timestamptz[], $15::uuid[], $16::text[]) \
-           AS u(usage_id, subject, metric, amount, idempotency_key, quota_limit, used, resets_at, \
-                consumed_by, consumed_with)",
-        )
-        .bind::<Array<Text>, _>(&c_tids)
-        .bind::<Array<BigInt>, _>(&c_used)
-        .bind::<Array<Timestamptz>, _>(&c_starts)
-        .bind::<Array<Timestamptz>, _>(&c_ends)
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .bind::<Array<SqlUuid>, _>(&subjects)
-        .bind::<Array<Text>, _>(&metrics)
-        .bind::<Array<BigInt>, _>(&amounts)
-        .bind::<Array<Text>, _>(&keys)
-        .bind::<Array<Nullable<Text>>, _>(&attributes)
-        .bind::<Array<Nullable<BigInt>>, _>(&limits)
-        .bind::<Array<BigInt>, _>(&used)
-        .bind::<Array<Timestamptz>, _>(&resets)
-        .bind::<Timestamptz, _>(now)
-        .bind::<Array<SqlUuid>, _>(&consumed_by)
-        .bind::<Array<Text>, _>(&consumed_with),
-    )
-    .execute(conn)
-    .await;
-    written.map(|_| ()).map_err(key_recorded_or)
+               FROM (SELECT ",
+        );
+        let mut select = Unnested::new(&mut out);
+        select.column::<Text, _>("tid", "tid", &c.tid)?;
+        select.column::<BigInt, _>("used", "int8", &c.used)?;
+        select.column::<Timestamptz, _>("period_start", "timestamptz", &c.period_start)?;
+        select.column::<Timestamptz, _>("period_end", "timestamptz", &c.period_end)?;
+        // The allowed requests' rows, unnested once for both inserts.
+        out.push_sql(
+            ") AS c \
+               WHERE e.ctid = c.tid \
+             ), u AS (SELECT ",
+        );
+        let mut select = Unnested::new(&mut out);
+        select.column::<SqlUuid, _>("usage_id", "uuid", &u.usage_id)?;
+        select.column::<SqlUuid, _>("subject", "uuid", &u.subject)?;
+        select.column::<Text, _>("metric", "text", &u.metric)?;
+        select.column::<BigInt, _>("amount", "int8", &u.amount)?;
+        select.column::<Text, _>("idempotency_key", "text", &u.idempotency_key)?;
+        select.column::<Nullable<Text>, _>("attributes", "text", &u.attributes)?;
+        select.column::<Nullable<BigInt>, _>("quota_limit", "int8", &u.quota_limit)?;
+        select.column::<BigInt, _>("used", "int8", &u.used)?;
+        select.column::<Timestamptz, _>("resets_at", "timestamptz", &u.resets_at)?;
+        select.column::<SqlUuid, _>("consumed_by", "uuid", &u.consumed_by)?;
+        select.column::<Text, _>("consumed_with", "text", &u.consumed_with)?;
+        out.push_sql(
+            "), events AS ( \
+               INSERT INTO usage_events \
+                 (occurred_at, usage_id, kind, subject, metric, amount, idempotency_key, \
+                  attributes) \
+               SELECT ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(
+            ", u.usage_id, 'consume', u.subject, u.metric, u.amount, u.idempotency_key, \
+                      u.attributes::jsonb \
+               FROM u \
+             ) \
+             INSERT INTO idempotency_keys \
+               (subject, idempotency_key, usage_id, metric, amount, quota_limit, used, resets_at, \
+                created_at, consumed_by, consumed_with) \
+             SELECT u.subject, u.idempotency_key, u.usage_id, u.metric, u.amount, u.quota_limit, \
+                    u.used, u.resets_at, ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(", u.consumed_by, u.consumed_with FROM u");
+        Ok(())
+    }
+}
+
+/// A select list of arrays unnested in step, as `unnest(a, b, …)` unnests them, each array
+/// bound next to the name of the column it fills.
+struct Unnested<'p, 'a, 'b> {
+    out: &'p mut AstPass<'a, 'b, Pg>,
+    first: bool,
+}
+
+impl<'p, 'a, 'b> Unnested<'p, 'a, 'b> {
+    fn new(out: &'p mut AstPass<'a, 'b, Pg>) -> Self {
+        Self { out, first: true }
+    }
+
+    /// `unnest($n::<element_type>[]) AS <name>`.
+    fn column<ST: 'static, V>(
+        &mut self,
+        name: &str,
+        element_type: &str,
+        values: &'b V,
+    ) -> QueryResult<()>
+    where
+        Pg: HasSqlType<Array<ST>>,
+        V: ToSql<Array<ST>, Pg> + ?Sized,
+    {
+        if !std::mem::take(&mut self.first) {
+            self.out.push_sql(", ");
+        }
+        self.out.push_sql("unnest(");
+        self.out.push_bind_param::<Array<ST>, V>(values)?;
+        self.out.push_sql("::");
+        self.out.push_sql(element_type);
+        self.out.push_sql("[]) AS ");
+        self.out.push_sql(name);
+        Ok(())
+    }
 }
 
 /// [`BatchError::KeyRecorded`] when `err` is a recorded idempotency key, else the error.

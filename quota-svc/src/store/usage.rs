@@ -3,12 +3,17 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::{
-    QueryableByName, sql_query,
+    QueryableByName,
+    deserialize::FromSql,
+    pg::{Pg, PgValue},
+    sql_query,
     sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use kit::page::Cursor;
 use uuid::Uuid;
+
+use crate::domain::usage::EventKind;
 
 /// One bucket of a usage series.
 #[derive(Debug, QueryableByName)]
@@ -56,7 +61,7 @@ pub struct EventRow {
     #[diesel(sql_type = SqlUuid)]
     pub usage_id: Uuid,
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: EventKind,
     #[diesel(sql_type = SqlUuid)]
     pub subject: Uuid,
     #[diesel(sql_type = Text)]
@@ -67,6 +72,12 @@ pub struct EventRow {
     pub idempotency_key: String,
     #[diesel(sql_type = Nullable<Text>)]
     pub attributes: Option<String>,
+}
+
+impl FromSql<Text, Pg> for EventKind {
+    fn from_sql(value: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        Ok(std::str::from_utf8(value.as_bytes())?.parse()?)
+    }
 }
 
 /// Filters of an event page.

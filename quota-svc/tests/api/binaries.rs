@@ -6,7 +6,9 @@ use std::{process::Command, sync::Arc, time::Duration};
 use futures::future::join_all;
 use kit::{
     convert::timestamp,
-    testing::{AuthServer, Binary, TestDb, TestIssuer, grpcurl_ok},
+    testing::{
+        AuthServer, Binary, TestDb, TestIssuer, assert_grpcurl_lists, grpcurl_ok, with_api_key,
+    },
 };
 use proto::quota::{
     ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
@@ -15,7 +17,7 @@ use quota_svc::{MIGRATIONS, SPEC};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::harness::{backend_key, metric_limits, with_key};
+use super::harness::{backend_key, metric_limits};
 
 struct Replicas {
     db: TestDb,
@@ -83,7 +85,7 @@ impl Replicas {
             version: 1,
         };
         QuotaServiceClient::new(self.channel(&self.binaries[0]))
-            .apply_entitlements(with_key(request, &self.service_key))
+            .apply_entitlements(with_api_key(&self.service_key, request))
             .await
             .unwrap();
     }
@@ -99,18 +101,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
     let mut replicas = Replicas::start(1).await;
     let addr = replicas.binaries[0].addr.to_string();
 
-    let listed = grpcurl_ok(&["-plaintext", &addr, "list"]);
-    for service in [
-        "commerce.quota.v1.QuotaService",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ] {
-        assert!(
-            listed.lines().any(|line| line == service),
-            "{service} missing from:\n{listed}"
-        );
-    }
+    assert_grpcurl_lists(&addr, "commerce.quota.v1.QuotaService");
     for body in ["{}", r#"{"service":"commerce.quota.v1.QuotaService"}"#] {
         let health = grpcurl_ok(&[
             "-plaintext",
@@ -122,9 +113,7 @@ async fn the_binary_serves_reflection_and_health_and_stops_on_sigterm() {
         assert!(health.contains("\"SERVING\""), "{body}: {health}");
     }
 
-    let (exit, took) = replicas.binaries[0].terminate(Duration::from_secs(5));
-    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
-    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    replicas.binaries[0].assert_stops_on_sigterm();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +128,8 @@ async fn two_replicas_grant_exactly_the_limit() {
         .collect();
     let results = join_all((0..500).map(|i| {
         let mut client = clients[i % clients.len()].clone();
-        let request = with_key(
+        let request = with_api_key(
+            &replicas.service_key,
             ConsumeRequest {
                 metric: "api.calls".to_owned(),
                 subject: subject.to_string(),
@@ -147,7 +137,6 @@ async fn two_replicas_grant_exactly_the_limit() {
                 idempotency_key: format!("k{i}"),
                 attributes: None,
             },
-            &replicas.service_key,
         );
         async move { client.consume(request).await.unwrap().into_inner().allowed }
     }))

@@ -3,6 +3,7 @@
 use chrono::{Datelike, TimeDelta};
 use diesel_async::RunQueryDsl;
 use futures::future::join_all;
+use kit::testing::{with_api_key, with_bearer};
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
     RefundRequest, ResetQuotaRequest,
@@ -18,12 +19,12 @@ use quota_svc::{
 use tonic::Code;
 use uuid::Uuid;
 
-use super::harness::{Mesh, metric_limits, with_key};
+use super::harness::{QuotaServer, metric_limits};
 
-async fn grant_concurrently(mesh: &Mesh, subject: Uuid, calls: usize) -> usize {
+async fn grant_concurrently(quota: &QuotaServer, subject: Uuid, calls: usize) -> usize {
     let results = join_all((0..calls).map(|i| {
-        let client = mesh.client();
-        let request = mesh.as_service(ConsumeRequest {
+        let client = quota.client();
+        let request = quota.as_service(ConsumeRequest {
             metric: "api.calls".to_owned(),
             subject: subject.to_string(),
             amount: None,
@@ -42,21 +43,22 @@ async fn grant_concurrently(mesh: &Mesh, subject: Uuid, calls: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_consumes_grant_exactly_the_limit() {
     for workers in [4, 0] {
-        let mesh = Mesh::start_with(workers).await;
+        let quota = QuotaServer::start_with(workers).await;
         let subject = Uuid::now_v7();
-        mesh.plan(subject, &[("api.calls", Some(100))], 1).await;
+        quota.plan(subject, &[("api.calls", Some(100))], 1).await;
         assert_eq!(
-            grant_concurrently(&mesh, subject, 500).await,
+            grant_concurrently(&quota, subject, 500).await,
             100,
             "workers {workers}"
         );
-        assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 100);
+        assert_eq!(quota.count("SELECT used AS n FROM entitlements").await, 100);
         assert_eq!(
-            mesh.count("SELECT count(*) AS n FROM usage_events").await,
+            quota.count("SELECT count(*) AS n FROM usage_events").await,
             100
         );
         assert_eq!(
-            mesh.count("SELECT count(*) AS n FROM idempotency_keys")
+            quota
+                .count("SELECT count(*) AS n FROM idempotency_keys")
                 .await,
             100
         );
@@ -68,22 +70,31 @@ async fn five_hundred_concurrent_consumes_grant_exactly_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_replays_when_no_room_is_left() {
     for workers in [4, 0] {
-        let mesh = Mesh::start_with(workers).await;
+        let quota = QuotaServer::start_with(workers).await;
         let subject = Uuid::now_v7();
-        mesh.plan(subject, &[("api.calls", Some(3))], 1).await;
-        let first = mesh.consume(subject, "api.calls", 3, "last").await.unwrap();
+        quota.plan(subject, &[("api.calls", Some(3))], 1).await;
+        let first = quota
+            .consume(subject, "api.calls", 3, "last")
+            .await
+            .unwrap();
         assert!(first.allowed && !first.replayed, "workers {workers}");
-        let retry = mesh.consume(subject, "api.calls", 3, "last").await.unwrap();
+        let retry = quota
+            .consume(subject, "api.calls", 3, "last")
+            .await
+            .unwrap();
         assert!(retry.allowed && retry.replayed, "workers {workers}");
         assert_eq!(retry.usage_id, first.usage_id);
-        let denied = mesh.consume(subject, "api.calls", 1, "next").await.unwrap();
+        let denied = quota
+            .consume(subject, "api.calls", 1, "next")
+            .await
+            .unwrap();
         assert!(!denied.allowed && !denied.replayed, "workers {workers}");
-        let reused = mesh
+        let reused = quota
             .consume(subject, "no.such.metric", 3, "last")
             .await
             .unwrap_err();
         assert_eq!(reused.code(), Code::AlreadyExists, "workers {workers}");
-        assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 3);
+        assert_eq!(quota.count("SELECT used AS n FROM entitlements").await, 3);
     }
 }
 
@@ -91,9 +102,9 @@ async fn a_retry_replays_when_no_room_is_left() {
 /// the one that looks them up replays them and decides the rest as if one by one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    quota.plan(subject, &[("api.calls", Some(10))], 1).await;
     // Consumed by the subject itself, as the batch below: a replay answers only its consumer.
     let old = ConsumeRequest {
         metric: "api.calls".to_owned(),
@@ -102,9 +113,9 @@ async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
         idempotency_key: "old".to_owned(),
         attributes: None,
     };
-    let old = mesh
+    let old = quota
         .client()
-        .consume(mesh.as_user(subject, old))
+        .consume(quota.as_user(subject, old))
         .await
         .unwrap()
         .into_inner();
@@ -123,12 +134,12 @@ async fn a_batch_meeting_recorded_keys_rolls_back_then_replays_them() {
     };
     let state = async || {
         (
-            mesh.count("SELECT used AS n FROM entitlements").await,
-            mesh.count("SELECT count(*) AS n FROM usage_events").await,
+            quota.count("SELECT used AS n FROM entitlements").await,
+            quota.count("SELECT count(*) AS n FROM usage_events").await,
         )
     };
-    let mut conn = mesh.db.connect(SPEC.name).await;
-    let now = mesh.clock_now();
+    let mut conn = quota.db.connect(SPEC.name).await;
+    let now = quota.clock_now();
 
     // An allowed retry of a recorded key fails the first attempt.
     let batch = [
@@ -196,26 +207,27 @@ struct Setting {
 /// month's free allowance is not handed out twice; refunded units do not count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
-    let mesh = Mesh::start().await;
-    mesh.defaults(&[("api.calls", Some(5))], 1).await;
+    let quota = QuotaServer::start().await;
+    quota.defaults(&[("api.calls", Some(5))], 1).await;
     let quota_of = async |subject: Uuid| {
         let check = CheckQuotaRequest {
             metric: "api.calls".to_owned(),
             subject: subject.to_string(),
         };
-        let quota = mesh
+        let counter = quota
             .client()
-            .check_quota(mesh.as_service(check))
+            .check_quota(quota.as_service(check))
             .await
             .unwrap()
             .into_inner()
             .quota
             .unwrap();
-        (quota.limit, quota.used, quota.remaining)
+        (counter.limit, counter.used, counter.remaining)
     };
 
     let allowed = async |subject: Uuid, amount: i64, key: &str| {
-        mesh.consume(subject, "api.calls", amount, key)
+        quota
+            .consume(subject, "api.calls", amount, key)
             .await
             .unwrap()
             .allowed
@@ -225,9 +237,9 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
     // shows the month's seven units, capped at its five, and denies.
     let heavy = Uuid::now_v7();
     assert!(allowed(heavy, 3, "free-1").await);
-    mesh.plan(heavy, &[("api.calls", Some(100))], 1).await;
+    quota.plan(heavy, &[("api.calls", Some(100))], 1).await;
     assert!(allowed(heavy, 4, "paid-1").await);
-    mesh.plan(heavy, &[], 2).await;
+    quota.plan(heavy, &[], 2).await;
     assert_eq!(quota_of(heavy).await, (5, 5, 0));
     assert!(!allowed(heavy, 1, "after").await);
     assert_eq!(quota_of(heavy).await, (5, 5, 0));
@@ -235,7 +247,7 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
     // One free unit and two paid units, one of them refunded: two of five are used.
     let light = Uuid::now_v7();
     assert!(allowed(light, 1, "free-1").await);
-    mesh.plan(light, &[("api.calls", Some(100))], 1).await;
+    quota.plan(light, &[("api.calls", Some(100))], 1).await;
     assert!(allowed(light, 1, "paid-1").await);
     assert!(allowed(light, 1, "paid-2").await);
     let refund = RefundRequest {
@@ -243,8 +255,12 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
         subject: light.to_string(),
         ..Default::default()
     };
-    mesh.client().refund(mesh.as_service(refund)).await.unwrap();
-    mesh.plan(light, &[], 2).await;
+    quota
+        .client()
+        .refund(quota.as_service(refund))
+        .await
+        .unwrap();
+    quota.plan(light, &[], 2).await;
     assert_eq!(quota_of(light).await, (5, 2, 3));
     assert!(allowed(light, 3, "after").await);
     assert_eq!(quota_of(light).await, (5, 5, 0));
@@ -256,9 +272,9 @@ async fn a_cancelled_plan_falls_back_to_the_free_tier_with_the_months_usage() {
 /// the plan period ended with the month or not. After a reset by support they give nothing back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usage() {
-    let mesh = Mesh::start().await;
-    mesh.defaults(&[("api.calls", Some(5))], 1).await;
-    let now = mesh.clock_now();
+    let quota = QuotaServer::start().await;
+    quota.defaults(&[("api.calls", Some(5))], 1).await;
+    let now = quota.clock_now();
     let (month_start, month_end) = quota_svc::domain::period::month_of(now);
     // Twelve units on a plan, which then ends: the free tier of five starts full.
     let twelve_on_a_plan = async |plan_end| {
@@ -271,22 +287,24 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
             period_end: Some(kit::convert::timestamp(plan_end)),
             version: 1,
         };
-        mesh.client()
-            .apply_entitlements(mesh.as_service(plan))
+        quota
+            .client()
+            .apply_entitlements(quota.as_service(plan))
             .await
             .unwrap();
         for key in ["paid-1", "paid-2", "paid-3"] {
             assert!(
-                mesh.consume(subject, "api.calls", 4, key)
+                quota
+                    .consume(subject, "api.calls", 4, key)
                     .await
                     .unwrap()
                     .allowed
             );
         }
-        mesh.clock.advance(TimeDelta::milliseconds(1));
-        mesh.plan(subject, &[], 2).await;
+        quota.clock.advance(TimeDelta::milliseconds(1));
+        quota.plan(subject, &[], 2).await;
         assert!(
-            !mesh
+            !quota
                 .consume(subject, "api.calls", 1, "free-1")
                 .await
                 .unwrap()
@@ -300,7 +318,7 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
             subject: subject.to_string(),
             ..Default::default()
         };
-        let refunded = mesh.client().refund(mesh.as_service(request)).await;
+        let refunded = quota.client().refund(quota.as_service(request)).await;
         refunded.unwrap().into_inner().quota.unwrap().used
     };
 
@@ -312,7 +330,8 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
         assert_eq!(refund(subject, "paid-2").await, 4, "plan ending {plan_end}");
         assert_eq!(refund(subject, "paid-3").await, 0, "plan ending {plan_end}");
         assert!(
-            mesh.consume(subject, "api.calls", 5, "free-2")
+            quota
+                .consume(subject, "api.calls", 5, "free-2")
                 .await
                 .unwrap()
                 .allowed
@@ -322,19 +341,17 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
     }
 
     let subject = twelve_on_a_plan(month_end).await;
-    mesh.clock.advance(TimeDelta::milliseconds(1));
+    quota.clock.advance(TimeDelta::milliseconds(1));
     let reset = ResetQuotaRequest {
         metric: "api.calls".to_owned(),
         subject: subject.to_string(),
     };
-    let mut as_admin = tonic::Request::new(reset);
-    let admin = mesh.issuer.token(Uuid::now_v7(), &["admin"]);
-    as_admin
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
-    mesh.client().reset_quota(as_admin).await.unwrap();
+    let admin = quota.issuer.token(Uuid::now_v7(), &["admin"]);
+    let as_admin = with_bearer(&admin, reset);
+    quota.client().reset_quota(as_admin).await.unwrap();
     assert!(
-        mesh.consume(subject, "api.calls", 5, "free-2")
+        quota
+            .consume(subject, "api.calls", 5, "free-2")
             .await
             .unwrap()
             .allowed
@@ -353,10 +370,10 @@ async fn refunds_after_falling_back_to_the_free_tier_follow_the_capped_month_usa
 /// back and replay the winner's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_retries_of_one_key_consume_once_without_batching() {
-    let mesh = Mesh::start_with(0).await;
+    let quota = QuotaServer::start_with(0).await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(100))], 1).await;
-    let answers = join_all((0..40).map(|_| mesh.consume(subject, "api.calls", 3, "job-7"))).await;
+    quota.plan(subject, &[("api.calls", Some(100))], 1).await;
+    let answers = join_all((0..40).map(|_| quota.consume(subject, "api.calls", 3, "job-7"))).await;
     let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
     let ids: std::collections::BTreeSet<&str> = answers
         .iter()
@@ -369,26 +386,26 @@ async fn racing_retries_of_one_key_consume_once_without_batching() {
             .all(|answer| answer.allowed && answer.used == 3)
     );
     assert_eq!(answers.iter().filter(|answer| !answer.replayed).count(), 1);
-    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 3);
+    assert_eq!(quota.count("SELECT used AS n FROM entitlements").await, 3);
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        quota.count("SELECT count(*) AS n FROM usage_events").await,
         1
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_the_same_key_consume_once() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
-    let first = mesh
+    quota.plan(subject, &[("api.calls", Some(10))], 1).await;
+    let first = quota
         .consume(subject, "api.calls", 3, "order-1")
         .await
         .unwrap();
     assert!(first.allowed && !first.replayed);
     assert_eq!((first.used, first.remaining, first.limit), (3, 7, 10));
     // Sequential and concurrent retries replay the first answer.
-    let again = mesh
+    let again = quota
         .consume(subject, "api.calls", 3, "order-1")
         .await
         .unwrap();
@@ -398,15 +415,15 @@ async fn retries_with_the_same_key_consume_once() {
         (first.usage_id.as_str(), 3)
     );
     let concurrent =
-        join_all((0..50).map(|_| mesh.consume(subject, "api.calls", 2, "order-2"))).await;
+        join_all((0..50).map(|_| quota.consume(subject, "api.calls", 2, "order-2"))).await;
     let ids: std::collections::BTreeSet<String> = concurrent
         .into_iter()
         .map(|r| r.unwrap().usage_id)
         .collect();
     assert_eq!(ids.len(), 1);
-    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 5);
+    assert_eq!(quota.count("SELECT used AS n FROM entitlements").await, 5);
     // Another amount or metric with a used key is refused.
-    let reused = mesh
+    let reused = quota
         .consume(subject, "api.calls", 4, "order-1")
         .await
         .unwrap_err();
@@ -414,9 +431,9 @@ async fn retries_with_the_same_key_consume_once() {
     assert!(reused.message().starts_with("idempotency_key"));
     // The same key for another subject is another request.
     let other = Uuid::now_v7();
-    mesh.plan(other, &[("api.calls", Some(10))], 1).await;
+    quota.plan(other, &[("api.calls", Some(10))], 1).await;
     assert!(
-        !mesh
+        !quota
             .consume(other, "api.calls", 3, "order-1")
             .await
             .unwrap()
@@ -426,79 +443,88 @@ async fn retries_with_the_same_key_consume_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_limit_and_unknown_metrics_are_denied_not_errors() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(2)), ("storage", None)], 1)
+    quota
+        .plan(subject, &[("api.calls", Some(2)), ("storage", None)], 1)
         .await;
     assert!(
-        mesh.consume(subject, "api.calls", 2, "a")
+        quota
+            .consume(subject, "api.calls", 2, "a")
             .await
             .unwrap()
             .allowed
     );
-    let denied = mesh.consume(subject, "api.calls", 1, "b").await.unwrap();
+    let denied = quota.consume(subject, "api.calls", 1, "b").await.unwrap();
     assert!(!denied.allowed && denied.usage_id.is_empty());
     assert_eq!((denied.used, denied.remaining), (2, 0));
     assert!(denied.resets_at.is_some());
     // A denied key is not remembered: the same key may succeed after a refund.
-    let unlimited = mesh
+    let unlimited = quota
         .consume(subject, "storage", 1_000_000, "c")
         .await
         .unwrap();
     assert!(unlimited.allowed && unlimited.unlimited);
-    let unknown = mesh.consume(subject, "nothing.here", 1, "d").await.unwrap();
+    let unknown = quota
+        .consume(subject, "nothing.here", 1, "d")
+        .await
+        .unwrap();
     assert!(!unknown.allowed);
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        quota.count("SELECT count(*) AS n FROM usage_events").await,
         2
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sums_past_i64_max_are_denied_and_the_shard_keeps_serving() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("storage", None), ("api.calls", Some(10))], 1)
+    quota
+        .plan(subject, &[("storage", None), ("api.calls", Some(10))], 1)
         .await;
-    let first = mesh
+    let first = quota
         .consume(subject, "storage", i64::MAX - 1, "a")
         .await
         .unwrap();
     assert!(first.allowed && first.unlimited);
     // The same subject's shard decides these; an overflow used to kill its worker.
-    let over = mesh.consume(subject, "storage", 2, "b").await.unwrap();
+    let over = quota.consume(subject, "storage", 2, "b").await.unwrap();
     assert!(!over.allowed && over.unlimited, "{over:?}");
     assert_eq!(over.used, i64::MAX - 1);
-    let last = mesh.consume(subject, "storage", 1, "c").await.unwrap();
+    let last = quota.consume(subject, "storage", 1, "c").await.unwrap();
     assert!(last.allowed);
     assert_eq!(last.used, i64::MAX);
     assert!(
-        mesh.consume(subject, "api.calls", 1, "d")
+        quota
+            .consume(subject, "api.calls", 1, "d")
             .await
             .unwrap()
             .allowed
     );
     assert_eq!(
-        mesh.count("SELECT used AS n FROM entitlements WHERE metric = 'storage'")
+        quota
+            .count("SELECT used AS n FROM entitlements WHERE metric = 'storage'")
             .await,
         i64::MAX
     );
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        quota.count("SELECT count(*) AS n FROM usage_events").await,
         3
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_give_back_once() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
-    let consumed = mesh
+    quota.plan(subject, &[("api.calls", Some(10))], 1).await;
+    let consumed = quota
         .consume(subject, "api.calls", 4, "job-1")
         .await
         .unwrap();
-    mesh.consume(subject, "api.calls", 1, "job-2")
+    quota
+        .consume(subject, "api.calls", 1, "job-2")
         .await
         .unwrap();
     let by_id = RefundRequest {
@@ -506,9 +532,9 @@ async fn refunds_give_back_once() {
         subject: subject.to_string(),
         ..Default::default()
     };
-    let refunded = mesh
+    let refunded = quota
         .client()
-        .refund(mesh.as_service(by_id.clone()))
+        .refund(quota.as_service(by_id.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -520,16 +546,17 @@ async fn refunds_give_back_once() {
         subject: subject.to_string(),
         ..Default::default()
     };
-    let twice = mesh
+    let twice = quota
         .client()
-        .refund(mesh.as_service(by_key))
+        .refund(quota.as_service(by_key))
         .await
         .unwrap()
         .into_inner();
     assert!(twice.already_refunded);
     assert_eq!(twice.quota.unwrap().used, 1);
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM usage_events WHERE kind = 'refund'")
+        quota
+            .count("SELECT count(*) AS n FROM usage_events WHERE kind = 'refund'")
             .await,
         1
     );
@@ -538,9 +565,9 @@ async fn refunds_give_back_once() {
         subject: subject.to_string(),
         ..Default::default()
     };
-    let status = mesh
+    let status = quota
         .client()
-        .refund(mesh.as_service(missing))
+        .refund(quota.as_service(missing))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -548,9 +575,9 @@ async fn refunds_give_back_once() {
         idempotency_key: "job-2".to_owned(),
         ..by_id
     };
-    let status = mesh
+    let status = quota
         .client()
-        .refund(mesh.as_service(both))
+        .refund(quota.as_service(both))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -558,24 +585,25 @@ async fn refunds_give_back_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periods_roll_over_on_the_first_call_after_their_end() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
     // A two-day plan period around now.
-    mesh.plan(subject, &[("api.calls", Some(3))], 1).await;
+    quota.plan(subject, &[("api.calls", Some(3))], 1).await;
     assert!(
-        mesh.consume(subject, "api.calls", 3, "a")
+        quota
+            .consume(subject, "api.calls", 3, "a")
             .await
             .unwrap()
             .allowed
     );
     assert!(
-        !mesh
+        !quota
             .consume(subject, "api.calls", 1, "b")
             .await
             .unwrap()
             .allowed
     );
-    let first_end = mesh
+    let first_end = quota
         .consume(subject, "api.calls", 1, "b")
         .await
         .unwrap()
@@ -583,8 +611,8 @@ async fn periods_roll_over_on_the_first_call_after_their_end() {
         .unwrap();
     // Seven days later (periods of two days): one call starts the period containing now,
     // four periods after the first.
-    mesh.clock.advance(TimeDelta::days(7));
-    let rolled = mesh.consume(subject, "api.calls", 1, "b").await.unwrap();
+    quota.clock.advance(TimeDelta::days(7));
+    let rolled = quota.consume(subject, "api.calls", 1, "b").await.unwrap();
     assert!(rolled.allowed);
     assert_eq!(rolled.used, 1);
     assert_eq!(
@@ -593,25 +621,26 @@ async fn periods_roll_over_on_the_first_call_after_their_end() {
     );
 
     // Default tier: calendar months.
-    mesh.defaults(&[("free.calls", Some(2))], 1).await;
+    quota.defaults(&[("free.calls", Some(2))], 1).await;
     let free = Uuid::now_v7();
     assert!(
-        mesh.consume(free, "free.calls", 2, "x")
+        quota
+            .consume(free, "free.calls", 2, "x")
             .await
             .unwrap()
             .allowed
     );
     assert!(
-        !mesh
+        !quota
             .consume(free, "free.calls", 1, "y")
             .await
             .unwrap()
             .allowed
     );
-    let now = mesh.clock_now();
+    let now = quota.clock_now();
     let next_month = quota_svc::domain::period::month_of(now).1;
-    mesh.clock.set(next_month + TimeDelta::hours(1));
-    let renewed = mesh.consume(free, "free.calls", 1, "y").await.unwrap();
+    quota.clock.set(next_month + TimeDelta::hours(1));
+    let renewed = quota.consume(free, "free.calls", 1, "y").await.unwrap();
     assert!(renewed.allowed);
     let resets = chrono::DateTime::from_timestamp(renewed.resets_at.unwrap().seconds, 0).unwrap();
     assert_eq!(resets.day(), 1);
@@ -620,10 +649,10 @@ async fn periods_roll_over_on_the_first_call_after_their_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_entitlement_versions_are_ignored() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(100))], 5).await;
-    let now = mesh.clock_now();
+    quota.plan(subject, &[("api.calls", Some(100))], 5).await;
+    let now = quota.clock_now();
     let stale = ApplyEntitlementsRequest {
         subject: subject.to_string(),
         plan_code: "old".to_owned(),
@@ -632,9 +661,9 @@ async fn stale_entitlement_versions_are_ignored() {
         period_end: Some(kit::convert::timestamp(now + TimeDelta::days(30))),
         version: 4,
     };
-    let response = mesh
+    let response = quota
         .client()
-        .apply_entitlements(mesh.as_service(stale.clone()))
+        .apply_entitlements(quota.as_service(stale.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -644,45 +673,47 @@ async fn stale_entitlement_versions_are_ignored() {
         metric: "api.calls".to_owned(),
         subject: subject.to_string(),
     };
-    let quota = mesh
+    let checked = quota
         .client()
-        .check_quota(mesh.as_service(check.clone()))
+        .check_quota(quota.as_service(check.clone()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(quota.quota.unwrap().limit, 100);
+    assert_eq!(checked.quota.unwrap().limit, 100);
     // A newer version applies; removing the plan falls back to the defaults (none: NOT_FOUND).
     let newer = ApplyEntitlementsRequest {
         version: 6,
         ..stale
     };
     assert!(
-        mesh.client()
-            .apply_entitlements(mesh.as_service(newer))
+        quota
+            .client()
+            .apply_entitlements(quota.as_service(newer))
             .await
             .unwrap()
             .into_inner()
             .applied
     );
-    let quota = mesh
+    let checked = quota
         .client()
-        .check_quota(mesh.as_service(check.clone()))
+        .check_quota(quota.as_service(check.clone()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(quota.quota.unwrap().limit, 1);
+    assert_eq!(checked.quota.unwrap().limit, 1);
     let removed = ApplyEntitlementsRequest {
         subject: subject.to_string(),
         version: 7,
         ..Default::default()
     };
-    mesh.client()
-        .apply_entitlements(mesh.as_service(removed))
+    quota
+        .client()
+        .apply_entitlements(quota.as_service(removed))
         .await
         .unwrap();
-    let status = mesh
+    let status = quota
         .client()
-        .check_quota(mesh.as_service(check))
+        .check_quota(quota.as_service(check))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -690,9 +721,9 @@ async fn stale_entitlement_versions_are_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_and_changes_nothing() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(100))], 1).await;
+    quota.plan(subject, &[("api.calls", Some(100))], 1).await;
     let good = ConsumeRequest {
         metric: "api.calls".to_owned(),
         subject: subject.to_string(),
@@ -816,9 +847,9 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         ),
     ];
     for (field, request) in cases {
-        let status = mesh
+        let status = quota
             .client()
-            .consume(mesh.as_service(request))
+            .consume(quota.as_service(request))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
@@ -828,19 +859,21 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
             status.message()
         );
     }
-    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 0);
+    assert_eq!(quota.count("SELECT used AS n FROM entitlements").await, 0);
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM usage_events").await,
+        quota.count("SELECT count(*) AS n FROM usage_events").await,
         0
     );
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM idempotency_keys")
+        quota
+            .count("SELECT count(*) AS n FROM idempotency_keys")
             .await,
         0
     );
     assert!(
-        mesh.client()
-            .consume(mesh.as_service(good))
+        quota
+            .client()
+            .consume(quota.as_service(good))
             .await
             .unwrap()
             .into_inner()
@@ -865,9 +898,9 @@ fn attributes(fields: &[(&str, prost_types::Value)]) -> prost_types::Struct {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_nul_is_refused_alone_not_with_its_batch() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(1000))], 1).await;
+    quota.plan(subject, &[("api.calls", Some(1000))], 1).await;
     let request = |i: usize| ConsumeRequest {
         metric: "api.calls".to_owned(),
         subject: subject.to_string(),
@@ -895,8 +928,8 @@ async fn a_request_with_nul_is_refused_alone_not_with_its_batch() {
         .chain(good.skip(150))
         .collect();
     let results = join_all(all.into_iter().map(|(is_good, request)| {
-        let mut client = mesh.client();
-        let request = mesh.as_service(request);
+        let mut client = quota.client();
+        let request = quota.as_service(request);
         async move { (is_good, client.consume(request).await) }
     }))
     .await;
@@ -907,15 +940,15 @@ async fn a_request_with_nul_is_refused_alone_not_with_its_batch() {
             assert_eq!(result.unwrap_err().code(), Code::InvalidArgument);
         }
     }
-    assert_eq!(mesh.count("SELECT used AS n FROM entitlements").await, 300);
+    assert_eq!(quota.count("SELECT used AS n FROM entitlements").await, 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admins_and_services_name_other_subjects() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
-    mesh.plan(alice, &[("api.calls", Some(10))], 1).await;
-    mesh.plan(bob, &[("api.calls", Some(10))], 1).await;
+    quota.plan(alice, &[("api.calls", Some(10))], 1).await;
+    quota.plan(bob, &[("api.calls", Some(10))], 1).await;
     let request = |subject: &str| ConsumeRequest {
         metric: "api.calls".to_owned(),
         subject: subject.to_owned(),
@@ -925,27 +958,26 @@ async fn only_admins_and_services_name_other_subjects() {
     };
     // A user consumes its own quota (empty subject or its own id), not another's.
     assert!(
-        mesh.client()
-            .consume(mesh.as_user(alice, request("")))
+        quota
+            .client()
+            .consume(quota.as_user(alice, request("")))
             .await
             .unwrap()
             .into_inner()
             .allowed
     );
-    let status = mesh
+    let status = quota
         .client()
-        .consume(mesh.as_user(alice, request(&bob.to_string())))
+        .consume(quota.as_user(alice, request(&bob.to_string())))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     // An admin may.
-    let admin = mesh.issuer.token(Uuid::now_v7(), &["admin"]);
-    let mut as_admin = tonic::Request::new(request(&bob.to_string()));
-    as_admin
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let admin = quota.issuer.token(Uuid::now_v7(), &["admin"]);
+    let as_admin = with_bearer(&admin, request(&bob.to_string()));
     assert!(
-        mesh.client()
+        quota
+            .client()
             .consume(as_admin)
             .await
             .unwrap()
@@ -953,17 +985,17 @@ async fn only_admins_and_services_name_other_subjects() {
             .allowed
     );
     // An API key without `quota:consume` may not consume; a plain user key not for others.
-    let reader = mesh.issuer.add_api_key(alice, &["quota:read"], &[]);
-    let status = mesh
+    let reader = quota.issuer.add_api_key(alice, &["quota:read"], &[]);
+    let status = quota
         .client()
-        .consume(with_key(request(""), &reader))
+        .consume(with_api_key(&reader, request("")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let consumer = mesh.issuer.add_api_key(alice, &["quota:consume"], &[]);
-    let status = mesh
+    let consumer = quota.issuer.add_api_key(alice, &["quota:consume"], &[]);
+    let status = quota
         .client()
-        .consume(with_key(request(&bob.to_string()), &consumer))
+        .consume(with_api_key(&consumer, request(&bob.to_string())))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -973,9 +1005,9 @@ async fn only_admins_and_services_name_other_subjects() {
         version: 9,
         ..Default::default()
     };
-    let status = mesh
+    let status = quota
         .client()
-        .apply_entitlements(mesh.as_user(alice, apply))
+        .apply_entitlements(quota.as_user(alice, apply))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -983,18 +1015,16 @@ async fn only_admins_and_services_name_other_subjects() {
         metric: "api.calls".to_owned(),
         subject: alice.to_string(),
     };
-    let status = mesh
+    let status = quota
         .client()
-        .reset_quota(mesh.as_service(reset.clone()))
+        .reset_quota(quota.as_service(reset.clone()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let mut as_admin = tonic::Request::new(reset);
-    as_admin
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let as_admin = with_bearer(&admin, reset);
     assert_eq!(
-        mesh.client()
+        quota
+            .client()
             .reset_quota(as_admin)
             .await
             .unwrap()
@@ -1004,31 +1034,28 @@ async fn only_admins_and_services_name_other_subjects() {
             .used,
         0
     );
-    let status = mesh.client().consume(request("")).await.unwrap_err();
+    let status = quota.client().consume(request("")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let expired = mesh.issuer.expired_token(alice);
-    let mut late = tonic::Request::new(request(""));
-    late.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {expired}").parse().unwrap(),
-    );
+    let expired = quota.issuer.expired_token(alice);
+    let late = with_bearer(&expired, request(""));
     assert_eq!(
-        mesh.client().consume(late).await.unwrap_err().code(),
+        quota.client().consume(late).await.unwrap_err().code(),
         Code::Unauthenticated
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let user = Uuid::now_v7();
-    mesh.plan(user, &[("api.calls", Some(10))], 1).await;
-    let backend = &mesh.backend_key;
+    quota.plan(user, &[("api.calls", Some(10))], 1).await;
+    let backend = &quota.backend_key;
     // Role `service` with `quota:consume` (no `service` scope) consumes, refunds and reads
     // for its users.
-    let consumed = mesh
+    let consumed = quota
         .client()
-        .consume(with_key(
+        .consume(with_api_key(
+            backend,
             ConsumeRequest {
                 metric: "api.calls".to_owned(),
                 subject: user.to_string(),
@@ -1036,7 +1063,6 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
                 idempotency_key: "job-1".to_owned(),
                 attributes: None,
             },
-            backend,
         ))
         .await
         .unwrap()
@@ -1048,8 +1074,9 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
         ..Default::default()
     };
     assert_eq!(
-        mesh.client()
-            .refund(with_key(refund, backend))
+        quota
+            .client()
+            .refund(with_api_key(backend, refund))
             .await
             .unwrap()
             .into_inner()
@@ -1061,8 +1088,9 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
         subject: user.to_string(),
     };
     assert_eq!(
-        mesh.client()
-            .check_quota(with_key(check.clone(), backend))
+        quota
+            .client()
+            .check_quota(with_api_key(backend, check.clone()))
             .await
             .unwrap()
             .into_inner()
@@ -1077,9 +1105,9 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
         version: 9,
         ..Default::default()
     };
-    let status = mesh
+    let status = quota
         .client()
-        .apply_entitlements(with_key(apply, backend))
+        .apply_entitlements(with_api_key(backend, apply))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -1087,19 +1115,19 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
         limits: metric_limits(&[("api.calls", Some(1))]),
         version: 1,
     };
-    let status = mesh
+    let status = quota
         .client()
-        .apply_default_entitlements(with_key(defaults, backend))
+        .apply_default_entitlements(with_api_key(backend, defaults))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     // A service account's key without `quota:consume` does not name users.
-    let reader = mesh
+    let reader = quota
         .issuer
         .add_api_key(Uuid::now_v7(), &["quota:read"], &["service"]);
-    let status = mesh
+    let status = quota
         .client()
-        .check_quota(with_key(check, &reader))
+        .check_quota(with_api_key(&reader, check))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -1107,11 +1135,11 @@ async fn a_backend_key_charges_users_but_cannot_set_entitlements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_the_batch_with_unavailable() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
+    quota.plan(subject, &[("api.calls", Some(10))], 1).await;
     // Terminating the service's connections makes the next batch fail mid-flight.
-    let mut conn = mesh.db.connect("quota").await;
+    let mut conn = quota.db.connect("quota").await;
     diesel_async::RunQueryDsl::execute(
         diesel::sql_query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -1124,7 +1152,7 @@ async fn a_database_outage_fails_the_batch_with_unavailable() {
     let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     let results = join_all(
         keys.iter()
-            .map(|key| mesh.consume(subject, "api.calls", 1, key)),
+            .map(|key| quota.consume(subject, "api.calls", 1, key)),
     )
     .await;
     for result in &results {
@@ -1137,29 +1165,32 @@ async fn a_database_outage_fails_the_batch_with_unavailable() {
         .filter(|r| r.as_ref().is_ok_and(|r| r.allowed))
         .count();
     assert_eq!(
-        mesh.count("SELECT used AS n FROM entitlements").await,
+        quota.count("SELECT used AS n FROM entitlements").await,
         i64::try_from(granted).unwrap()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_expire_after_a_day_and_the_end_of_their_period() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
     // The plan period ends one day from now.
-    mesh.plan(subject, &[("api.calls", Some(10))], 1).await;
-    let old = mesh.consume(subject, "api.calls", 1, "old").await.unwrap();
-    let kept = mesh.consume(subject, "api.calls", 1, "kept").await.unwrap();
-    let start = mesh.clock_now();
-    let mut conn = mesh.db.connect("quota").await;
+    quota.plan(subject, &[("api.calls", Some(10))], 1).await;
+    let old = quota.consume(subject, "api.calls", 1, "old").await.unwrap();
+    let kept = quota
+        .consume(subject, "api.calls", 1, "kept")
+        .await
+        .unwrap();
+    let start = quota.clock_now();
+    let mut conn = quota.db.connect("quota").await;
     let expire = quota_svc::store::usage::delete_expired_keys;
     let refund = |usage_id: String| {
-        let request = mesh.as_service(RefundRequest {
+        let request = quota.as_service(RefundRequest {
             usage_id,
             subject: subject.to_string(),
             ..Default::default()
         });
-        let mut client = mesh.client();
+        let mut client = quota.client();
         async move { client.refund(request).await }
     };
     // 23 hours later: younger than the retention, so still refundable.
@@ -1169,7 +1200,7 @@ async fn idempotency_keys_expire_after_a_day_and_the_end_of_their_period() {
             .unwrap(),
         0
     );
-    mesh.clock.advance(TimeDelta::hours(23));
+    quota.clock.advance(TimeDelta::hours(23));
     assert_eq!(
         refund(kept.usage_id)
             .await
@@ -1186,7 +1217,8 @@ async fn idempotency_keys_expire_after_a_day_and_the_end_of_their_period() {
         2
     );
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM idempotency_keys")
+        quota
+            .count("SELECT count(*) AS n FROM idempotency_keys")
             .await,
         0
     );
@@ -1201,7 +1233,8 @@ async fn idempotency_keys_expire_after_a_day_and_the_end_of_their_period() {
         status.message()
     );
     assert_eq!(
-        mesh.count("SELECT count(*) AS n FROM usage_events WHERE kind = 'consume'")
+        quota
+            .count("SELECT count(*) AS n FROM usage_events WHERE kind = 'consume'")
             .await,
         2
     );

@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use kit::{
     clock::ManualClock,
     convert::timestamp,
-    testing::{InProcess, TestDb, TestIssuer},
+    testing::{InProcess, TestDb, TestIssuer, with_api_key, with_bearer},
 };
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, ConsumeResponse,
@@ -18,7 +18,8 @@ use quota_svc::{MIGRATIONS, SPEC, routes};
 use tonic::{Request, Status, transport::Channel};
 use uuid::Uuid;
 
-pub struct Mesh {
+/// One quota-svc, in-process, with what its tests call it with.
+pub struct QuotaServer {
     pub db: TestDb,
     pub issuer: Arc<TestIssuer>,
     pub clock: Arc<ManualClock>,
@@ -30,7 +31,7 @@ pub struct Mesh {
     pub backend_key: String,
 }
 
-impl Mesh {
+impl QuotaServer {
     pub async fn start() -> Self {
         Self::start_with(4).await
     }
@@ -72,17 +73,12 @@ impl Mesh {
 
     /// A request carrying the service API key.
     pub fn as_service<T>(&self, message: T) -> Request<T> {
-        with_key(message, &self.service_key)
+        with_api_key(&self.service_key, message)
     }
 
     /// A request carrying a user's access token.
     pub fn as_user<T>(&self, user: Uuid, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let token = self.issuer.token(user, &[]);
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        request
+        with_bearer(&self.issuer.token(user, &[]), message)
     }
 
     /// Gives `subject` a plan with `limits` for the period around now (one day each side).
@@ -160,14 +156,6 @@ pub fn backend_key(issuer: &TestIssuer) -> String {
         &["quota:consume", "quota:read"],
         &["service"],
     )
-}
-
-pub fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    request
 }
 
 pub fn metric_limits(limits: &[(&str, Option<i64>)]) -> Vec<MetricLimit> {

@@ -3,14 +3,14 @@
 use kit::metering::QuotaMeter;
 use uuid::Uuid;
 
-use super::harness::Mesh;
+use super::harness::QuotaServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_charges_its_user_and_refunds_failed_work() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let user = Uuid::now_v7();
-    mesh.plan(user, &[("analysis.runs", Some(2))], 1).await;
-    let meter = QuotaMeter::new(mesh.server.channel.clone(), &mesh.backend_key).unwrap();
+    quota.plan(user, &[("analysis.runs", Some(2))], 1).await;
+    let meter = QuotaMeter::new(quota.server.channel.clone(), &quota.backend_key).unwrap();
 
     let first = meter
         .consume(user, "analysis.runs", 1, "req-1")

@@ -11,46 +11,51 @@ use proto::quota::{
 use tonic::Code;
 use uuid::Uuid;
 
-use super::harness::Mesh;
+use super::harness::QuotaServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.plan(
-        subject,
-        &[("api.calls", Some(1000)), ("storage", Some(10))],
-        1,
-    )
-    .await;
-    let start = mesh.clock_now();
+    quota
+        .plan(
+            subject,
+            &[("api.calls", Some(1000)), ("storage", Some(10))],
+            1,
+        )
+        .await;
+    let start = quota.clock_now();
     let mut refunded = None;
     for i in 0..12 {
-        let response = mesh
+        let response = quota
             .consume(subject, "api.calls", i % 3 + 1, &format!("k{i}"))
             .await
             .unwrap();
         refunded.get_or_insert(response.usage_id);
-        mesh.clock.advance(TimeDelta::minutes(20));
+        quota.clock.advance(TimeDelta::minutes(20));
     }
-    mesh.consume(subject, "storage", 2, "s").await.unwrap();
-    mesh.clock.advance(TimeDelta::minutes(1));
+    quota.consume(subject, "storage", 2, "s").await.unwrap();
+    quota.clock.advance(TimeDelta::minutes(1));
     let refund = RefundRequest {
         usage_id: refunded.unwrap(),
         subject: subject.to_string(),
         ..Default::default()
     };
-    mesh.client().refund(mesh.as_service(refund)).await.unwrap();
+    quota
+        .client()
+        .refund(quota.as_service(refund))
+        .await
+        .unwrap();
     let usage = GetUsageRequest {
         metric: "api.calls".to_owned(),
         from: Some(timestamp(start - TimeDelta::hours(1))),
-        to: Some(timestamp(mesh.clock_now() + TimeDelta::hours(1))),
+        to: Some(timestamp(quota.clock_now() + TimeDelta::hours(1))),
         bucket: UsageBucket::Hour as i32,
         subject: subject.to_string(),
     };
-    let series = mesh
+    let series = quota
         .client()
-        .get_usage(mesh.as_service(usage.clone()))
+        .get_usage(quota.as_service(usage.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -60,7 +65,8 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
     assert_eq!(consumed, 24);
     assert_eq!(
         net,
-        mesh.count("SELECT used AS n FROM entitlements WHERE metric = 'api.calls'")
+        quota
+            .count("SELECT used AS n FROM entitlements WHERE metric = 'api.calls'")
             .await
     );
     for bucket in [UsageBucket::Day, UsageBucket::Month] {
@@ -68,9 +74,9 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
             bucket: bucket as i32,
             ..usage.clone()
         };
-        let series = mesh
+        let series = quota
             .client()
-            .get_usage(mesh.as_service(request))
+            .get_usage(quota.as_service(request))
             .await
             .unwrap()
             .into_inner();
@@ -80,9 +86,9 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
         from: Some(timestamp(start - TimeDelta::days(365))),
         ..usage
     };
-    let status = mesh
+    let status = quota
         .client()
-        .get_usage(mesh.as_service(too_many))
+        .get_usage(quota.as_service(too_many))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -97,9 +103,9 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
             page_token: token.clone(),
             ..Default::default()
         };
-        let page = mesh
+        let page = quota
             .client()
-            .list_usage_events(mesh.as_service(request))
+            .list_usage_events(quota.as_service(request))
             .await
             .unwrap()
             .into_inner();
@@ -120,9 +126,9 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
         metric: "storage".to_owned(),
         ..Default::default()
     };
-    let page = mesh
+    let page = quota
         .client()
-        .list_usage_events(mesh.as_service(only_storage))
+        .list_usage_events(quota.as_service(only_storage))
         .await
         .unwrap()
         .into_inner();
@@ -131,11 +137,13 @@ async fn usage_series_sum_to_the_counters_and_events_page_newest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_list_plan_and_default_metrics_by_name() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.defaults(&[("a.free", Some(5)), ("z.free", None)], 1)
+    quota
+        .defaults(&[("a.free", Some(5)), ("z.free", None)], 1)
         .await;
-    mesh.plan(subject, &[("m.plan", Some(7)), ("a.free", Some(50))], 1)
+    quota
+        .plan(subject, &[("m.plan", Some(7)), ("a.free", Some(50))], 1)
         .await;
     let mut token = String::new();
     let mut metrics = Vec::new();
@@ -145,9 +153,9 @@ async fn quotas_list_plan_and_default_metrics_by_name() {
             page_size: 2,
             page_token: token.clone(),
         };
-        let page = mesh
+        let page = quota
             .client()
-            .list_quotas(mesh.as_service(request))
+            .list_quotas(quota.as_service(request))
             .await
             .unwrap()
             .into_inner();
@@ -174,9 +182,9 @@ async fn quotas_list_plan_and_default_metrics_by_name() {
         limits: vec![],
         version: 1,
     };
-    let response = mesh
+    let response = quota
         .client()
-        .apply_default_entitlements(mesh.as_service(stale))
+        .apply_default_entitlements(quota.as_service(stale))
         .await
         .unwrap()
         .into_inner();
@@ -191,19 +199,20 @@ struct Partition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_events_land_in_their_month_partition() {
-    let mesh = Mesh::start().await;
+    let quota = QuotaServer::start().await;
     let subject = Uuid::now_v7();
-    mesh.defaults(&[("api.calls", Some(10))], 1).await;
-    mesh.consume(subject, "api.calls", 1, "now").await.unwrap();
-    let next_month = quota_svc::domain::period::month_of(mesh.clock_now()).1 + TimeDelta::days(3);
-    mesh.clock.set(next_month);
+    quota.defaults(&[("api.calls", Some(10))], 1).await;
+    quota.consume(subject, "api.calls", 1, "now").await.unwrap();
+    let next_month = quota_svc::domain::period::month_of(quota.clock_now()).1 + TimeDelta::days(3);
+    quota.clock.set(next_month);
     assert!(
-        mesh.consume(subject, "api.calls", 1, "later")
+        quota
+            .consume(subject, "api.calls", 1, "later")
             .await
             .unwrap()
             .allowed
     );
-    let mut conn = mesh.db.connect("quota").await;
+    let mut conn = quota.db.connect("quota").await;
     let rows: Vec<Partition> = sql_query(
         "SELECT tableoid::regclass::text AS partition FROM usage_events ORDER BY occurred_at",
     )
@@ -222,14 +231,14 @@ async fn usage_events_land_in_their_month_partition() {
         ]
     );
     // Maintenance keeps three months ready from the clock's month.
-    mesh.clock.set(next_month + TimeDelta::days(62));
-    let later = quota_svc::domain::period::month_of(mesh.clock_now()).0;
+    quota.clock.set(next_month + TimeDelta::days(62));
+    let later = quota_svc::domain::period::month_of(quota.clock_now()).0;
     sql_query("SELECT ensure_usage_partitions($1, 3)")
         .bind::<diesel::sql_types::Timestamptz, _>(later)
         .execute(&mut conn)
         .await
         .unwrap();
-    let ahead = mesh
+    let ahead = quota
         .count(&format!(
             "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'quota' AND tablename = 'usage_events_{}'",
             quota_svc::domain::period::add_months(later, 2).format("%Y_%m")

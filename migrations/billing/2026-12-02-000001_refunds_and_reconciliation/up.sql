@@ -25,3 +25,8 @@ CREATE TABLE refunds (
 );
 -- The reconciliation worker's scan of refunds still waiting for the provider.
 CREATE INDEX refunds_unsettled ON refunds (updated_at) WHERE status IN ('pending', 'processing');
+
+-- When billing last asked the provider about a PENDING payment (a notification may never come):
+-- the reconciliation worker and GetPayment ask at most once per interval per payment.
+ALTER TABLE payments ADD COLUMN checked_at timestamptz;
+CREATE INDEX payments_pending_by_creation ON payments (created_at) WHERE status = 'pending';

@@ -1,0 +1,2 @@
+ALTER TABLE payments DROP COLUMN checked_at;
+DROP TABLE refunds;
