@@ -83,7 +83,17 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// The mesh with Alipay as its only provider (WeChat Pay is not configured).
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// The mesh with Alipay and WeChat Pay, both against the simulator.
+    pub async fn start_with_wechatpay() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(with_wechatpay: bool) -> Self {
         let db = TestDb::new(&[
             (SPEC.name, MIGRATIONS),
             (quota_svc::SPEC.name, quota_svc::MIGRATIONS),
@@ -132,7 +142,7 @@ impl Mesh {
         );
         let wechatpay: Arc<dyn PaymentProvider> = Arc::new(
             WechatPay::new(WechatPayConfig {
-                base_url: sim.wechatpay_base_url(),
+                base_url: format!("http://{}", provider_proxy.addr()),
                 mchid: WECHATPAY_MCHID.to_owned(),
                 appid: WECHATPAY_APPID.to_owned(),
                 merchant_private_key: keys.merchant.clone(),
@@ -143,6 +153,11 @@ impl Mesh {
             })
             .unwrap(),
         );
+        let providers: Vec<Arc<dyn PaymentProvider>> = if with_wechatpay {
+            vec![alipay, wechatpay]
+        } else {
+            vec![alipay]
+        };
         let service_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
         let settings = Settings {
             checkout_expiry: TimeDelta::hours(2),
@@ -167,12 +182,7 @@ impl Mesh {
                     &service_key,
                     Duration::from_secs(2),
                 )?;
-                let billing = Arc::new(Billing::new(
-                    pool,
-                    billing_clock,
-                    vec![alipay, wechatpay],
-                    settings,
-                ));
+                let billing = Arc::new(Billing::new(pool, billing_clock, providers, settings));
                 billing_tx.send(billing.clone())?;
                 routes(
                     billing,

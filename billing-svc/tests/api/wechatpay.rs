@@ -61,7 +61,7 @@ async fn refund_statuses(mesh: &Mesh, payment: &Payment) -> Vec<String> {
 
 #[tokio::test]
 async fn a_user_pays_a_plan_by_scanning_a_wechat_code_and_gets_its_quota() {
-    let mesh = Mesh::start().await;
+    let mesh = Mesh::start_with_wechatpay().await;
     let user = Uuid::now_v7();
     let payment = subscribe(&mesh, user, "basic").await;
     let Some(Checkout::QrCodeUrl(code_url)) = &payment.checkout else {
@@ -103,7 +103,7 @@ async fn a_user_pays_a_plan_by_scanning_a_wechat_code_and_gets_its_quota() {
 
 #[tokio::test]
 async fn a_wechat_refund_settles_when_its_notification_arrives() {
-    let mesh = Mesh::start().await;
+    let mesh = Mesh::start_with_wechatpay().await;
     let user = Uuid::now_v7();
     let payment = subscribe(&mesh, user, "basic").await;
     assert_eq!(statuses(&pay(&mesh, &payment, json!({})).await), [200]);
