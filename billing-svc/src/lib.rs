@@ -233,7 +233,9 @@ impl WechatPayArgs {
             merchant_serial: required(
                 &self.wechatpay_merchant_serial,
                 "WECHATPAY_MERCHANT_SERIAL",
-            )?,
+            )?
+            .trim()
+            .to_owned(),
             apiv3_key: ApiV3Key::from_text(&apiv3_text)
                 .with_context(|| format!("WECHATPAY_APIV3_KEY_FILE ({})", apiv3_key.display()))?,
             platform_public_key: PublicKey::from_file(&platform_key).with_context(|| {
@@ -245,7 +247,9 @@ impl WechatPayArgs {
             platform_serial: required(
                 &self.wechatpay_platform_serial,
                 "WECHATPAY_PLATFORM_SERIAL",
-            )?,
+            )?
+            .trim()
+            .to_owned(),
         };
         Ok(Some(Arc::new(WechatPay::new(config)?)))
     }
@@ -321,4 +325,75 @@ pub fn routes(
         billing,
         auth: authenticator,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::sim::{test_keys, wechat};
+
+    /// WeChat Pay's settings over the development files of a fresh directory.
+    fn wechatpay_args(dir: &std::path::Path) -> WechatPayArgs {
+        let files = wechat::KEY_FILES;
+        // As a file gives them: with a final newline, which is not part of a serial.
+        let serial = |name: &str| {
+            Some(format!(
+                "{}\n",
+                std::fs::read_to_string(dir.join(name)).unwrap()
+            ))
+        };
+        WechatPayArgs {
+            wechatpay_base_url: PRODUCTION_BASE_URL.to_owned(),
+            wechatpay_mchid: Some("1900000109".to_owned()),
+            wechatpay_appid: Some("wxd678efh567hg6787".to_owned()),
+            wechatpay_private_key_file: Some(dir.join(files.merchant_private)),
+            wechatpay_merchant_serial: serial(files.merchant_serial),
+            wechatpay_apiv3_key_file: Some(dir.join(files.apiv3_key)),
+            wechatpay_platform_public_key_file: Some(dir.join(files.platform_public)),
+            wechatpay_platform_serial: serial(files.platform_serial),
+        }
+    }
+
+    #[test]
+    fn wechat_pay_is_configured_from_its_files_and_names_what_is_missing() {
+        let dir = std::env::temp_dir().join(format!("wechatpay-args-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Existing keys are kept, which spares generating two in a debug build.
+        let keys = test_keys();
+        keys.merchant
+            .write_pem(&dir.join(wechat::KEY_FILES.merchant_private))
+            .unwrap();
+        keys.alipay
+            .write_pem(&dir.join(wechat::KEY_FILES.platform_private))
+            .unwrap();
+        wechat::write_dev_keys(&dir).unwrap();
+        let args = wechatpay_args(&dir);
+
+        let provider = args.provider().unwrap().unwrap();
+        assert_eq!(provider.provider(), crate::domain::Provider::WechatPay);
+        let disabled = WechatPayArgs {
+            wechatpay_mchid: None,
+            ..args.clone()
+        };
+        assert!(disabled.provider().unwrap().is_none());
+        let no_appid = WechatPayArgs {
+            wechatpay_appid: None,
+            ..args.clone()
+        };
+        let err = no_appid.provider().err().unwrap();
+        assert!(err.to_string().contains("WECHATPAY_APPID"), "{err}");
+        std::fs::write(dir.join("short-key"), "too short").unwrap();
+        let short_key = WechatPayArgs {
+            wechatpay_apiv3_key_file: Some(dir.join("short-key")),
+            ..args
+        };
+        let err = format!("{:#}", short_key.provider().err().unwrap());
+        assert!(err.contains("WECHATPAY_APIV3_KEY_FILE"), "{err}");
+        assert!(err.contains("32 bytes"), "{err}");
+        assert!(!err.contains("too short"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
