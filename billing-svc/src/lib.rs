@@ -38,6 +38,8 @@ use crate::{
         PaymentProvider,
         alipay::{Alipay, AlipayConfig},
         rsa_keys::{PrivateKey, PublicKey},
+        wechat::{WechatPay, WechatPayConfig},
+        wechat_v3::{ApiV3Key, PRODUCTION_BASE_URL},
     },
     service::{Billing, Settings},
 };
@@ -104,6 +106,9 @@ pub struct BillingArgs {
 
     #[command(flatten)]
     pub alipay: AlipayArgs,
+
+    #[command(flatten)]
+    pub wechatpay: WechatPayArgs,
 }
 
 /// Alipay's settings; Alipay is offered when `ALIPAY_APP_ID` is set.
@@ -156,6 +161,100 @@ impl AlipayArgs {
     }
 }
 
+/// WeChat Pay's settings; WeChat Pay is offered when `WECHATPAY_MCHID` is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WechatPayArgs {
+    /// WeChat Pay API v3 base URL (the backup host: https://api2.mch.weixin.qq.com).
+    #[arg(long, env = "WECHATPAY_BASE_URL", default_value = PRODUCTION_BASE_URL)]
+    pub wechatpay_base_url: String,
+
+    /// The merchant id (mchid); WeChat Pay is disabled when unset.
+    #[arg(long, env = "WECHATPAY_MCHID")]
+    pub wechatpay_mchid: Option<String>,
+
+    /// The appid the orders belong to (official account, mini program or app bound to the
+    /// merchant).
+    #[arg(long, env = "WECHATPAY_APPID")]
+    pub wechatpay_appid: Option<String>,
+
+    /// File holding the merchant API private key (`apiclient_key.pem`, PEM).
+    #[arg(long, env = "WECHATPAY_PRIVATE_KEY_FILE")]
+    pub wechatpay_private_key_file: Option<std::path::PathBuf>,
+
+    /// Serial number of the merchant API certificate (40 hex digits), sent as `serial_no`.
+    #[arg(long, env = "WECHATPAY_MERCHANT_SERIAL")]
+    pub wechatpay_merchant_serial: Option<String>,
+
+    /// File holding the APIv3 key (the 32 characters set in the merchant platform), which
+    /// decrypts notifications.
+    #[arg(long, env = "WECHATPAY_APIV3_KEY_FILE")]
+    pub wechatpay_apiv3_key_file: Option<std::path::PathBuf>,
+
+    /// File holding the WeChat Pay platform public key (PEM) that signs answers and
+    /// notifications.
+    #[arg(long, env = "WECHATPAY_PLATFORM_PUBLIC_KEY_FILE")]
+    pub wechatpay_platform_public_key_file: Option<std::path::PathBuf>,
+
+    /// The platform public-key id (`PUB_KEY_ID_…`) or platform certificate serial that answers
+    /// and notifications name in `Wechatpay-Serial`.
+    #[arg(long, env = "WECHATPAY_PLATFORM_SERIAL")]
+    pub wechatpay_platform_serial: Option<String>,
+}
+
+impl WechatPayArgs {
+    /// The configured WeChat Pay provider, if `WECHATPAY_MCHID` is set.
+    pub fn provider(&self) -> anyhow::Result<Option<Arc<dyn PaymentProvider>>> {
+        let Some(mchid) = &self.wechatpay_mchid else {
+            return Ok(None);
+        };
+        fn required<T: Clone>(value: &Option<T>, variable: &str) -> anyhow::Result<T> {
+            value
+                .clone()
+                .with_context(|| format!("{variable} is required with WECHATPAY_MCHID"))
+        }
+        let private_key = required(
+            &self.wechatpay_private_key_file,
+            "WECHATPAY_PRIVATE_KEY_FILE",
+        )?;
+        let apiv3_key = required(&self.wechatpay_apiv3_key_file, "WECHATPAY_APIV3_KEY_FILE")?;
+        let platform_key = required(
+            &self.wechatpay_platform_public_key_file,
+            "WECHATPAY_PLATFORM_PUBLIC_KEY_FILE",
+        )?;
+        let apiv3_text = std::fs::read_to_string(&apiv3_key)
+            .with_context(|| format!("WECHATPAY_APIV3_KEY_FILE ({})", apiv3_key.display()))?;
+        let config = WechatPayConfig {
+            base_url: self.wechatpay_base_url.clone(),
+            mchid: mchid.clone(),
+            appid: required(&self.wechatpay_appid, "WECHATPAY_APPID")?,
+            merchant_private_key: PrivateKey::from_file(&private_key).with_context(|| {
+                format!("WECHATPAY_PRIVATE_KEY_FILE ({})", private_key.display())
+            })?,
+            merchant_serial: required(
+                &self.wechatpay_merchant_serial,
+                "WECHATPAY_MERCHANT_SERIAL",
+            )?
+            .trim()
+            .to_owned(),
+            apiv3_key: ApiV3Key::from_text(&apiv3_text)
+                .with_context(|| format!("WECHATPAY_APIV3_KEY_FILE ({})", apiv3_key.display()))?,
+            platform_public_key: PublicKey::from_file(&platform_key).with_context(|| {
+                format!(
+                    "WECHATPAY_PLATFORM_PUBLIC_KEY_FILE ({})",
+                    platform_key.display()
+                )
+            })?,
+            platform_serial: required(
+                &self.wechatpay_platform_serial,
+                "WECHATPAY_PLATFORM_SERIAL",
+            )?
+            .trim()
+            .to_owned(),
+        };
+        Ok(Some(Arc::new(WechatPay::new(config)?)))
+    }
+}
+
 impl BillingArgs {
     /// Authenticates callers through auth-svc with billing-svc's own API key.
     pub fn remote_authenticator(&self) -> anyhow::Result<Arc<Authenticator>> {
@@ -175,7 +274,12 @@ impl BillingArgs {
 
     /// The providers configured.
     pub fn providers(&self) -> anyhow::Result<Vec<Arc<dyn PaymentProvider>>> {
-        Ok(self.alipay.provider()?.into_iter().collect())
+        Ok(self
+            .alipay
+            .provider()?
+            .into_iter()
+            .chain(self.wechatpay.provider()?)
+            .collect())
     }
 
     /// The entitlement dispatcher's connection to quota-svc.
@@ -221,4 +325,75 @@ pub fn routes(
         billing,
         auth: authenticator,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::sim::{test_keys, wechat};
+
+    /// WeChat Pay's settings over the development files of a fresh directory.
+    fn wechatpay_args(dir: &std::path::Path) -> WechatPayArgs {
+        let files = wechat::KEY_FILES;
+        // As a file gives them: with a final newline, which is not part of a serial.
+        let serial = |name: &str| {
+            Some(format!(
+                "{}\n",
+                std::fs::read_to_string(dir.join(name)).unwrap()
+            ))
+        };
+        WechatPayArgs {
+            wechatpay_base_url: PRODUCTION_BASE_URL.to_owned(),
+            wechatpay_mchid: Some("1900000109".to_owned()),
+            wechatpay_appid: Some("wxd678efh567hg6787".to_owned()),
+            wechatpay_private_key_file: Some(dir.join(files.merchant_private)),
+            wechatpay_merchant_serial: serial(files.merchant_serial),
+            wechatpay_apiv3_key_file: Some(dir.join(files.apiv3_key)),
+            wechatpay_platform_public_key_file: Some(dir.join(files.platform_public)),
+            wechatpay_platform_serial: serial(files.platform_serial),
+        }
+    }
+
+    #[test]
+    fn wechat_pay_is_configured_from_its_files_and_names_what_is_missing() {
+        let dir = std::env::temp_dir().join(format!("wechatpay-args-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Existing keys are kept, which spares generating two in a debug build.
+        let keys = test_keys();
+        keys.merchant
+            .write_pem(&dir.join(wechat::KEY_FILES.merchant_private))
+            .unwrap();
+        keys.alipay
+            .write_pem(&dir.join(wechat::KEY_FILES.platform_private))
+            .unwrap();
+        wechat::write_dev_keys(&dir).unwrap();
+        let args = wechatpay_args(&dir);
+
+        let provider = args.provider().unwrap().unwrap();
+        assert_eq!(provider.provider(), crate::domain::Provider::WechatPay);
+        let disabled = WechatPayArgs {
+            wechatpay_mchid: None,
+            ..args.clone()
+        };
+        assert!(disabled.provider().unwrap().is_none());
+        let no_appid = WechatPayArgs {
+            wechatpay_appid: None,
+            ..args.clone()
+        };
+        let err = no_appid.provider().err().unwrap();
+        assert!(err.to_string().contains("WECHATPAY_APPID"), "{err}");
+        std::fs::write(dir.join("short-key"), "too short").unwrap();
+        let short_key = WechatPayArgs {
+            wechatpay_apiv3_key_file: Some(dir.join("short-key")),
+            ..args
+        };
+        let err = format!("{:#}", short_key.provider().err().unwrap());
+        assert!(err.contains("WECHATPAY_APIV3_KEY_FILE"), "{err}");
+        assert!(err.contains("32 bytes"), "{err}");
+        assert!(!err.contains("too short"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

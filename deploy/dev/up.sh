@@ -32,6 +32,8 @@ dev_secret_value admin-password new_admin_password
 # for billing-svc and provider-sim. keygen writes only missing files, so it adds what the database
 # lacks.
 dev_secret_files alipay "$bin/provider-sim" keygen --dir
+# WeChat Pay's: the merchant and "platform" key pairs with their serials, and the APIv3 key.
+dev_secret_files wechatpay "$bin/provider-sim" keygen --provider wechatpay --dir
 dev_secrets_cache
 master_key="$(cat "$dev/auth-master-key")"
 export AUTH_MASTER_KEY="$master_key"
@@ -91,17 +93,28 @@ run() {
 sim_addr=127.0.0.1:9080
 # No SMTP in development: mail is kept in the outbox table and its links go to this log.
 run auth env AUTH_LOG_MAIL=true "$bin/auth-svc"
-# The payment provider simulator stands in for Alipay: billing-svc's gateway calls go to it, and
-# it signs with the development "Alipay" key and checks our requests with the merchant's public key.
+# The payment provider simulator stands in for Alipay and WeChat Pay: billing-svc's calls go to it,
+# and it signs with the development "Alipay" and "platform" keys and checks our requests with the
+# merchant's public keys.
 run sim env PROVIDER_SIM_ADDR="$sim_addr" \
   SIM_ALIPAY_PRIVATE_KEY_FILE="$dev/alipay/alipay-private.pem" \
   SIM_MERCHANT_PUBLIC_KEY_FILE="$dev/alipay/merchant-public.pem" \
+  SIM_WECHATPAY_KEY_DIR="$dev/wechatpay" \
   "$bin/provider-sim"
+wechatpay_merchant_serial="$(cat "$dev/wechatpay/merchant-serial")"
+wechatpay_platform_serial="$(cat "$dev/wechatpay/platform-serial")"
 run billing env AUTH_URL=http://127.0.0.1:9001 QUOTA_URL=http://127.0.0.1:9003 \
   BILLING_PUBLIC_URL=http://127.0.0.1:9000 \
   ALIPAY_GATEWAY_URL="http://$sim_addr/gateway.do" ALIPAY_APP_ID=2021000000000001 \
   ALIPAY_PRIVATE_KEY_FILE="$dev/alipay/merchant-private.pem" \
   ALIPAY_PUBLIC_KEY_FILE="$dev/alipay/alipay-public.pem" \
+  WECHATPAY_BASE_URL="http://$sim_addr" WECHATPAY_MCHID=1900000109 \
+  WECHATPAY_APPID=wxd678efh567hg6787 \
+  WECHATPAY_PRIVATE_KEY_FILE="$dev/wechatpay/merchant-private.pem" \
+  WECHATPAY_MERCHANT_SERIAL="$wechatpay_merchant_serial" \
+  WECHATPAY_APIV3_KEY_FILE="$dev/wechatpay/apiv3-key" \
+  WECHATPAY_PLATFORM_PUBLIC_KEY_FILE="$dev/wechatpay/platform-public.pem" \
+  WECHATPAY_PLATFORM_SERIAL="$wechatpay_platform_serial" \
   "$bin/billing-svc"
 run quota "$bin/quota-svc"
 run edge "$bin/edge-proxy"

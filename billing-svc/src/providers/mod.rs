@@ -4,6 +4,8 @@
 
 pub mod alipay;
 pub mod rsa_keys;
+pub mod wechat;
+pub mod wechat_v3;
 
 use chrono::{DateTime, Utc};
 

@@ -223,7 +223,7 @@ fn read(path: &Path) -> Result<String, KeyError> {
     })
 }
 
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
     let io_error = |source| KeyError::Io {
         path: path.to_owned(),
         source,

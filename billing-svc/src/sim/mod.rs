@@ -12,6 +12,8 @@
 //!   `{"deliveries": 1, "tamper": "none" | "signature" | "amount"}`: pays and notifies, answering
 //!   `{"tradeNo": "…", "notifyStatuses": [200, …]}`.
 //! - `GET /sim/alipay/orders/{out_trade_no}`: the order's state as JSON.
+//! - WeChat Pay API v3 on its own paths (`/v3/…`, `/sim/wechatpay/…`) when configured: see
+//!   [`wechat`].
 //!
 //! Orders live in memory. [`start`] runs the simulator inside a test process; [`test_keys`]
 //! gives tests the two key pairs (merchant, "Alipay") it needs.
@@ -21,6 +23,7 @@ mod gateway;
 mod notify;
 mod orders;
 mod page;
+pub mod wechat;
 
 use std::{
     future::Future,
@@ -62,9 +65,20 @@ struct Sim {
     http: reqwest::Client,
 }
 
-/// The simulator's routes.
+/// The simulator's routes (Alipay only).
 pub fn router(config: SimConfig) -> Result<Router, reqwest::Error> {
+    router_with_wechatpay(config, None)
+}
+
+/// The simulator's routes: Alipay's, and WeChat Pay's when `wechatpay` is given.
+pub fn router_with_wechatpay(
+    config: SimConfig,
+    wechatpay: Option<wechat::WechatSimConfig>,
+) -> Result<Router, reqwest::Error> {
     let http = reqwest::Client::builder().timeout(NOTIFY_TIMEOUT).build()?;
+    let wechatpay = wechatpay
+        .map(|wechatpay| wechat::router(wechatpay, Arc::clone(&config.clock), http.clone()))
+        .unwrap_or_default();
     let sim = Sim {
         config: Arc::new(config),
         orders: Arc::default(),
@@ -81,16 +95,27 @@ pub fn router(config: SimConfig) -> Result<Router, reqwest::Error> {
             "/sim/alipay/orders/{order}",
             get(control::state).post(control::pay),
         )
-        .with_state(sim))
+        .with_state(sim)
+        .merge(wechatpay))
 }
 
-/// Serves the simulator on `listener` until `shutdown` completes.
+/// Serves the simulator (Alipay only) on `listener` until `shutdown` completes.
 pub async fn serve(
     config: SimConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let router = router(config).map_err(io::Error::other)?;
+    serve_with_wechatpay(config, None, listener, shutdown).await
+}
+
+/// Serves Alipay and, when given, WeChat Pay on `listener` until `shutdown` completes.
+pub async fn serve_with_wechatpay(
+    config: SimConfig,
+    wechatpay: Option<wechat::WechatSimConfig>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let router = router_with_wechatpay(config, wechatpay).map_err(io::Error::other)?;
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -107,12 +132,26 @@ pub struct RunningSim {
 /// Starts the simulator on `listener` (bind `127.0.0.1:0`) in a Tokio task of the current
 /// runtime.
 pub fn start(config: SimConfig, listener: TcpListener) -> io::Result<RunningSim> {
+    start_with_wechatpay(config, None, listener)
+}
+
+/// [`start`] with WeChat Pay too, when `wechatpay` is given.
+pub fn start_with_wechatpay(
+    config: SimConfig,
+    wechatpay: Option<wechat::WechatSimConfig>,
+    listener: TcpListener,
+) -> io::Result<RunningSim> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(config, listener, async move {
-        // A dropped sender stops the server as well as a sent one.
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(serve_with_wechatpay(
+        config,
+        wechatpay,
+        listener,
+        async move {
+            // A dropped sender stops the server as well as a sent one.
+            let _ = stopped.await;
+        },
+    ));
     Ok(RunningSim {
         addr,
         stop: Some(stop),
@@ -128,6 +167,11 @@ impl RunningSim {
     /// The URL to configure as Alipay's gateway.
     pub fn gateway_url(&self) -> String {
         format!("http://{}/gateway.do", self.addr)
+    }
+
+    /// The URL to configure as WeChat Pay's base URL.
+    pub fn wechatpay_base_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Stops the server, waiting for requests in flight.

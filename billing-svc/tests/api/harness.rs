@@ -12,6 +12,7 @@ use billing_svc::{
     providers::{
         PaymentProvider,
         alipay::{Alipay, AlipayConfig},
+        wechat::{WechatPay, WechatPayConfig},
     },
     routes,
     service::{Billing, Settings},
@@ -37,6 +38,10 @@ use uuid::Uuid;
 
 /// The merchant app id the tests configure.
 pub const APP_ID: &str = "2021000000000001";
+
+/// The WeChat Pay merchant and app the tests configure.
+pub const WECHATPAY_MCHID: &str = "1900000109";
+pub const WECHATPAY_APPID: &str = "wxd678efh567hg6787";
 
 /// The plans every test starts with.
 pub const PLANS: &str = r#"
@@ -78,7 +83,17 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// The mesh with Alipay as its only provider (WeChat Pay is not configured).
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// The mesh with Alipay and WeChat Pay, both against the simulator.
+    pub async fn start_with_wechatpay() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(with_wechatpay: bool) -> Self {
         let db = TestDb::new(&[
             (SPEC.name, MIGRATIONS),
             (quota_svc::SPEC.name, quota_svc::MIGRATIONS),
@@ -100,12 +115,13 @@ impl Mesh {
         let quota_proxy = TcpProxy::start(quota_server.addr).await;
 
         let keys = sim::test_keys();
-        let sim = sim::start(
+        let sim = sim::start_with_wechatpay(
             SimConfig {
                 alipay_private_key: keys.alipay.clone(),
                 merchant_public_key: keys.merchant.public_key(),
                 clock: clock.clone(),
             },
+            Some(sim::wechat::test_config()),
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         )
         .unwrap();
@@ -124,6 +140,24 @@ impl Mesh {
             })
             .unwrap(),
         );
+        let wechatpay: Arc<dyn PaymentProvider> = Arc::new(
+            WechatPay::new(WechatPayConfig {
+                base_url: format!("http://{}", provider_proxy.addr()),
+                mchid: WECHATPAY_MCHID.to_owned(),
+                appid: WECHATPAY_APPID.to_owned(),
+                merchant_private_key: keys.merchant.clone(),
+                merchant_serial: sim::wechat::TEST_MERCHANT_SERIAL.to_owned(),
+                apiv3_key: sim::wechat::test_apiv3_key(),
+                platform_public_key: keys.alipay.public_key(),
+                platform_serial: sim::wechat::TEST_PLATFORM_SERIAL.to_owned(),
+            })
+            .unwrap(),
+        );
+        let providers: Vec<Arc<dyn PaymentProvider>> = if with_wechatpay {
+            vec![alipay, wechatpay]
+        } else {
+            vec![alipay]
+        };
         let service_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
         let settings = Settings {
             checkout_expiry: TimeDelta::hours(2),
@@ -148,7 +182,7 @@ impl Mesh {
                     &service_key,
                     Duration::from_secs(2),
                 )?;
-                let billing = Arc::new(Billing::new(pool, billing_clock, vec![alipay], settings));
+                let billing = Arc::new(Billing::new(pool, billing_clock, providers, settings));
                 billing_tx.send(billing.clone())?;
                 routes(
                     billing,

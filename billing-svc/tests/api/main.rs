@@ -12,3 +12,4 @@ mod plans;
 mod reconciliation;
 mod refunds;
 mod schema;
+mod wechatpay;
