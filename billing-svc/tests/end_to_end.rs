@@ -31,21 +31,60 @@ fn wait_for(url: &str, auth: &[&str], done: impl Fn(&Value) -> bool) -> Value {
     panic!("{url} never reached the expected state: {last}");
 }
 
+/// How the buyer pays: Alipay's page checkout (a redirect URL) or WeChat Pay's Native QR code.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Alipay,
+    WechatPay,
+}
+
+impl Provider {
+    /// The provider's name in the contract and in the simulator's control API.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Provider::Alipay => ("PAYMENT_PROVIDER_ALIPAY", "alipay"),
+            Provider::WechatPay => ("PAYMENT_PROVIDER_WECHAT_PAY", "wechatpay"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
-    let db = TestDb::new(&[]).await;
-    let keys = tempdir();
-    let sim_bin = env!("CARGO_BIN_EXE_provider-sim");
-    let keygen = Command::new(sim_bin)
-        .args(["keygen", "--dir", keys.to_str().unwrap()])
+    buy_a_plan_and_cancel(Provider::Alipay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_buys_a_plan_with_wechat_pay_by_qr_code_and_gets_its_quota_until_canceled() {
+    buy_a_plan_and_cancel(Provider::WechatPay).await;
+}
+
+/// Runs `provider-sim keygen` (with `extra` arguments) into `dir`.
+fn keygen(dir: &std::path::Path, extra: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_provider-sim"))
+        .args(["keygen", "--dir", dir.to_str().unwrap()])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
-        keygen.status.success(),
+        output.status.success(),
         "{}",
-        String::from_utf8_lossy(&keygen.stderr)
+        String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The whole money path with `provider`, as `just up` sets the mesh up.
+async fn buy_a_plan_and_cancel(provider: Provider) {
+    let db = TestDb::new(&[]).await;
+    let keys = tempdir();
+    let wechat_keys = keys.join("wechatpay");
+    keygen(&keys, &[]);
+    keygen(&wechat_keys, &["--provider", "wechatpay"]);
+    let sim_bin = env!("CARGO_BIN_EXE_provider-sim");
     let key = |name: &str| keys.join(name).to_str().unwrap().to_owned();
+    let wechat = |name: &str| wechat_keys.join(name).to_str().unwrap().to_owned();
+    let serial = |name: &str| std::fs::read_to_string(wechat(name)).unwrap();
+    let (merchant_serial, platform_serial) =
+        (serial("merchant-serial"), serial("platform-serial"));
 
     let auth = start_auth_svc(db.url(), MASTER_KEY);
     let auth_url = format!("http://{}", auth.addr);
@@ -69,6 +108,7 @@ async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
         .env("PROVIDER_SIM_ADDR", &sim_addr)
         .env("SIM_ALIPAY_PRIVATE_KEY_FILE", key("alipay-private.pem"))
         .env("SIM_MERCHANT_PUBLIC_KEY_FILE", key("merchant-public.pem"))
+        .env("SIM_WECHATPAY_KEY_DIR", &wechat_keys)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -109,6 +149,17 @@ async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
             ("ALIPAY_APP_ID", "2021000000000001"),
             ("ALIPAY_PRIVATE_KEY_FILE", &key("merchant-private.pem")),
             ("ALIPAY_PUBLIC_KEY_FILE", &key("alipay-public.pem")),
+            ("WECHATPAY_BASE_URL", &format!("http://{sim_addr}")),
+            ("WECHATPAY_MCHID", "1900000109"),
+            ("WECHATPAY_APPID", "wxd678efh567hg6787"),
+            ("WECHATPAY_PRIVATE_KEY_FILE", &wechat("merchant-private.pem")),
+            ("WECHATPAY_MERCHANT_SERIAL", merchant_serial.trim()),
+            ("WECHATPAY_APIV3_KEY_FILE", &wechat("apiv3-key")),
+            (
+                "WECHATPAY_PLATFORM_PUBLIC_KEY_FILE",
+                &wechat("platform-public.pem"),
+            ),
+            ("WECHATPAY_PLATFORM_SERIAL", platform_serial.trim()),
         ],
     );
     let edge = Binary::start_on(
@@ -155,32 +206,40 @@ async fn a_user_buys_a_plan_with_alipay_and_gets_its_quota_until_canceled() {
         .collect();
     assert_eq!(codes, ["basic-monthly", "pro-monthly", "pro-yearly"]);
 
+    let (provider_name, sim_name) = provider.names();
     let (status, created) = curl_post(
         &format!("{base}/v1/subscriptions"),
         &as_user,
-        &json!({"planCode": "basic-monthly", "provider": "PAYMENT_PROVIDER_ALIPAY", "idempotencyKey": "checkout-1"}),
+        &json!({"planCode": "basic-monthly", "provider": provider_name, "idempotencyKey": "checkout-1"}),
     );
     assert_eq!(status, 200, "{created}");
     assert_eq!(
         created["subscription"]["status"],
         "SUBSCRIPTION_STATUS_PENDING_PAYMENT"
     );
-    let redirect = created["payment"]["redirectUrl"].as_str().unwrap();
-    assert!(
-        redirect.starts_with(&format!("http://{sim_addr}/gateway.do?")),
-        "{redirect}"
-    );
-    // The checkout page a person would see.
-    let (status, page) = curl(&[redirect]);
-    assert_eq!(status, 200);
-    assert!(page.as_str().unwrap().contains("19.00"), "{page}");
-
     let out_trade_no = created["payment"]["paymentId"]
         .as_str()
         .unwrap()
         .replace('-', "");
+    // What a person would see: Alipay's checkout page, or the QR code of WeChat Pay's code_url.
+    let page = if provider == Provider::Alipay {
+        let redirect = created["payment"]["redirectUrl"].as_str().unwrap();
+        assert!(
+            redirect.starts_with(&format!("http://{sim_addr}/gateway.do?")),
+            "{redirect}"
+        );
+        redirect.to_owned()
+    } else {
+        let code_url = created["payment"]["qrCodeUrl"].as_str().unwrap();
+        assert!(code_url.starts_with("weixin://"), "{created}");
+        format!("http://{sim_addr}/sim/wechatpay/orders/{out_trade_no}/qr")
+    };
+    let (status, page) = curl(&[&page]);
+    assert_eq!(status, 200);
+    assert!(page.as_str().unwrap().contains("19.00"), "{page}");
+
     let (status, paid) = curl_post(
-        &format!("http://{sim_addr}/sim/alipay/orders/{out_trade_no}:pay"),
+        &format!("http://{sim_addr}/sim/{sim_name}/orders/{out_trade_no}:pay"),
         &[],
         &json!({}),
     );
