@@ -548,7 +548,7 @@ async fn the_control_api_pays_without_sending_and_shows_the_order() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qr_page_shows_the_code_and_its_pay_button_pays() {
     let harness = Harness::start().await;
     let (order, code_url) = harness.placed_order().await;
