@@ -83,8 +83,7 @@ async fn buy_a_plan_and_cancel(provider: Provider) {
     let key = |name: &str| keys.join(name).to_str().unwrap().to_owned();
     let wechat = |name: &str| wechat_keys.join(name).to_str().unwrap().to_owned();
     let serial = |name: &str| std::fs::read_to_string(wechat(name)).unwrap();
-    let (merchant_serial, platform_serial) =
-        (serial("merchant-serial"), serial("platform-serial"));
+    let (merchant_serial, platform_serial) = (serial("merchant-serial"), serial("platform-serial"));
 
     let auth = start_auth_svc(db.url(), MASTER_KEY);
     let auth_url = format!("http://{}", auth.addr);
@@ -152,7 +151,10 @@ async fn buy_a_plan_and_cancel(provider: Provider) {
             ("WECHATPAY_BASE_URL", &format!("http://{sim_addr}")),
             ("WECHATPAY_MCHID", "1900000109"),
             ("WECHATPAY_APPID", "wxd678efh567hg6787"),
-            ("WECHATPAY_PRIVATE_KEY_FILE", &wechat("merchant-private.pem")),
+            (
+                "WECHATPAY_PRIVATE_KEY_FILE",
+                &wechat("merchant-private.pem"),
+            ),
             ("WECHATPAY_MERCHANT_SERIAL", merchant_serial.trim()),
             ("WECHATPAY_APIV3_KEY_FILE", &wechat("apiv3-key")),
             (
