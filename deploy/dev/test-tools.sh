@@ -8,3 +8,9 @@ fi
 if ! command -v diesel >/dev/null; then
   cargo install --locked diesel_cli --no-default-features --features postgres
 fi
+# The simulator's pages (Alipay checkout, WeChat Pay QR code) are screenshotted in headless Chromium.
+if ! command -v chromium >/dev/null; then
+  apt_get() { if [ "$(id -u)" = 0 ]; then apt-get "$@"; else sudo apt-get "$@"; fi; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt_get install -y --no-install-recommends chromium || { apt_get update && apt_get install -y --no-install-recommends chromium; }
+fi
