@@ -73,12 +73,14 @@ struct Edge {
 }
 
 impl Edge {
-    /// The channel to the service of a contract package, and what that service may be told.
-    fn upstream_of(&self, package: &str) -> (Channel, Upstream) {
+    /// The channel to the service of a contract package, and what that service may be told;
+    /// `None` for a package no upstream serves (refused when the edge starts).
+    fn upstream_of(&self, package: &str) -> Option<(Channel, Upstream)> {
         match package {
-            "commerce.auth.v1" => (self.auth.clone(), Upstream::Auth),
-            "commerce.billing.v1" => (self.billing.clone(), Upstream::Other),
-            _ => (self.quota.clone(), Upstream::Other),
+            "commerce.auth.v1" => Some((self.auth.clone(), Upstream::Auth)),
+            "commerce.billing.v1" => Some((self.billing.clone(), Upstream::Other)),
+            "commerce.quota.v1" => Some((self.quota.clone(), Upstream::Other)),
+            _ => None,
         }
     }
 }
@@ -124,6 +126,17 @@ pub fn router(
         forwarding,
         rpc_timeout,
     };
+    if let Some(orphan) = edge.routes.iter().find(|route| {
+        let package = route.method.parent_service().package_name().to_owned();
+        edge.upstream_of(&package).is_none()
+    }) {
+        anyhow::bail!(
+            "{} {} ({}) belongs to a package the edge has no upstream for",
+            orphan.http_method,
+            orphan.template,
+            orphan.method.full_name()
+        );
+    }
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .fallback(transcode_call)
@@ -143,7 +156,7 @@ async fn transcode_call(
     let (route, variables) = find_route(&edge.routes, &method, uri.path())?;
     let message = decode_request(route, variables, &uri, &headers, &body)?;
     let answer = match call_service(&edge, route, message, &headers, peer).await {
-        Ok(reply) => reply_response(&reply),
+        Ok(reply) => reply_response(route, &reply),
         Err(status) => status_response(&status),
     };
     Ok(answer)
@@ -225,7 +238,9 @@ async fn call_service(
     peer: SocketAddr,
 ) -> Result<tonic::Response<DynamicMessage>, Status> {
     let service = route.method.parent_service();
-    let (channel, upstream) = edge.upstream_of(service.package_name());
+    let (channel, upstream) = edge
+        .upstream_of(service.package_name())
+        .ok_or_else(|| Status::internal("internal error"))?;
     let mut request = tonic::Request::new(message);
     forward_metadata(
         headers,
@@ -247,21 +262,23 @@ async fn call_service(
         .await
 }
 
-/// A service's reply as HTTP: proto3 JSON (or an `HttpBody`'s own bytes and content type),
+/// A service's reply as HTTP: proto3 JSON of the reply or of its `response_body` field (or an
+/// `HttpBody`'s own bytes and content type),
 /// with the request id the service logged it under.
-fn reply_response(reply: &tonic::Response<DynamicMessage>) -> Response {
-    let (content_type, bytes) = match transcode::response_body(reply.get_ref()) {
-        Ok(body) => body,
-        Err(err) => {
-            tracing::error!(%err, "serialising a response");
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
-                "internal error",
-                None,
-            );
-        }
-    };
+fn reply_response(route: &Route, reply: &tonic::Response<DynamicMessage>) -> Response {
+    let (content_type, bytes) =
+        match transcode::response_body(reply.get_ref(), &route.response_body) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(%err, "serialising a response");
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    tonic::Code::Internal,
+                    "internal error",
+                    None,
+                );
+            }
+        };
     let mut out = Response::new(Body::from(bytes));
     if let Ok(value) = HeaderValue::from_str(&content_type) {
         out.headers_mut().insert(header::CONTENT_TYPE, value);

@@ -149,8 +149,12 @@ fn typed(field: &FieldDescriptor, kind: &Kind, raw: &str) -> Result<Json, BadReq
     }
 }
 
-/// The response body and its content type.
-pub fn response_body(message: &DynamicMessage) -> Result<(String, Vec<u8>), serde_json::Error> {
+/// The response body and its content type: the whole message, or only its `response_body` field
+/// when the route names one.
+pub fn response_body(
+    message: &DynamicMessage,
+    response_body: &str,
+) -> Result<(String, Vec<u8>), serde_json::Error> {
     if message.descriptor().full_name() == HTTP_BODY {
         let text = |name: &str| match message.get_field_by_name(name).as_deref() {
             Some(Value::String(value)) => value.clone(),
@@ -170,7 +174,15 @@ pub fn response_body(message: &DynamicMessage) -> Result<(String, Vec<u8>), serd
     let options = SerializeOptions::new().skip_default_fields(false);
     let mut serializer = serde_json::Serializer::new(Vec::new());
     message.serialize_with_options(&mut serializer, &options)?;
-    Ok(("application/json".to_owned(), serializer.into_inner()))
+    let whole = serializer.into_inner();
+    let field = message.descriptor().get_field_by_name(response_body);
+    let Some(field) = field else {
+        return Ok(("application/json".to_owned(), whole));
+    };
+    // The routes were checked at start, so the field exists; proto3 JSON names it by json_name.
+    let mut object: Map<String, Json> = serde_json::from_slice(&whole)?;
+    let value = object.remove(field.json_name()).unwrap_or(Json::Null);
+    Ok(("application/json".to_owned(), serde_json::to_vec(&value)?))
 }
 
 /// The HTTP status for a gRPC code (google.rpc.Code mapping).
@@ -229,5 +241,28 @@ mod tests {
             http_status(tonic::Code::Unauthenticated),
             http::StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn a_response_body_field_is_the_whole_http_body() {
+        let pool = prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+        let descriptor = pool
+            .get_message_by_name("commerce.billing.v1.GetPlanResponse")
+            .unwrap();
+        let reply = DynamicMessage::deserialize(
+            descriptor,
+            serde_json::json!({"plan": {"planCode": "pro", "priceAmountMinor": "900"}}),
+        )
+        .unwrap();
+
+        let (_, whole) = response_body(&reply, "").unwrap();
+        let whole: Json = serde_json::from_slice(&whole).unwrap();
+        assert_eq!(whole["plan"]["planCode"], "pro");
+
+        let (content_type, plan) = response_body(&reply, "plan").unwrap();
+        let plan: Json = serde_json::from_slice(&plan).unwrap();
+        assert_eq!(content_type, "application/json");
+        assert_eq!(plan["planCode"], "pro");
+        assert_eq!(plan["priceAmountMinor"], "900");
     }
 }
