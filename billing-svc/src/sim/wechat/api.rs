@@ -9,7 +9,7 @@ use axum::{
     response::Response,
 };
 use chrono::DateTime;
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::{
@@ -99,12 +99,19 @@ fn authenticate(
     Ok(authorization.mchid)
 }
 
-fn text(body: &Bytes) -> Result<&str, ApiError> {
-    std::str::from_utf8(body).map_err(|_| ApiError::param("body is not UTF-8"))
-}
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a str) -> Result<T, ApiError> {
-    serde_json::from_str(body).map_err(|err| ApiError::param(format!("输入源错误: {err}")))
+/// The merchant a JSON request's valid signature names, and the request.
+fn authenticated_json<T: DeserializeOwned>(
+    sim: &WechatSim,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(String, T), ApiError> {
+    let body = std::str::from_utf8(body).map_err(|_| ApiError::param("body is not UTF-8"))?;
+    let mchid = authenticate(sim, method, uri, headers, body)?;
+    let request =
+        serde_json::from_str(body).map_err(|err| ApiError::param(format!("输入源错误: {err}")))?;
+    Ok((mchid, request))
 }
 
 #[derive(Deserialize)]
@@ -133,9 +140,8 @@ pub(super) async fn native_order(
     body: Bytes,
 ) -> Response {
     let result = (|| {
-        let body = text(&body)?;
-        let mchid = authenticate(&sim, &method, &uri, &headers, body)?;
-        let request: NativeOrder = parse(body)?;
+        let (mchid, request): (_, NativeOrder) =
+            authenticated_json(&sim, &method, &uri, &headers, &body)?;
         if request.mchid != mchid {
             return Err(ApiError::param("mchid 与请求头不一致"));
         }
@@ -265,9 +271,8 @@ pub(super) async fn close(
     body: Bytes,
 ) -> Response {
     let result = (|| {
-        let body = text(&body)?;
-        let mchid = authenticate(&sim, &method, &uri, &headers, body)?;
-        let request: CloseRequest = parse(body)?;
+        let (mchid, request): (_, CloseRequest) =
+            authenticated_json(&sim, &method, &uri, &headers, &body)?;
         if request.mchid != mchid {
             return Err(ApiError::param("mchid 与请求头不一致"));
         }
@@ -314,9 +319,8 @@ pub(super) async fn refund(
     body: Bytes,
 ) -> Response {
     let result = (|| {
-        let body = text(&body)?;
-        let mchid = authenticate(&sim, &method, &uri, &headers, body)?;
-        let request: RefundRequest = parse(body)?;
+        let (mchid, request): (_, RefundRequest) =
+            authenticated_json(&sim, &method, &uri, &headers, &body)?;
         if request.amount.refund <= 0 || request.amount.currency != "CNY" {
             return Err(ApiError::param(
                 "amount.refund 须为正整数, currency 须为 CNY",
