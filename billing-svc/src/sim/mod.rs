@@ -19,8 +19,10 @@
 //! gives tests the two key pairs (merchant, "Alipay") it needs.
 
 mod control;
+mod control_common;
 mod gateway;
 mod notify;
+mod order_book;
 mod orders;
 mod page;
 pub mod wechat;
@@ -61,7 +63,7 @@ pub struct SimConfig {
 #[derive(Clone)]
 struct Sim {
     config: Arc<SimConfig>,
-    orders: Arc<orders::OrderBook>,
+    orders: Arc<order_book::OrderBook<orders::Order>>,
     http: reqwest::Client,
 }
 

@@ -14,11 +14,14 @@ use serde_json::{Value, json};
 
 use super::{
     WechatSim, notify,
-    orders::{AlreadyPaid, Inconsistent, Order, RefundRefusal, Refunded, TradeState, new_code_url},
+    orders::{AlreadyPaid, Order, RefundRefusal, Refunded, TradeState, new_code_url},
 };
-use crate::providers::{
-    rsa_keys,
-    wechat_v3::{Authorization, ORDER_NOT_EXIST, SIGN_ERROR, format_time, request_message},
+use crate::{
+    providers::{
+        rsa_keys,
+        wechat_v3::{Authorization, ORDER_NOT_EXIST, SIGN_ERROR, format_time, request_message},
+    },
+    sim::order_book::Inconsistent,
 };
 
 /// A refused request, WeChat Pay style: an HTTP status and `{code, message}`.

@@ -58,7 +58,7 @@ pub struct WechatSimConfig {
 struct WechatSim {
     config: Arc<WechatSimConfig>,
     clock: Arc<dyn Clock>,
-    orders: Arc<orders::OrderBook>,
+    orders: Arc<super::order_book::OrderBook<orders::Order>>,
     http: reqwest::Client,
 }
 
