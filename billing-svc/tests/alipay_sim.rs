@@ -5,85 +5,53 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+#[path = "common/sim_harness.rs"]
+mod sim_harness;
 
-use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use std::collections::BTreeMap;
+
+use axum::response::IntoResponse;
 use billing_svc::{
     domain::Provider,
     providers::{
         Checkout, CheckoutOrder, Notification, NotificationEvent, PaymentProvider, ProviderError,
-        RawNotification, Refusal, Trade, TradeStatus,
+        Refusal, Trade, TradeStatus,
         alipay::{Alipay, AlipayConfig, NOTIFY_SIGN_EXCLUDED, Refund, sign_content},
         rsa_keys::{self, PrivateKey, PublicKey},
     },
-    sim::{self, RunningSim, SimConfig, test_keys},
+    sim::test_keys,
 };
 use chrono::{TimeDelta, Utc};
-use kit::clock::{Clock, ManualClock};
-use reqwest::{StatusCode, redirect::Policy};
-use serde_json::{Value, json};
+use reqwest::StatusCode;
+use serde_json::json;
+use sim_harness::{Receiver, SimHarness};
 use tokio::net::TcpListener;
 
 const APP_ID: &str = "2021000000000001";
 
-/// A simulator, a notification receiver and a provider configured against both.
-struct Harness {
-    sim: RunningSim,
-    clock: Arc<ManualClock>,
-    notifications: Arc<Mutex<Vec<RawNotification>>>,
-    notify_url: String,
-    alipay: Alipay,
-    http: reqwest::Client,
-}
+type Harness = SimHarness<Alipay>;
 
 impl Harness {
     async fn start() -> Self {
-        let keys = test_keys();
-        let clock = Arc::new(ManualClock::new(Utc::now()));
-        let sim = sim::start(
-            SimConfig {
-                alipay_private_key: keys.alipay.clone(),
-                merchant_public_key: keys.merchant.public_key(),
-                clock: clock.clone(),
-            },
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        )
-        .unwrap();
-        let notifications = Arc::default();
-        let receiver = start_receiver(Arc::clone(&notifications)).await;
-        let alipay = provider(
-            sim.gateway_url(),
-            APP_ID,
-            keys.merchant.clone(),
-            keys.alipay.public_key(),
-        );
-        Self {
-            notify_url: format!("http://{receiver}/v1/webhooks/alipay"),
-            sim,
-            clock,
-            notifications,
-            alipay,
-            http: reqwest::Client::builder()
-                .redirect(Policy::none())
-                .build()
-                .unwrap(),
-        }
+        let receiver = Receiver {
+            path: "/v1/webhooks/alipay",
+            headers: &[],
+            ack: || "success".into_response(),
+        };
+        SimHarness::start_with(None, "/sim/alipay/orders", receiver, |sim| {
+            let keys = test_keys();
+            provider(
+                sim.gateway_url(),
+                APP_ID,
+                keys.merchant.clone(),
+                keys.alipay.public_key(),
+            )
+        })
+        .await
     }
 
     fn order(&self) -> CheckoutOrder {
-        CheckoutOrder {
-            out_trade_no: uuid::Uuid::new_v4().simple().to_string(),
-            amount_minor: 1999,
-            currency: "CNY".to_owned(),
-            subject: "Pro <monthly>".to_owned(),
-            notify_url: self.notify_url.clone(),
-            return_url: "https://app.example/billing/done".to_owned(),
-            expires_at: self.clock.now() + TimeDelta::minutes(15),
-        }
+        self.checkout_order("https://app.example/billing/done")
     }
 
     /// Creates the checkout with `alipay` and opens its page the way the buyer's browser does.
@@ -102,7 +70,7 @@ impl Harness {
 
     /// Opens the checkout page of an order that can be opened.
     async fn open_checkout(&self, order: &CheckoutOrder) -> String {
-        let (status, page) = self.open_checkout_with(&self.alipay, order).await;
+        let (status, page) = self.open_checkout_with(&self.provider, order).await;
         assert_eq!(status, StatusCode::OK, "{page}");
         page
     }
@@ -116,35 +84,7 @@ impl Harness {
 
     /// The trade as the provider queries it.
     async fn trade(&self, out_trade_no: &str) -> Trade {
-        self.alipay.query(out_trade_no).await.unwrap().unwrap()
-    }
-
-    /// The simulator's view of an order.
-    async fn state(&self, out_trade_no: &str) -> (StatusCode, Value) {
-        let url = format!(
-            "http://{}/sim/alipay/orders/{out_trade_no}",
-            self.sim.addr()
-        );
-        let response = self.http.get(url).send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    async fn pay(&self, out_trade_no: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let url = format!(
-            "http://{}/sim/alipay/orders/{out_trade_no}:pay",
-            self.sim.addr()
-        );
-        let request = self.http.post(url);
-        let request = match body {
-            Some(body) => request.json(&body),
-            None => request,
-        };
-        let response = request.send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    fn received(&self) -> Vec<RawNotification> {
-        self.notifications.lock().unwrap().clone()
+        self.provider.query(out_trade_no).await.unwrap().unwrap()
     }
 }
 
@@ -156,34 +96,6 @@ fn provider(gateway_url: String, app_id: &str, merchant: PrivateKey, alipay: Pub
         alipay_public_key: alipay,
     })
     .unwrap()
-}
-
-/// The merchant's notify endpoint: records every POST and acknowledges it.
-async fn start_receiver(notifications: Arc<Mutex<Vec<RawNotification>>>) -> SocketAddr {
-    async fn record(
-        State(notifications): State<Arc<Mutex<Vec<RawNotification>>>>,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> &'static str {
-        let content_type = headers
-            .get("content-type")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        notifications.lock().unwrap().push(RawNotification {
-            content_type,
-            body: body.to_vec(),
-            headers: Vec::new(),
-        });
-        "success"
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/v1/webhooks/alipay", post(record))
-        .with_state(notifications);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
 }
 
 fn form(body: &[u8]) -> BTreeMap<String, String> {
@@ -216,7 +128,10 @@ async fn a_paid_order_is_notified_as_often_as_asked_and_every_notification_verif
     assert_eq!(received.len(), 2);
     let mut notification_ids = Vec::new();
     for raw in &received {
-        let notification = harness.alipay.verify_notification(raw, Utc::now()).unwrap();
+        let notification = harness
+            .provider
+            .verify_notification(raw, Utc::now())
+            .unwrap();
         let trade = trade_of(&notification);
         assert_eq!(trade.out_trade_no, order.out_trade_no);
         assert_eq!(trade.trade_no.as_deref(), Some(trade_no));
@@ -302,7 +217,9 @@ async fn a_notification_with_a_tampered_signature_is_refused_and_the_order_stays
     assert_eq!(paid["notifyStatuses"], json!([200]));
     let received = harness.received();
     assert_eq!(
-        harness.alipay.verify_notification(&received[0], Utc::now()),
+        harness
+            .provider
+            .verify_notification(&received[0], Utc::now()),
         Err(Refusal::BadSignature)
     );
     let trade = harness.trade(&order.out_trade_no).await;
@@ -324,7 +241,7 @@ async fn a_notification_with_a_tampered_amount_verifies_but_states_another_amoun
     let received = harness.received();
     assert_eq!(received.len(), 1, "a tampered payment is sent once");
     let notification = harness
-        .alipay
+        .provider
         .verify_notification(&received[0], Utc::now())
         .unwrap();
     assert_ne!(trade_of(&notification).amount_minor, order.amount_minor);
@@ -354,7 +271,7 @@ async fn a_notification_for_another_app_is_refused_as_wrong_merchant() {
 #[tokio::test]
 async fn closing_succeeds_for_unknown_waiting_and_closed_orders_and_is_refused_for_paid_ones() {
     let harness = Harness::start().await;
-    let alipay = &harness.alipay;
+    let alipay = &harness.provider;
     alipay.close("never-opened").await.unwrap();
     assert_eq!(alipay.query("never-opened").await.unwrap(), None);
 
@@ -379,7 +296,7 @@ async fn closing_succeeds_for_unknown_waiting_and_closed_orders_and_is_refused_f
 #[tokio::test]
 async fn refunds_are_partial_or_whole_never_twice_and_a_whole_refund_closes_the_trade() {
     let harness = Harness::start().await;
-    let alipay = &harness.alipay;
+    let alipay = &harness.provider;
     let order = harness.opened_order().await;
     let refused_code = |result: Result<Refund, ProviderError>| match result {
         Err(ProviderError::Refused { code, .. }) => code,
@@ -547,7 +464,9 @@ async fn reopening_a_checkout_shows_the_same_order_again() {
         amount_minor: 2999,
         ..order
     };
-    let (status, page) = harness.open_checkout_with(&harness.alipay, &changed).await;
+    let (status, page) = harness
+        .open_checkout_with(&harness.provider, &changed)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(page.contains("ACQ.CONTEXT_INCONSISTENT"), "{page}");
 }

@@ -6,13 +6,12 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+#[path = "common/sim_harness.rs"]
+mod sim_harness;
 
-use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use std::time::Duration;
+
+use axum::response::IntoResponse;
 use billing_svc::{
     domain::Provider,
     providers::{
@@ -23,72 +22,51 @@ use billing_svc::{
         wechat_v3::ApiV3Key,
     },
     sim::{
-        self, RunningSim, SimConfig, test_keys,
+        test_keys,
         wechat::{self as wechat_sim, TEST_MERCHANT_SERIAL, TEST_PLATFORM_SERIAL, test_apiv3_key},
     },
 };
 use chrono::{TimeDelta, Utc};
-use kit::clock::{Clock, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sim_harness::{Receiver, SimHarness};
 use tokio::net::TcpListener;
 
 const MCHID: &str = "1900000109";
 const APPID: &str = "wxd678efh567hg6787";
 
-/// A simulator, a notification receiver and a provider configured against both.
-struct Harness {
-    sim: RunningSim,
-    clock: Arc<ManualClock>,
-    notifications: Arc<Mutex<Vec<RawNotification>>>,
-    notify_url: String,
-    wechat: WechatPay,
-    http: reqwest::Client,
-}
+type Harness = SimHarness<WechatPay>;
 
 impl Harness {
     async fn start() -> Self {
-        let keys = test_keys();
-        let clock = Arc::new(ManualClock::new(Utc::now()));
-        let sim = sim::start_with_wechatpay(
-            SimConfig {
-                alipay_private_key: keys.alipay.clone(),
-                merchant_public_key: keys.merchant.public_key(),
-                clock: clock.clone(),
-            },
+        let receiver = Receiver {
+            path: "/v1/webhooks/wechatpay",
+            headers: &[
+                "wechatpay-signature",
+                "wechatpay-timestamp",
+                "wechatpay-nonce",
+                "wechatpay-serial",
+            ],
+            // An empty 204, as WeChat Pay allows.
+            ack: || StatusCode::NO_CONTENT.into_response(),
+        };
+        SimHarness::start_with(
             Some(wechat_sim::test_config()),
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            "/sim/wechatpay/orders",
+            receiver,
+            |sim| provider(sim.wechatpay_base_url(), |_| {}),
         )
-        .unwrap();
-        let notifications = Arc::default();
-        let receiver = start_receiver(Arc::clone(&notifications)).await;
-        let wechat = provider(sim.wechatpay_base_url(), |_| {});
-        Self {
-            notify_url: format!("http://{receiver}/v1/webhooks/wechatpay"),
-            sim,
-            clock,
-            notifications,
-            wechat,
-            http: reqwest::Client::new(),
-        }
+        .await
     }
 
     fn order(&self) -> CheckoutOrder {
-        CheckoutOrder {
-            out_trade_no: uuid::Uuid::new_v4().simple().to_string(),
-            amount_minor: 1999,
-            currency: "CNY".to_owned(),
-            subject: "Pro <monthly>".to_owned(),
-            notify_url: self.notify_url.clone(),
-            return_url: String::new(),
-            expires_at: self.clock.now() + TimeDelta::minutes(15),
-        }
+        self.checkout_order("")
     }
 
     /// An order placed with WeChat Pay, and its code_url.
     async fn placed_order(&self) -> (CheckoutOrder, String) {
         let order = self.order();
-        let Checkout::QrCodeUrl(code_url) = self.wechat.create_checkout(&order).await.unwrap()
+        let Checkout::QrCodeUrl(code_url) = self.provider.create_checkout(&order).await.unwrap()
         else {
             panic!("WeChat Pay Native checkouts are QR codes");
         };
@@ -96,37 +74,7 @@ impl Harness {
     }
 
     async fn trade(&self, out_trade_no: &str) -> Trade {
-        self.wechat.query(out_trade_no).await.unwrap().unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.sim.addr())
-    }
-
-    async fn state(&self, out_trade_no: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(self.url(&format!("/sim/wechatpay/orders/{out_trade_no}")))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    async fn pay(&self, out_trade_no: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let request = self
-            .http
-            .post(self.url(&format!("/sim/wechatpay/orders/{out_trade_no}:pay")));
-        let request = match body {
-            Some(body) => request.json(&body),
-            None => request,
-        };
-        let response = request.send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    fn received(&self) -> Vec<RawNotification> {
-        self.notifications.lock().unwrap().clone()
+        self.provider.query(out_trade_no).await.unwrap().unwrap()
     }
 
     /// Waits (up to 5 s) until `count` notifications have arrived.
@@ -162,45 +110,6 @@ fn provider(base_url: String, change: impl FnOnce(&mut WechatPayConfig)) -> Wech
     WechatPay::new(config).unwrap()
 }
 
-/// The merchant's notify endpoint: records every POST with its headers and answers 204 with no
-/// body, as WeChat Pay allows.
-async fn start_receiver(notifications: Arc<Mutex<Vec<RawNotification>>>) -> SocketAddr {
-    async fn record(
-        State(notifications): State<Arc<Mutex<Vec<RawNotification>>>>,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> StatusCode {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        notifications.lock().unwrap().push(RawNotification {
-            content_type: header("content-type"),
-            body: body.to_vec(),
-            headers: [
-                "wechatpay-signature",
-                "wechatpay-timestamp",
-                "wechatpay-nonce",
-                "wechatpay-serial",
-            ]
-            .into_iter()
-            .map(|name| (name.to_owned(), header(name)))
-            .collect(),
-        });
-        StatusCode::NO_CONTENT
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/v1/webhooks/wechatpay", post(record))
-        .with_state(notifications);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 fn refused_code<T: std::fmt::Debug>(result: Result<T, ProviderError>) -> String {
     match result {
         Err(ProviderError::Refused {
@@ -213,7 +122,10 @@ fn refused_code<T: std::fmt::Debug>(result: Result<T, ProviderError>) -> String 
 }
 
 fn trade_of(harness: &Harness, raw: &RawNotification) -> (String, Trade) {
-    let notification = harness.wechat.verify_notification(raw, Utc::now()).unwrap();
+    let notification = harness
+        .provider
+        .verify_notification(raw, Utc::now())
+        .unwrap();
     match notification.event {
         NotificationEvent::Trade(trade) => (notification.notification_id, trade),
         other => panic!("expected a trade, got {other:?}"),
@@ -240,7 +152,7 @@ async fn a_checkout_is_a_weixin_code_and_a_paid_order_is_notified_as_often_as_as
         code_url.starts_with("weixin://wxpay/bizpayurl?pr="),
         "{code_url}"
     );
-    let Checkout::QrCodeUrl(again) = harness.wechat.create_checkout(&order).await.unwrap() else {
+    let Checkout::QrCodeUrl(again) = harness.provider.create_checkout(&order).await.unwrap() else {
         panic!("a QR code");
     };
     assert_eq!(
@@ -280,7 +192,7 @@ async fn a_checkout_is_a_weixin_code_and_a_paid_order_is_notified_as_often_as_as
     assert_eq!(trade.status, TradeStatus::Paid);
     assert_eq!(trade.trade_no.as_deref(), Some(transaction_id));
     assert_eq!(
-        refused_code(harness.wechat.create_checkout(&order).await),
+        refused_code(harness.provider.create_checkout(&order).await),
         "ORDERPAID"
     );
 }
@@ -288,7 +200,7 @@ async fn a_checkout_is_a_weixin_code_and_a_paid_order_is_notified_as_often_as_as
 #[tokio::test]
 async fn closing_succeeds_for_unknown_waiting_and_closed_orders_and_is_refused_for_paid_ones() {
     let harness = Harness::start().await;
-    let wechat = &harness.wechat;
+    let wechat = &harness.provider;
     wechat.close("neverplaced").await.unwrap();
     assert_eq!(wechat.query("neverplaced").await.unwrap(), None);
 
@@ -314,7 +226,7 @@ async fn closing_succeeds_for_unknown_waiting_and_closed_orders_and_is_refused_f
 #[tokio::test]
 async fn refunds_are_partial_or_whole_never_twice_and_notified_when_done() {
     let harness = Harness::start().await;
-    let wechat = &harness.wechat;
+    let wechat = &harness.provider;
     let (order, _) = harness.placed_order().await;
     assert_eq!(
         refused_code(wechat.refund(&refund_order(&order, "r1", 999)).await),
@@ -336,7 +248,7 @@ async fn refunds_are_partial_or_whole_never_twice_and_notified_when_done() {
     assert!(first.refund_id.is_some());
     let received = harness.received_at_least(1).await;
     let notification = harness
-        .wechat
+        .provider
         .verify_notification(&received[0], Utc::now())
         .unwrap();
     let NotificationEvent::Refund(done) = notification.event else {
@@ -416,7 +328,7 @@ async fn tampered_notifications_are_refused_each_for_its_reason_and_the_order_st
     ] {
         let raw = tampered(&harness, &order, tamper).await;
         assert_eq!(
-            harness.wechat.verify_notification(&raw, now),
+            harness.provider.verify_notification(&raw, now),
             Err(refusal),
             "{tamper}"
         );
@@ -425,7 +337,7 @@ async fn tampered_notifications_are_refused_each_for_its_reason_and_the_order_st
     let raw = tampered(&harness, &order, "amount").await;
     assert_eq!(
         harness
-            .wechat
+            .provider
             .verify_notification(&raw, now + TimeDelta::minutes(5)),
         Err(Refusal::Stale)
     );

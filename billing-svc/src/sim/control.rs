@@ -2,25 +2,25 @@
 //! notification arrives; the order's state can be read back.
 
 use axum::{
-    Json,
     body::Bytes,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{
     Sim,
+    control_common::{self, Paid, PayFailure},
     notify::{self, deliver},
-    orders::{Lookup, NotPayable, Order, new_notify_id},
+    order_book::NotPayable,
+    orders::{Order, new_notify_id},
     page,
 };
 use crate::providers::rsa_keys;
 
-/// At most this many deliveries per call: a typo must not flood the merchant.
-const MAX_DELIVERIES: u32 = 20;
+/// Where the control API keeps Alipay's orders.
+const ORDERS_PATH: &str = "/sim/alipay/orders";
 
 /// How a test wants the payment's notification to arrive.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -35,34 +35,7 @@ pub(super) enum Tamper {
     Amount,
 }
 
-/// The body of `POST /sim/alipay/orders/{out_trade_no}:pay`; every field is optional.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct PayRequest {
-    deliveries: u32,
-    tamper: Tamper,
-}
-
-impl Default for PayRequest {
-    fn default() -> Self {
-        Self {
-            deliveries: 1,
-            tamper: Tamper::None,
-        }
-    }
-}
-
-/// A payment made and how its notifications were answered.
-struct Paid {
-    order: Order,
-    trade_no: String,
-    notify_statuses: Vec<u16>,
-}
-
-enum PayFailure {
-    UnknownOrder,
-    NotPayable,
-}
+type PayRequest = control_common::PayRequest<Tamper>;
 
 /// `POST /sim/alipay/orders/{out_trade_no}:pay`.
 pub(super) async fn pay(
@@ -70,37 +43,11 @@ pub(super) async fn pay(
     Path(target): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(out_trade_no) = target.strip_suffix(":pay") else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "POST needs /sim/alipay/orders/{out_trade_no}:pay",
-        );
-    };
-    let request = if body.is_empty() {
-        PayRequest::default()
-    } else {
-        match serde_json::from_slice::<PayRequest>(&body) {
-            Ok(request) => request,
-            Err(err) => return json_error(StatusCode::BAD_REQUEST, &err.to_string()),
+    match control_common::pay_request(ORDERS_PATH, &target, &body) {
+        Ok((out_trade_no, request)) => {
+            control_common::pay_answer(pay_order(&sim, out_trade_no, &request).await)
         }
-    };
-    if request.deliveries > MAX_DELIVERIES {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            &format!("deliveries is at most {MAX_DELIVERIES}"),
-        );
-    }
-    match pay_order(&sim, out_trade_no, &request).await {
-        Ok(paid) => Json(json!({
-            "tradeNo": paid.trade_no,
-            "notifyStatuses": paid.notify_statuses,
-        }))
-        .into_response(),
-        Err(PayFailure::UnknownOrder) => json_error(StatusCode::NOT_FOUND, "unknown order"),
-        Err(PayFailure::NotPayable) => json_error(
-            StatusCode::CONFLICT,
-            "the order is closed and cannot be paid",
-        ),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -118,28 +65,17 @@ pub(super) async fn checkout(State(sim): State<Sim>, Path(out_trade_no): Path<St
             notify::sign(&mut params, &sim.config.alipay_private_key);
             Redirect::to(&notify::with_query(&paid.order.return_url, &params)).into_response()
         }
-        Err(PayFailure::UnknownOrder) => {
-            page::message(StatusCode::NOT_FOUND, "Unknown order", &out_trade_no)
-        }
-        Err(PayFailure::NotPayable) => page::message(
-            StatusCode::CONFLICT,
-            "This order can no longer be paid",
-            "It was closed by the merchant or its payment time has passed.",
-        ),
+        Err(failure) => failure.page(&out_trade_no, page::message),
     }
 }
 
 /// `GET /sim/alipay/orders/{out_trade_no}`.
 pub(super) async fn state(State(sim): State<Sim>, Path(out_trade_no): Path<String>) -> Response {
     let now = sim.config.clock.now();
-    match sim
-        .orders
-        .with_order(Lookup::OutTradeNo(&out_trade_no), now, |order| {
-            order.to_json()
-        }) {
-        Some(order) => Json(order).into_response(),
-        None => json_error(StatusCode::NOT_FOUND, "unknown order"),
-    }
+    control_common::state_answer(
+        sim.orders
+            .with_order(&out_trade_no, now, |order| order.to_json()),
+    )
 }
 
 /// Pays (unless tampering) and sends the notifications, one after the other.
@@ -147,11 +83,11 @@ async fn pay_order(
     sim: &Sim,
     out_trade_no: &str,
     request: &PayRequest,
-) -> Result<Paid, PayFailure> {
+) -> Result<Paid<Order>, PayFailure> {
     let now = sim.config.clock.now();
     let (order, trade_no, notify_id) = sim
         .orders
-        .with_order(Lookup::OutTradeNo(out_trade_no), now, |order| {
+        .with_order(out_trade_no, now, |order| {
             let notify_id = match request.tamper {
                 Tamper::None => {
                     order.pay(now)?;
@@ -196,8 +132,4 @@ async fn pay_order(
         trade_no,
         notify_statuses,
     })
-}
-
-fn json_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
 }

@@ -17,7 +17,8 @@ use serde_json::{Map, Value, json};
 use super::{
     Sim,
     notify::{BUYER_ID, BUYER_LOGON_ID},
-    orders::{Inconsistent, Lookup, NotClosable, Order, RefundRefusal, TradeState},
+    order_book::Inconsistent,
+    orders::{NotClosable, Order, RefundRefusal, TradeState},
     page,
 };
 use crate::{
@@ -260,9 +261,14 @@ fn with_named_order<T>(
     action: impl FnOnce(&mut Order) -> T,
 ) -> Result<T, GatewayError> {
     let content: TradeContent = biz_content(params)?;
-    let lookup = match (&content.trade_no, &content.out_trade_no) {
-        (Some(trade_no), _) => Lookup::TradeNo(trade_no),
-        (None, Some(out_trade_no)) => Lookup::OutTradeNo(out_trade_no),
+    let now = sim.config.clock.now();
+    let found = match (&content.trade_no, &content.out_trade_no) {
+        (Some(trade_no), _) => sim.orders.with_order_where(
+            |order| order.trade_no.as_deref() == Some(trade_no.as_str()),
+            now,
+            action,
+        ),
+        (None, Some(out_trade_no)) => sim.orders.with_order(out_trade_no, now, action),
         (None, None) => {
             return Err(GatewayError::missing(
                 "isv.missing-parameter",
@@ -270,9 +276,7 @@ fn with_named_order<T>(
             ));
         }
     };
-    sim.orders
-        .with_order(lookup, sim.config.clock.now(), action)
-        .ok_or_else(|| GatewayError::business(TRADE_NOT_EXIST, "交易不存在"))
+    found.ok_or_else(|| GatewayError::business(TRADE_NOT_EXIST, "交易不存在"))
 }
 
 /// `alipay.trade.query`.

@@ -19,8 +19,10 @@
 //! gives tests the two key pairs (merchant, "Alipay") it needs.
 
 mod control;
+mod control_common;
 mod gateway;
 mod notify;
+mod order_book;
 mod orders;
 mod page;
 pub mod wechat;
@@ -61,7 +63,7 @@ pub struct SimConfig {
 #[derive(Clone)]
 struct Sim {
     config: Arc<SimConfig>,
-    orders: Arc<orders::OrderBook>,
+    orders: Arc<order_book::OrderBook<orders::Order>>,
     http: reqwest::Client,
 }
 
@@ -222,27 +224,43 @@ pub const KEY_FILES: [(&str, &str); 2] = [
 /// Writes the merchant's and "Alipay's" key pairs as [`KEY_FILES`] in `dir`, keeping every file
 /// that exists (a missing public key is derived from its private key). Returns the files written.
 pub fn write_dev_keys(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
+    create_key_dir(dir)?;
+    let mut written = Vec::new();
+    for (private_name, public_name) in KEY_FILES {
+        write_missing_key_pair(dir, private_name, public_name, &mut written)?;
+    }
+    Ok(written)
+}
+
+fn create_key_dir(dir: &Path) -> Result<(), KeyError> {
     std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
         path: dir.to_owned(),
         source,
-    })?;
-    let mut written = Vec::new();
-    for (private_name, public_name) in KEY_FILES {
-        let (private_path, public_path) = (dir.join(private_name), dir.join(public_name));
-        let private = if private_path.exists() {
-            PrivateKey::from_file(&private_path)?
-        } else {
-            let key = rsa_keys::generate()?;
-            key.write_pem(&private_path)?;
-            written.push(private_path);
-            key
-        };
-        if !public_path.exists() {
-            private.public_key().write_pem(&public_path)?;
-            written.push(public_path);
-        }
+    })
+}
+
+/// Generates the private key of a pair in `dir` unless it exists, and derives the public key
+/// unless it exists: development keys are never replaced. Adds the files it writes to `written`.
+fn write_missing_key_pair(
+    dir: &Path,
+    private_name: &str,
+    public_name: &str,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), KeyError> {
+    let (private_path, public_path) = (dir.join(private_name), dir.join(public_name));
+    let private = if private_path.exists() {
+        PrivateKey::from_file(&private_path)?
+    } else {
+        let key = rsa_keys::generate()?;
+        key.write_pem(&private_path)?;
+        written.push(private_path);
+        key
+    };
+    if !public_path.exists() {
+        private.public_key().write_pem(&public_path)?;
+        written.push(public_path);
     }
-    Ok(written)
+    Ok(())
 }
 
 #[cfg(test)]

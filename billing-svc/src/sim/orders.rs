@@ -1,15 +1,11 @@
 //! The simulator's trades, in memory, and their life: `WAIT_BUYER_PAY` → `TRADE_SUCCESS` (paid)
 //! or `TRADE_CLOSED` (closed by the merchant, or unpaid past `time_expire`).
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-};
-
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::{Value, json};
 
+use super::order_book::{BookedOrder, NotPayable};
 use crate::{
     domain::money::format_yuan,
     providers::alipay::{BEIJING, format_beijing},
@@ -54,10 +50,6 @@ pub(super) struct Order {
     pub(super) refunds: Vec<(String, i64)>,
 }
 
-/// Why an order cannot be paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct NotPayable;
-
 /// Why a refund was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RefundRefusal {
@@ -80,7 +72,16 @@ pub(super) struct Refunded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct NotClosable;
 
-impl Order {
+impl BookedOrder for Order {
+    fn out_trade_no(&self) -> &str {
+        &self.out_trade_no
+    }
+
+    /// The buyer reloading the cashier asks for the same amount and subject.
+    fn is_reopened_by(&self, again: &Self) -> bool {
+        self.amount_minor == again.amount_minor && self.subject == again.subject
+    }
+
     /// Alipay closes an unpaid trade once its `time_expire` has passed.
     fn expire_if_due(&mut self, now: DateTime<Utc>) {
         if self.state == TradeState::WaitBuyerPay
@@ -89,7 +90,9 @@ impl Order {
             self.state = TradeState::Closed;
         }
     }
+}
 
+impl Order {
     /// The trade number, assigned on first use.
     pub(super) fn trade_no(&mut self, now: DateTime<Utc>) -> String {
         self.trade_no
@@ -174,60 +177,6 @@ impl Order {
     }
 }
 
-/// How a request names a trade; Alipay lets `trade_no` win when both are given.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Lookup<'a> {
-    OutTradeNo(&'a str),
-    TradeNo(&'a str),
-}
-
-/// Reopening an order number with another amount or subject (`ACQ.CONTEXT_INCONSISTENT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Inconsistent;
-
-/// Every order the simulator has seen.
-#[derive(Debug, Default)]
-pub(super) struct OrderBook(Mutex<HashMap<String, Order>>);
-
-impl OrderBook {
-    /// Records a page-pay order, or returns the one opened before under the same number (the
-    /// buyer reloading the cashier) if it asks for the same amount and subject.
-    pub(super) fn open(&self, order: Order, now: DateTime<Utc>) -> Result<Order, Inconsistent> {
-        let mut orders = self.lock();
-        let recorded = orders
-            .entry(order.out_trade_no.clone())
-            .or_insert_with(|| order.clone());
-        if recorded.amount_minor != order.amount_minor || recorded.subject != order.subject {
-            return Err(Inconsistent);
-        }
-        recorded.expire_if_due(now);
-        Ok(recorded.clone())
-    }
-
-    /// Runs `change` on the order `lookup` names (expired first if due); `None` if unknown.
-    pub(super) fn with_order<T>(
-        &self,
-        lookup: Lookup<'_>,
-        now: DateTime<Utc>,
-        change: impl FnOnce(&mut Order) -> T,
-    ) -> Option<T> {
-        let mut orders = self.lock();
-        let order = match lookup {
-            Lookup::OutTradeNo(out_trade_no) => orders.get_mut(out_trade_no),
-            Lookup::TradeNo(trade_no) => orders
-                .values_mut()
-                .find(|order| order.trade_no.as_deref() == Some(trade_no)),
-        }?;
-        order.expire_if_due(now);
-        Some(change(order))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Order>> {
-        // No change to an order can panic half-way, so a poisoned map is still consistent.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// Alipay's shape: the Beijing date and 20 digits.
 fn new_trade_no(now: DateTime<Utc>) -> String {
     let digits: u128 = rand::thread_rng().gen_range(0..10_u128.pow(20));
@@ -248,6 +197,7 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
+    use crate::sim::order_book::{Inconsistent, OrderBook};
 
     fn order(now: DateTime<Utc>) -> Order {
         Order {
@@ -318,16 +268,15 @@ mod tests {
         let now = Utc::now();
         let book = OrderBook::default();
         book.open(order(now), now).unwrap();
-        let lookup = Lookup::OutTradeNo("o1");
 
         let just_before = now + TimeDelta::minutes(15) - TimeDelta::seconds(1);
         assert_eq!(
-            book.with_order(lookup, just_before, |order| order.state),
+            book.with_order("o1", just_before, |order| order.state),
             Some(TradeState::WaitBuyerPay)
         );
         let at_expiry = now + TimeDelta::minutes(15);
         assert_eq!(
-            book.with_order(lookup, at_expiry, |order| order.pay(at_expiry)),
+            book.with_order("o1", at_expiry, |order| order.pay(at_expiry)),
             Some(Err(NotPayable))
         );
     }
@@ -337,13 +286,11 @@ mod tests {
         let now = Utc::now();
         let book = OrderBook::default();
         book.open(order(now), now).unwrap();
-        book.with_order(Lookup::OutTradeNo("o1"), now, |order| order.pay(now))
+        book.with_order("o1", now, |order| order.pay(now))
             .unwrap()
             .unwrap();
         let trade_no = book
-            .with_order(Lookup::OutTradeNo("o1"), now, |order| {
-                order.trade_no.clone()
-            })
+            .with_order("o1", now, |order| order.trade_no.clone())
             .unwrap()
             .unwrap();
 
@@ -352,8 +299,12 @@ mod tests {
             TradeState::Success
         );
         assert!(
-            book.with_order(Lookup::TradeNo(&trade_no), now, |_| ())
-                .is_some()
+            book.with_order_where(
+                |order| order.trade_no.as_deref() == Some(trade_no.as_str()),
+                now,
+                |_| ()
+            )
+            .is_some()
         );
         let mut dearer = order(now);
         dearer.amount_minor += 1;

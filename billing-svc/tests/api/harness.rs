@@ -257,12 +257,22 @@ impl Mesh {
 
     /// Subscribes `user` to `plan` with Alipay.
     pub async fn subscribe(&self, user: Uuid, plan: &str) -> CreateSubscriptionResponse {
+        self.subscribe_with(user, plan, PbProvider::Alipay).await
+    }
+
+    /// Subscribes `user` to `plan` paying with `provider`.
+    pub async fn subscribe_with(
+        &self,
+        user: Uuid,
+        plan: &str,
+        provider: PbProvider,
+    ) -> CreateSubscriptionResponse {
         self.billing_client()
             .create_subscription(self.as_user(
                 user,
                 CreateSubscriptionRequest {
                     plan_code: plan.to_owned(),
-                    provider: PbProvider::Alipay as i32,
+                    provider: provider as i32,
                     idempotency_key: Uuid::now_v7().to_string(),
                     ..Default::default()
                 },

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use proto::billing::{
-    CreateSubscriptionRequest, Payment, PaymentProvider as PbProvider, PaymentStatus,
-    RefundPaymentRequest, SubscriptionStatus, payment::Checkout,
+    Payment, PaymentProvider as PbProvider, PaymentStatus, RefundPaymentRequest,
+    SubscriptionStatus, payment::Checkout,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -16,19 +16,8 @@ use super::harness::{Mesh, statuses};
 
 /// Subscribes `user` to `plan` paying with WeChat Pay.
 async fn subscribe(mesh: &Mesh, user: Uuid, plan: &str) -> Payment {
-    mesh.billing_client()
-        .create_subscription(mesh.as_user(
-            user,
-            CreateSubscriptionRequest {
-                plan_code: plan.to_owned(),
-                provider: PbProvider::WechatPay as i32,
-                idempotency_key: Uuid::now_v7().to_string(),
-                ..Default::default()
-            },
-        ))
+    mesh.subscribe_with(user, plan, PbProvider::WechatPay)
         .await
-        .unwrap()
-        .into_inner()
         .payment
         .unwrap()
 }

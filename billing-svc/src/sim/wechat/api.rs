@@ -9,16 +9,19 @@ use axum::{
     response::Response,
 };
 use chrono::DateTime;
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::{
     WechatSim, notify,
-    orders::{AlreadyPaid, Inconsistent, Order, RefundRefusal, Refunded, TradeState, new_code_url},
+    orders::{AlreadyPaid, Order, RefundRefusal, Refunded, TradeState, new_code_url},
 };
-use crate::providers::{
-    rsa_keys,
-    wechat_v3::{Authorization, ORDER_NOT_EXIST, SIGN_ERROR, format_time, request_message},
+use crate::{
+    providers::{
+        rsa_keys,
+        wechat_v3::{Authorization, ORDER_NOT_EXIST, SIGN_ERROR, format_time, request_message},
+    },
+    sim::order_book::Inconsistent,
 };
 
 /// A refused request, WeChat Pay style: an HTTP status and `{code, message}`.
@@ -99,12 +102,19 @@ fn authenticate(
     Ok(authorization.mchid)
 }
 
-fn text(body: &Bytes) -> Result<&str, ApiError> {
-    std::str::from_utf8(body).map_err(|_| ApiError::param("body is not UTF-8"))
-}
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a str) -> Result<T, ApiError> {
-    serde_json::from_str(body).map_err(|err| ApiError::param(format!("输入源错误: {err}")))
+/// The merchant a JSON request's valid signature names, and the request.
+fn authenticated_json<T: DeserializeOwned>(
+    sim: &WechatSim,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(String, T), ApiError> {
+    let body = std::str::from_utf8(body).map_err(|_| ApiError::param("body is not UTF-8"))?;
+    let mchid = authenticate(sim, method, uri, headers, body)?;
+    let request =
+        serde_json::from_str(body).map_err(|err| ApiError::param(format!("输入源错误: {err}")))?;
+    Ok((mchid, request))
 }
 
 #[derive(Deserialize)]
@@ -133,9 +143,8 @@ pub(super) async fn native_order(
     body: Bytes,
 ) -> Response {
     let result = (|| {
-        let body = text(&body)?;
-        let mchid = authenticate(&sim, &method, &uri, &headers, body)?;
-        let request: NativeOrder = parse(body)?;
+        let (mchid, request): (_, NativeOrder) =
+            authenticated_json(&sim, &method, &uri, &headers, &body)?;
         if request.mchid != mchid {
             return Err(ApiError::param("mchid 与请求头不一致"));
         }
@@ -265,9 +274,8 @@ pub(super) async fn close(
     body: Bytes,
 ) -> Response {
     let result = (|| {
-        let body = text(&body)?;
-        let mchid = authenticate(&sim, &method, &uri, &headers, body)?;
-        let request: CloseRequest = parse(body)?;
+        let (mchid, request): (_, CloseRequest) =
+            authenticated_json(&sim, &method, &uri, &headers, &body)?;
         if request.mchid != mchid {
             return Err(ApiError::param("mchid 与请求头不一致"));
         }
@@ -314,9 +322,8 @@ pub(super) async fn refund(
     body: Bytes,
 ) -> Response {
     let result = (|| {
-        let body = text(&body)?;
-        let mchid = authenticate(&sim, &method, &uri, &headers, body)?;
-        let request: RefundRequest = parse(body)?;
+        let (mchid, request): (_, RefundRequest) =
+            authenticated_json(&sim, &method, &uri, &headers, &body)?;
         if request.amount.refund <= 0 || request.amount.currency != "CNY" {
             return Err(ApiError::param(
                 "amount.refund 须为正整数, currency 须为 CNY",

@@ -2,7 +2,6 @@
 //! the notification arrives; the order can be read back, and its `code_url` shown as a QR code.
 
 use axum::{
-    Json,
     body::Bytes,
     extract::{Path, State},
     http::StatusCode,
@@ -10,17 +9,20 @@ use axum::{
 };
 use chrono::TimeDelta;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{
     WechatSim,
     notify::{self, HeaderTamper},
-    orders::{NotPayable, Order},
+    orders::Order,
     page,
 };
+use crate::sim::{
+    control_common::{self, Paid, PayFailure},
+    order_book::NotPayable,
+};
 
-/// At most this many deliveries per call: a typo must not flood the merchant.
-const MAX_DELIVERIES: u32 = 20;
+/// Where the control API keeps WeChat Pay's orders.
+const ORDERS_PATH: &str = "/sim/wechatpay/orders";
 
 /// How a test wants the payment's notification to arrive. Every mode but `none` leaves the
 /// order unpaid and sends one notification with a fresh id.
@@ -42,33 +44,7 @@ enum Tamper {
     Stale,
 }
 
-/// The body of `POST /sim/wechatpay/orders/{out_trade_no}:pay`; every field is optional.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct PayRequest {
-    deliveries: u32,
-    tamper: Tamper,
-}
-
-impl Default for PayRequest {
-    fn default() -> Self {
-        Self {
-            deliveries: 1,
-            tamper: Tamper::None,
-        }
-    }
-}
-
-struct Paid {
-    order: Order,
-    transaction_id: String,
-    notify_statuses: Vec<u16>,
-}
-
-enum PayFailure {
-    UnknownOrder,
-    NotPayable,
-}
+type PayRequest = control_common::PayRequest<Tamper>;
 
 /// `POST /sim/wechatpay/orders/{out_trade_no}:pay`.
 pub(super) async fn pay(
@@ -76,37 +52,11 @@ pub(super) async fn pay(
     Path(target): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(out_trade_no) = target.strip_suffix(":pay") else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "POST needs /sim/wechatpay/orders/{out_trade_no}:pay",
-        );
-    };
-    let request = if body.is_empty() {
-        PayRequest::default()
-    } else {
-        match serde_json::from_slice::<PayRequest>(&body) {
-            Ok(request) => request,
-            Err(err) => return json_error(StatusCode::BAD_REQUEST, &err.to_string()),
+    match control_common::pay_request(ORDERS_PATH, &target, &body) {
+        Ok((out_trade_no, request)) => {
+            control_common::pay_answer(pay_order(&sim, out_trade_no, &request).await)
         }
-    };
-    if request.deliveries > MAX_DELIVERIES {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            &format!("deliveries is at most {MAX_DELIVERIES}"),
-        );
-    }
-    match pay_order(&sim, out_trade_no, &request).await {
-        Ok(paid) => Json(json!({
-            "tradeNo": paid.transaction_id,
-            "notifyStatuses": paid.notify_statuses,
-        }))
-        .into_response(),
-        Err(PayFailure::UnknownOrder) => json_error(StatusCode::NOT_FOUND, "unknown order"),
-        Err(PayFailure::NotPayable) => json_error(
-            StatusCode::CONFLICT,
-            "the order is closed and cannot be paid",
-        ),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -118,14 +68,7 @@ pub(super) async fn checkout(
 ) -> Response {
     match pay_order(&sim, &out_trade_no, &PayRequest::default()).await {
         Ok(paid) => page::paid(&paid.order),
-        Err(PayFailure::UnknownOrder) => {
-            page::message(StatusCode::NOT_FOUND, "Unknown order", &out_trade_no)
-        }
-        Err(PayFailure::NotPayable) => page::message(
-            StatusCode::CONFLICT,
-            "This order can no longer be paid",
-            "It was closed by the merchant or its payment time has passed.",
-        ),
+        Err(failure) => failure.page(&out_trade_no, page::message),
     }
 }
 
@@ -134,13 +77,10 @@ pub(super) async fn state(
     State(sim): State<WechatSim>,
     Path(out_trade_no): Path<String>,
 ) -> Response {
-    match sim
-        .orders
-        .with_order(&out_trade_no, sim.clock.now(), |order| order.to_json())
-    {
-        Some(order) => Json(order).into_response(),
-        None => json_error(StatusCode::NOT_FOUND, "unknown order"),
-    }
+    control_common::state_answer(
+        sim.orders
+            .with_order(&out_trade_no, sim.clock.now(), |order| order.to_json()),
+    )
 }
 
 /// `GET /sim/wechatpay/orders/{out_trade_no}/qr`.
@@ -162,9 +102,9 @@ async fn pay_order(
     sim: &WechatSim,
     out_trade_no: &str,
     request: &PayRequest,
-) -> Result<Paid, PayFailure> {
+) -> Result<Paid<Order>, PayFailure> {
     let now = sim.clock.now();
-    let (order, transaction_id, notification_id) = sim
+    let (order, trade_no, notification_id) = sim
         .orders
         .with_order(out_trade_no, now, |order| {
             let notification_id = match request.tamper {
@@ -175,8 +115,8 @@ async fn pay_order(
                 // Not WeChat Pay's own delivery: it does not share the genuine id.
                 _ => None,
             };
-            let transaction_id = order.transaction_id(now);
-            Ok::<_, NotPayable>((order.clone(), transaction_id, notification_id))
+            let trade_no = order.transaction_id(now);
+            Ok::<_, NotPayable>((order.clone(), trade_no, notification_id))
         })
         .ok_or(PayFailure::UnknownOrder)?
         .map_err(|NotPayable| PayFailure::NotPayable)?;
@@ -208,11 +148,7 @@ async fn pay_order(
     }
     Ok(Paid {
         order,
-        transaction_id,
+        trade_no,
         notify_statuses,
     })
-}
-
-fn json_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
 }

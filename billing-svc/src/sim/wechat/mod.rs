@@ -58,7 +58,7 @@ pub struct WechatSimConfig {
 struct WechatSim {
     config: Arc<WechatSimConfig>,
     clock: Arc<dyn Clock>,
-    orders: Arc<orders::OrderBook>,
+    orders: Arc<super::order_book::OrderBook<orders::Order>>,
     http: reqwest::Client,
 }
 
@@ -163,10 +163,7 @@ pub struct WechatKeyFiles {
 /// as [`KEY_FILES`] in `dir`, keeping every file that exists (a missing public key is derived
 /// from its private key). Returns the files written.
 pub fn write_dev_keys(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
-    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    super::create_key_dir(dir)?;
     let files = KEY_FILES;
     let mut written = Vec::new();
     for (private_name, public_name, serial_name) in [
@@ -181,19 +178,7 @@ pub fn write_dev_keys(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
             files.platform_serial,
         ),
     ] {
-        let (private_path, public_path) = (dir.join(private_name), dir.join(public_name));
-        let private = if private_path.exists() {
-            PrivateKey::from_file(&private_path)?
-        } else {
-            let key = rsa_keys::generate()?;
-            key.write_pem(&private_path)?;
-            written.push(private_path);
-            key
-        };
-        if !public_path.exists() {
-            private.public_key().write_pem(&public_path)?;
-            written.push(public_path);
-        }
+        super::write_missing_key_pair(dir, private_name, public_name, &mut written)?;
         let serial_path = dir.join(serial_name);
         if !serial_path.exists() {
             // Certificate serials are 40 upper-case hex digits; a serial only names a key.

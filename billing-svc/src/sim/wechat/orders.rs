@@ -2,16 +2,14 @@
 //! → `REFUND` (once refunded), or `NOTPAY` → `CLOSED` (closed by the merchant, or unpaid past
 //! `time_expire`). Refunds are kept per `out_refund_no`, so a repeated request refunds nothing.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-};
-
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::providers::{alipay::BEIJING, wechat_v3::format_time};
+use crate::{
+    providers::{alipay::BEIJING, wechat_v3::format_time},
+    sim::order_book::{BookedOrder, NotPayable},
+};
 
 /// A transaction's `trade_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +68,6 @@ pub(super) struct Order {
     pub(super) refunds: Vec<Refund>,
 }
 
-/// Why an order cannot be paid: it is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct NotPayable;
-
 /// Why an order cannot be closed: it is paid (`ORDERPAID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AlreadyPaid;
@@ -95,7 +89,18 @@ pub(super) struct Refunded {
     pub(super) new: bool,
 }
 
-impl Order {
+impl BookedOrder for Order {
+    fn out_trade_no(&self) -> &str {
+        &self.out_trade_no
+    }
+
+    /// A retried request names the same merchant, amount and description.
+    fn is_reopened_by(&self, again: &Self) -> bool {
+        self.mchid == again.mchid
+            && self.amount_minor == again.amount_minor
+            && self.description == again.description
+    }
+
     /// WeChat Pay closes an unpaid order once its `time_expire` has passed.
     fn expire_if_due(&mut self, now: DateTime<Utc>) {
         if self.state == TradeState::NotPay && self.time_expire.is_some_and(|expire| expire <= now)
@@ -103,7 +108,9 @@ impl Order {
             self.state = TradeState::Closed;
         }
     }
+}
 
+impl Order {
     /// The transaction id, assigned on first use.
     pub(super) fn transaction_id(&mut self, now: DateTime<Utc>) -> String {
         self.transaction_id
@@ -208,51 +215,6 @@ impl Order {
     }
 }
 
-/// Reopening an order number with another amount or description.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Inconsistent;
-
-/// Every WeChat Pay order the simulator has seen.
-#[derive(Debug, Default)]
-pub(super) struct OrderBook(Mutex<HashMap<String, Order>>);
-
-impl OrderBook {
-    /// Records an order, or returns the one placed before under the same number and merchant
-    /// (a retried request) if it asks for the same amount and description.
-    pub(super) fn open(&self, order: Order, now: DateTime<Utc>) -> Result<Order, Inconsistent> {
-        let mut orders = self.lock();
-        let recorded = orders
-            .entry(order.out_trade_no.clone())
-            .or_insert_with(|| order.clone());
-        if recorded.mchid != order.mchid
-            || recorded.amount_minor != order.amount_minor
-            || recorded.description != order.description
-        {
-            return Err(Inconsistent);
-        }
-        recorded.expire_if_due(now);
-        Ok(recorded.clone())
-    }
-
-    /// Runs `change` on the order (expired first if due); `None` if unknown.
-    pub(super) fn with_order<T>(
-        &self,
-        out_trade_no: &str,
-        now: DateTime<Utc>,
-        change: impl FnOnce(&mut Order) -> T,
-    ) -> Option<T> {
-        let mut orders = self.lock();
-        let order = orders.get_mut(out_trade_no)?;
-        order.expire_if_due(now);
-        Some(change(order))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Order>> {
-        // No change to an order can panic half-way, so a poisoned map is still consistent.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// WeChat Pay's shape: `42000` + Beijing date + 15 digits (28 digits).
 fn new_transaction_id(now: DateTime<Utc>) -> String {
     let digits: u64 = rand::thread_rng().gen_range(0..10_u64.pow(15));
@@ -290,6 +252,7 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
+    use crate::sim::order_book::{Inconsistent, OrderBook};
 
     fn order(now: DateTime<Utc>) -> Order {
         Order {
