@@ -1,5 +1,9 @@
 //! Shared helpers of the load generators in `src/bin/`: latency recording, a concurrent call
-//! loop and the Markdown written to `bench/results/`.
+//! loop (closed) and a fixed-rate one (open), CPU accounting from `/proc`, the quota fixture the
+//! quota and edge benches share, and the Markdown written to `bench/results/`.
+
+pub mod cpu;
+pub mod quota;
 
 use std::{
     future::Future,
@@ -207,6 +211,119 @@ where
     (total, first_error)
 }
 
+/// The outcome of an open-loop run: [`Stats`] whose latencies run from each call's due time, and
+/// how late the load generator itself began the calls (its own stalls, part of those latencies).
+#[derive(Debug, Clone, Default)]
+pub struct OpenLoopStats {
+    pub stats: Stats,
+    /// The offered rate.
+    pub offered: f64,
+    /// From each measured call's due time to the moment its task began it.
+    pub send_lag: Latency,
+}
+
+/// Open loop at a fixed offered rate: call `i` is due at `start + i / per_second` and begun then
+/// (or as soon after as the generator gets to it), whether or not earlier calls have answered,
+/// for [`WARMUP`] and then `duration`. Each latency runs from the due time, not from the send, so
+/// a stall of the server or of the generator delays every call due during it and shows in the
+/// percentiles instead of silently lowering the rate (coordinated omission). `Stats::elapsed`
+/// runs to the last measured answer, so a server that falls behind shows a rate below the
+/// offered one.
+pub async fn run_open_loop<F, Fut, E>(
+    per_second: f64,
+    duration: Duration,
+    call: F,
+) -> (OpenLoopStats, Option<E>)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Send + 'static,
+{
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + duration;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut run = OpenLoopRecord::new(per_second, measure_from);
+    for index in 0_u64.. {
+        let due = start + Duration::from_secs_f64(index as f64 / per_second);
+        if due >= end {
+            break;
+        }
+        if due > Instant::now() {
+            // tokio's timer has 1 ms ticks: the calls due within one leave together, up to 1 ms
+            // late; that lateness is in the latencies and in `send_lag`.
+            tokio::time::sleep_until(due.into()).await;
+        } else if index % 16 == 0 {
+            // Behind schedule: let the calls' tasks run, or on one thread nothing would answer.
+            tokio::task::yield_now().await;
+        }
+        let call = call(index);
+        in_flight.spawn(async move {
+            let begun = Instant::now();
+            let result = call.await;
+            (due, begun, Instant::now(), result)
+        });
+        while let Some(done) = in_flight.try_join_next() {
+            run.record(done);
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        run.record(done);
+    }
+    run.finish()
+}
+
+/// What [`run_open_loop`] has counted so far.
+struct OpenLoopRecord<E> {
+    out: OpenLoopStats,
+    first_error: Option<E>,
+    measure_from: Instant,
+    last_answer: Instant,
+}
+
+impl<E> OpenLoopRecord<E> {
+    fn new(offered: f64, measure_from: Instant) -> Self {
+        Self {
+            out: OpenLoopStats {
+                offered,
+                ..OpenLoopStats::default()
+            },
+            first_error: None,
+            measure_from,
+            last_answer: measure_from,
+        }
+    }
+
+    fn record<J>(&mut self, done: Result<(Instant, Instant, Instant, Result<(), E>), J>) {
+        let Ok((due, begun, answered, result)) = done else {
+            self.out.stats.errors += 1;
+            return;
+        };
+        if due < self.measure_from {
+            return;
+        }
+        self.last_answer = self.last_answer.max(answered);
+        self.out
+            .send_lag
+            .record(begun.saturating_duration_since(due));
+        match result {
+            Ok(()) => {
+                self.out.stats.calls += 1;
+                self.out.stats.latency.record(answered - due);
+            }
+            Err(err) => {
+                self.out.stats.errors += 1;
+                self.first_error.get_or_insert(err);
+            }
+        }
+    }
+
+    fn finish(mut self) -> (OpenLoopStats, Option<E>) {
+        self.out.stats.elapsed = self.last_answer - self.measure_from;
+        (self.out, self.first_error)
+    }
+}
+
 /// A Markdown table.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -393,6 +510,27 @@ mod tests {
         taken.sort_unstable();
         assert_eq!(taken, (0..10).collect::<Vec<_>>());
         assert!(items.lock().map(|items| items.is_empty()).unwrap_or(false));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn open_loop_latency_runs_from_the_due_time_so_a_stall_shows() {
+        // Every call takes 10 ms on a one-at-a-time resource (100/s at most): the later calls queue behind it,
+        // and their latencies (from the due time) grow instead of the rate silently dropping.
+        let resource = Arc::new(tokio::sync::Mutex::new(()));
+        let (run, error) = run_open_loop(200.0, Duration::from_millis(500), move |_| {
+            let resource = Arc::clone(&resource);
+            async move {
+                let _held = resource.lock().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, ()>(())
+            }
+        })
+        .await;
+        assert_eq!(error, None);
+        assert_eq!(run.stats.calls, 100, "{run:?}");
+        assert!(run.stats.per_second() < 60.0, "{run:?}");
+        assert!(run.stats.latency.p99() > Duration::from_secs(1), "{run:?}");
+        assert!(run.send_lag.p99() < Duration::from_millis(50), "{run:?}");
     }
 
     #[test]

@@ -18,16 +18,18 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
-use bench::{Stats, Table, WARMUP, ms, rate, run_concurrent, run_items, verdict, write_section};
+use bench::{
+    Stats, Table, WARMUP, ms,
+    quota::{Fixture, METRIC, apply_default_tier, limit},
+    rate, run_concurrent, run_items, verdict, write_section,
+};
 use clap::Parser;
 use kit::{
     convert::timestamp,
-    testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health},
+    testing::{Binary, TestDb, wait_for_health},
 };
 use proto::quota::{
-    ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, MetricLimit,
-    quota_service_client::QuotaServiceClient,
+    ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
 };
 use tonic::{Request, transport::Channel};
 use tonic_health::pb::{
@@ -84,10 +86,6 @@ struct Args {
     output: PathBuf,
 }
 
-const METRIC: &str = "bench.calls";
-/// Large enough that no case runs out: every call is a real consume.
-const LIMIT: i64 = 1_000_000_000_000;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     Batched,
@@ -140,20 +138,12 @@ async fn main() -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p quota-svc`",
         args.quota_bin.display()
     );
-    let db = TestDb::new(&[(quota_svc::SPEC.name, quota_svc::MIGRATIONS)]).await;
-    let issuer = Arc::new(TestIssuer::new());
-    let auth = AuthServer::start(issuer.clone()).await;
-    let own_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
-    let bench_key = issuer.add_api_key(
-        Uuid::now_v7(),
-        &["service", "quota:consume", "quota:read"],
-        &["service"],
-    );
+    let fixture = Fixture::start().await;
     let duration = Duration::from_secs(args.duration_secs);
     let baselines = if args.no_baseline {
         Err("left out (--no-baseline)".to_owned())
     } else {
-        measure_baselines(&db, &args)
+        measure_baselines(&fixture.db, &args)
     };
     let mut cases = Vec::new();
     let mut floor = Vec::new();
@@ -161,21 +151,15 @@ async fn main() -> anyhow::Result<()> {
         let batching = (mode == Mode::Batched).to_string();
         let pool_size = args.pool_size.to_string();
         let workers = args.batch_workers.to_string();
-        let auth_url = auth.url();
-        let mut server = Binary::start(
+        let mut server = fixture.start_quota(
             &args.quota_bin,
-            "QUOTA",
-            db.url(),
             &[
-                ("AUTH_URL", &auth_url),
-                ("QUOTA_SERVICE_API_KEY", &own_key),
                 ("QUOTA_BATCHING", &batching),
                 ("DB_POOL_SIZE", &pool_size),
                 ("QUOTA_BATCH_WORKERS", &workers),
-                ("RUST_LOG", "warn"),
             ],
         );
-        let target = connect(&server, args.connections, &bench_key).await?;
+        let target = connect(&server, args.connections, &fixture).await?;
         wait_for_health(
             &target.channel,
             ServingStatus::Serving,
@@ -194,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(server: &Binary, connections: usize, key: &str) -> anyhow::Result<Target> {
+async fn connect(server: &Binary, connections: usize, fixture: &Fixture) -> anyhow::Result<Target> {
     let url = format!("http://{}", server.addr);
     let channels: Vec<Channel> = (0..connections.max(1))
         .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
@@ -203,7 +187,7 @@ async fn connect(server: &Binary, connections: usize, key: &str) -> anyhow::Resu
         channel: channels[0].clone(),
         health: channels.iter().cloned().map(HealthClient::new).collect(),
         clients: channels.into_iter().map(QuotaServiceClient::new).collect(),
-        key: key.parse().context("the API key is not header text")?,
+        key: fixture.bench_key_metadata()?,
     })
 }
 
@@ -255,11 +239,6 @@ async fn run_mode(
 ) -> anyhow::Result<Vec<Case>> {
     let mut admin = target.clients[0].clone();
     let now = chrono::Utc::now();
-    let limit = || MetricLimit {
-        metric: METRIC.to_owned(),
-        limit: LIMIT,
-        unlimited: false,
-    };
     let hot = Uuid::now_v7();
     admin
         .apply_entitlements(target.request(ApplyEntitlementsRequest {
@@ -272,12 +251,7 @@ async fn run_mode(
         }))
         .await?;
     // The many subjects use the default tier; their counters are created before measuring.
-    admin
-        .apply_default_entitlements(target.request(ApplyDefaultEntitlementsRequest {
-            limits: vec![limit()],
-            version: 1,
-        }))
-        .await?;
+    apply_default_tier(&mut admin, &target.key).await?;
     let many: Arc<Vec<Uuid>> = Arc::new((0..args.keys).map(|_| Uuid::now_v7()).collect());
     let shared = Arc::new(Shared {
         clients: target.clients.clone(),

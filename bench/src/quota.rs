@@ -1,0 +1,97 @@
+//! The quota-svc fixture the quota and edge benches share: a fresh database cloned from the
+//! migrated quota template, kit's test issuer serving JWKS/VerifyApiKey, the service's own key and
+//! the load generator's, and the release quota-svc binary started over them.
+
+use std::{path::Path, sync::Arc};
+
+use kit::testing::{AuthServer, Binary, TestDb, TestIssuer};
+use proto::quota::{
+    ApplyDefaultEntitlementsRequest, MetricLimit, quota_service_client::QuotaServiceClient,
+};
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
+use uuid::Uuid;
+
+/// The metric every bench consumes.
+pub const METRIC: &str = "bench.calls";
+/// Large enough that no case runs out: every call is a real consume.
+pub const LIMIT: i64 = 1_000_000_000_000;
+
+/// A database, a test auth server and the keys a bench's quota-svc and load generator use.
+pub struct Fixture {
+    pub db: TestDb,
+    pub issuer: Arc<TestIssuer>,
+    pub auth: AuthServer,
+    /// quota-svc's own service key (QUOTA_SERVICE_API_KEY).
+    pub own_key: String,
+    /// The load generator's key: a service that may consume and read for any subject.
+    pub bench_key: String,
+}
+
+impl Fixture {
+    pub async fn start() -> Self {
+        let db = TestDb::new(&[(quota_svc::SPEC.name, quota_svc::MIGRATIONS)]).await;
+        let issuer = Arc::new(TestIssuer::new());
+        let auth = AuthServer::start(issuer.clone()).await;
+        let own_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
+        let bench_key = issuer.add_api_key(
+            Uuid::now_v7(),
+            &["service", "quota:consume", "quota:read"],
+            &["service"],
+        );
+        Self {
+            db,
+            issuer,
+            auth,
+            own_key,
+            bench_key,
+        }
+    }
+
+    /// Starts `quota_bin` on a free port over this fixture's database and auth, quiet but for
+    /// warnings, with `env` on top.
+    pub fn start_quota(&self, quota_bin: &Path, env: &[(&str, &str)]) -> Binary {
+        let auth_url = self.auth.url();
+        let mut all = vec![
+            ("AUTH_URL", auth_url.as_str()),
+            ("QUOTA_SERVICE_API_KEY", self.own_key.as_str()),
+            ("RUST_LOG", "warn"),
+        ];
+        all.extend_from_slice(env);
+        Binary::start(quota_bin, "QUOTA", self.db.url(), &all)
+    }
+
+    /// The load generator's key as gRPC metadata.
+    pub fn bench_key_metadata(&self) -> anyhow::Result<MetadataValue<Ascii>> {
+        self.bench_key
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the API key is not header text"))
+    }
+}
+
+/// [`METRIC`] limited to [`LIMIT`].
+pub fn limit() -> MetricLimit {
+    MetricLimit {
+        metric: METRIC.to_owned(),
+        limit: LIMIT,
+        unlimited: false,
+    }
+}
+
+/// Gives every subject without a plan [`limit`] (the default tier), so any new subject can
+/// consume; version 1, so once per quota-svc database.
+pub async fn apply_default_tier(
+    client: &mut QuotaServiceClient<Channel>,
+    key: &MetadataValue<Ascii>,
+) -> anyhow::Result<()> {
+    let mut request = Request::new(ApplyDefaultEntitlementsRequest {
+        limits: vec![limit()],
+        version: 1,
+    });
+    request.metadata_mut().insert("x-api-key", key.clone());
+    client.apply_default_entitlements(request).await?;
+    Ok(())
+}
