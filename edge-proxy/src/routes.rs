@@ -23,8 +23,12 @@ pub struct Route {
     segments: Vec<Segment>,
     /// The custom verb after the last segment (`cancel` in `current:cancel`).
     verb: Option<String>,
+    /// The path template as annotated.
+    pub template: String,
     /// `*` (the whole JSON body is the request), a field name, or empty (no body).
     pub body: String,
+    /// The response field that is the HTTP body, or empty (the whole response).
+    pub response_body: String,
     pub method: MethodDescriptor,
 }
 
@@ -84,9 +88,37 @@ impl Route {
             http_method,
             segments,
             verb,
+            template: template.to_owned(),
             body,
+            response_body: String::new(),
             method,
         })
+    }
+
+    /// The template in OpenAPI form: each variable as `{field.path}`, the custom verb kept.
+    pub fn openapi_path(&self) -> String {
+        let mut path = String::new();
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(literal) => path.push_str(&format!("/{literal}")),
+                Segment::Variable(field) => path.push_str(&format!("/{{{field}}}")),
+            }
+        }
+        if let Some(verb) = &self.verb {
+            path.push_str(&format!(":{verb}"));
+        }
+        path
+    }
+
+    /// The request fields bound by the path, in template order.
+    pub fn variable_fields(&self) -> Vec<&str> {
+        self.segments
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Variable(field) => Some(field.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect()
     }
 
     /// The path variables if `path` matches this route's template.
@@ -158,25 +190,31 @@ pub fn from_pool(pool: &DescriptorPool) -> Result<Vec<Route>, TemplateError> {
             let Value::Message(rule) = options.get_extension(&http).into_owned() else {
                 continue;
             };
-            let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
-                Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
-                _ => None,
-            };
-            let body = text("body").unwrap_or_default();
-            for (name, http_method) in [
-                ("get", http::Method::GET),
-                ("post", http::Method::POST),
-                ("put", http::Method::PUT),
-                ("patch", http::Method::PATCH),
-                ("delete", http::Method::DELETE),
-            ] {
-                if let Some(template) = text(name) {
-                    routes.push(Route::parse(
-                        http_method,
-                        &template,
-                        body.clone(),
-                        method.clone(),
-                    )?);
+            let mut rules = vec![rule.clone()];
+            if let Some(Value::List(more)) =
+                rule.get_field_by_name("additional_bindings").as_deref()
+            {
+                rules.extend(more.iter().filter_map(|value| value.as_message().cloned()));
+            }
+            for rule in rules {
+                let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
+                    Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
+                    _ => None,
+                };
+                let body = text("body").unwrap_or_default();
+                for (name, http_method) in [
+                    ("get", http::Method::GET),
+                    ("post", http::Method::POST),
+                    ("put", http::Method::PUT),
+                    ("patch", http::Method::PATCH),
+                    ("delete", http::Method::DELETE),
+                ] {
+                    if let Some(template) = text(name) {
+                        let mut route =
+                            Route::parse(http_method, &template, body.clone(), method.clone())?;
+                        route.response_body = text("response_body").unwrap_or_default();
+                        routes.push(route);
+                    }
                 }
             }
         }
