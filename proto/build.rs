@@ -28,7 +28,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .collect::<Result<_, _>>()?;
 
     let mut compiler = protox::Compiler::new([&root])?;
-    compiler.include_imports(true).include_source_info(false);
+    // Source info carries the contracts' comments: the edge's OpenAPI document and server
+    // reflection describe the API with them.
+    compiler.include_imports(true).include_source_info(true);
     compiler.open_files(&relative)?;
     // Encoded by protox itself: prost's descriptor types would drop the `google.api.http` options
     // that the edge proxy routes by.
@@ -37,7 +39,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         out_dir.join("descriptor.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
-    let descriptors = compiler.file_descriptor_set();
+    // Without the comments the generated code stays as it was: prost would otherwise turn them into
+    // doc comments, whose indented lines rustdoc runs as doctests.
+    let mut descriptors = compiler.file_descriptor_set();
+    for file in &mut descriptors.file {
+        file.source_code_info = None;
+    }
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -10,6 +10,8 @@
 //! would let them make internal RPCs they have no business with.
 
 mod codec;
+mod docs;
+mod openapi;
 pub mod routes;
 mod transcode;
 
@@ -139,6 +141,10 @@ pub fn router(
     }
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", openapi::serve(&edge.routes)?)
+        .route("/docs", get(docs::to_page))
+        .route("/docs/", get(docs::page))
+        .route("/docs/{*file}", get(docs::asset))
         .fallback(transcode_call)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(edge)))
