@@ -170,9 +170,12 @@ async fn buy_a_plan_and_cancel(provider: Provider) {
         "EDGE",
         "",
         &[
-            ("AUTH_URL", &auth_url),
-            ("QUOTA_URL", &quota_url),
-            ("BILLING_URL", &format!("http://127.0.0.1:{billing_port}")),
+            ("EDGE_AUTH_UPSTREAM", &auth_url),
+            ("EDGE_QUOTA_UPSTREAM", &quota_url),
+            (
+                "EDGE_BILLING_UPSTREAM",
+                &format!("http://127.0.0.1:{billing_port}"),
+            ),
             ("EDGE_SERVICE_KEY", &edge_key),
         ],
     );

@@ -11,17 +11,25 @@
 
 mod codec;
 mod docs;
+mod grpc_web;
 mod openapi;
+mod ready;
 pub mod routes;
 mod transcode;
 
-use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
     body::{Body, Bytes},
     extract::{ConnectInfo, DefaultBodyLimit, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -32,9 +40,10 @@ use kit::client_address::{
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use tonic::{
     Status,
-    metadata::{Ascii, MetadataMap, MetadataValue},
-    transport::Channel,
+    metadata::{MetadataMap, MetadataValue},
+    transport::{Channel, Endpoint},
 };
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     codec::DynamicCodec,
@@ -42,13 +51,57 @@ use crate::{
     transcode::BadRequest,
 };
 
-/// Where the gRPC services are.
+/// Where the gRPC services are: one or more addresses each, balanced (replicas of a service).
 #[derive(Debug, Clone)]
 pub struct Upstreams {
-    pub auth: String,
-    pub billing: String,
-    pub quota: String,
+    pub auth: Vec<String>,
+    pub billing: Vec<String>,
+    pub quota: Vec<String>,
 }
+
+/// Everything the edge's router is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub upstreams: Upstreams,
+    pub forwarding: Forwarding,
+    /// Deadline of each call to a service.
+    pub rpc_timeout: Duration,
+    /// Browser origins allowed to call the edge cross-origin (CORS); none by default.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+impl Settings {
+    /// The defaults besides the upstreams and the forwarding: a 10 s deadline, no CORS origins.
+    pub fn new(upstreams: Upstreams, forwarding: Forwarding) -> Self {
+        Self {
+            upstreams,
+            forwarding,
+            rpc_timeout: Duration::from_secs(10),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Request headers a cross-origin browser may send: credentials, JSON, gRPC-Web's own.
+const CORS_REQUEST_HEADERS: [&str; 7] = [
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "x-request-id",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+];
+
+/// Response headers a cross-origin browser's script may read: gRPC-Web's status trailers sent
+/// as headers, the request id, and when to come back.
+const CORS_EXPOSED_HEADERS: [&str; 5] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+    "retry-after",
+];
 
 /// Headers passed on to the services as metadata.
 const FORWARDED_HEADERS: [&str; 8] = [
@@ -93,7 +146,7 @@ pub struct Forwarding {
     /// Proxies in front of the edge whose `x-forwarded-for` is believed (none by default).
     pub trusted_proxies: TrustedProxies,
     /// The edge's own API key with the `service` scope, vouching for the address it forwards.
-    pub service_key: MetadataValue<Ascii>,
+    pub service_key: HeaderValue,
 }
 
 impl Forwarding {
@@ -101,32 +154,23 @@ impl Forwarding {
     pub fn new(trusted_proxies: TrustedProxies, service_key: &str) -> anyhow::Result<Self> {
         Ok(Self {
             trusted_proxies,
-            service_key: service_key
-                .parse()
+            service_key: HeaderValue::from_str(service_key)
                 .map_err(|_| anyhow::anyhow!("the edge's service key is not valid header text"))?,
         })
     }
 }
 
 /// The edge's HTTP router.
-pub fn router(
-    upstreams: &Upstreams,
-    forwarding: Forwarding,
-    rpc_timeout: Duration,
-) -> anyhow::Result<Router> {
+pub fn router(settings: Settings) -> anyhow::Result<Router> {
     let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)?;
-    let channel = |url: &str| -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy())
-    };
+    let upstreams = &settings.upstreams;
     let edge = Edge {
         routes: routes::from_pool(&pool)?,
-        auth: channel(&upstreams.auth)?,
-        billing: channel(&upstreams.billing)?,
-        quota: channel(&upstreams.quota)?,
-        forwarding,
-        rpc_timeout,
+        auth: balanced_channel("auth", &upstreams.auth)?,
+        billing: balanced_channel("billing", &upstreams.billing)?,
+        quota: balanced_channel("quota", &upstreams.quota)?,
+        forwarding: settings.forwarding,
+        rpc_timeout: settings.rpc_timeout,
     };
     if let Some(orphan) = edge.routes.iter().find(|route| {
         let package = route.method.parent_service().package_name().to_owned();
@@ -139,18 +183,70 @@ pub fn router(
             orphan.method.full_name()
         );
     }
+    let edge = Arc::new(edge);
+    let readiness = Arc::new(ready::Readiness::new(vec![
+        ("auth-svc", upstreams.auth.clone()),
+        ("billing-svc", upstreams.billing.clone()),
+        ("quota-svc", upstreams.quota.clone()),
+    ])?);
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(move || readiness.clone().answer()))
         .route("/openapi.json", openapi::serve(&edge.routes)?)
         .route("/docs", get(docs::to_page))
         .route("/docs/", get(docs::page))
         .route("/docs/{*file}", get(docs::asset))
         .fallback(transcode_call)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Arc::new(edge)))
+        .layer(middleware::from_fn_with_state(
+            edge.clone(),
+            grpc_web::or_rest,
+        ))
+        .layer(cors(settings.cors_origins))
+        .with_state(edge))
 }
 
-/// Every REST call: the route, the request message, the RPC, and its answer in HTTP terms.
+/// One channel over all of a service's addresses, balanced by tower (power of two choices).
+fn balanced_channel(service: &str, urls: &[String]) -> anyhow::Result<Channel> {
+    if urls.is_empty() {
+        anyhow::bail!("no address for {service}-svc");
+    }
+    let endpoints = urls
+        .iter()
+        .map(|url| {
+            Endpoint::from_shared(url.clone())
+                .map(|endpoint| endpoint.connect_timeout(Duration::from_secs(3)))
+                .map_err(|err| anyhow::anyhow!("{service}-svc address {url:?}: {err}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Channel::balance_list(endpoints.into_iter()))
+}
+
+/// CORS for the configured origins only (none: no CORS headers at all, so browsers refuse
+/// cross-origin calls); preflights are answered by the edge itself.
+fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
+    let headers = |names: &[&'static str]| {
+        names
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect::<Vec<_>>()
+    };
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers(headers(&CORS_REQUEST_HEADERS))
+        .expose_headers(headers(&CORS_EXPOSED_HEADERS))
+        .max_age(Duration::from_secs(600))
+}
+
+/// Every REST call: the route, the request message, the RPC, and its answer in HTTP terms,
+/// counted in the request metrics by route template and status.
 async fn transcode_call(
     State(edge): State<Arc<Edge>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -158,14 +254,23 @@ async fn transcode_call(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, Refusal> {
-    let (route, variables) = find_route(&edge.routes, &method, uri.path())?;
-    let message = decode_request(route, variables, &uri, &headers, &body)?;
-    let answer = match call_service(&edge, route, message, &headers, peer).await {
-        Ok(reply) => reply_response(route, &reply),
-        Err(status) => status_response(&status),
+) -> Response {
+    let started = Instant::now();
+    let (template, response) = match find_route(&edge.routes, &method, uri.path()) {
+        Err(refusal) => ("unmatched".to_owned(), refusal.into_response()),
+        Ok((route, variables)) => {
+            let response = match decode_request(route, variables, &uri, &headers, &body) {
+                Err(refusal) => refusal.into_response(),
+                Ok(message) => match call_service(&edge, route, message, &headers, peer).await {
+                    Ok(reply) => reply_response(route, &reply),
+                    Err(status) => status_response(&status),
+                },
+            };
+            (route.template.clone(), response)
+        }
     };
-    Ok(answer)
+    record_request(&method, template, response.status(), started);
+    response
 }
 
 /// A call the edge answers itself, before any service sees it.
@@ -341,6 +446,24 @@ fn forward_metadata(
     if upstream != Upstream::Auth {
         return;
     }
+    if let Some((client, key)) = vouched_client(headers, peer, forwarding)
+        && let (Ok(client), Ok(key)) = (
+            MetadataValue::try_from(client.as_bytes()),
+            MetadataValue::try_from(key.as_bytes()),
+        )
+    {
+        metadata.insert(FORWARDED_FOR_HEADER, client);
+        metadata.insert(PROXY_KEY_HEADER, key);
+    }
+}
+
+/// For auth-svc: the client address the edge decided on (`x-forwarded-for`) and the edge's key
+/// that vouches for it (`x-proxy-key`).
+fn vouched_client(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    forwarding: &Forwarding,
+) -> Option<(HeaderValue, HeaderValue)> {
     let chain = forwarded_chain(headers);
     let client = client_of(
         peer.ip(),
@@ -348,10 +471,20 @@ fn forward_metadata(
         chain.as_deref(),
         &forwarding.trusted_proxies,
     );
-    if let Ok(value) = client.to_string().parse() {
-        metadata.insert(FORWARDED_FOR_HEADER, value);
-        metadata.insert(PROXY_KEY_HEADER, forwarding.service_key.clone());
-    }
+    let client = HeaderValue::from_str(&client.to_string()).ok()?;
+    Some((client, forwarding.service_key.clone()))
+}
+
+/// Counts a request in the edge's metrics by method, route (template or gRPC method) and status.
+fn record_request(method: &Method, route: String, status: StatusCode, started: Instant) {
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route),
+        ("status", status.as_str().to_owned()),
+    ];
+    metrics::counter!("edge_requests_total", &labels).increment(1);
+    metrics::histogram!("edge_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn copy_request_id(response: &mut Response, request_id: Option<&str>) {

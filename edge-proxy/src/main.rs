@@ -2,9 +2,10 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
+use axum::http::HeaderValue;
 use axum::serve::ListenerExt;
 use clap::Parser;
-use edge_proxy::{Forwarding, Upstreams, router};
+use edge_proxy::{Forwarding, Settings, Upstreams, router};
 use kit::{cli::Secret, client_address::TrustedProxies};
 
 /// edge-proxy: REST/JSON for browsers, translated into gRPC calls to the mesh.
@@ -14,15 +15,42 @@ struct Cli {
     /// HTTP listen address.
     #[arg(long, env = "EDGE_LISTEN_ADDR", default_value = "0.0.0.0:9000")]
     listen_addr: SocketAddr,
-    /// auth-svc gRPC address.
-    #[arg(long, env = "AUTH_URL", default_value = "http://127.0.0.1:9001")]
-    auth_url: String,
-    /// billing-svc gRPC address.
-    #[arg(long, env = "BILLING_URL", default_value = "http://127.0.0.1:9002")]
-    billing_url: String,
-    /// quota-svc gRPC address.
-    #[arg(long, env = "QUOTA_URL", default_value = "http://127.0.0.1:9003")]
-    quota_url: String,
+    /// Admin listener (`/metrics`), on loopback by default.
+    #[arg(long, env = "EDGE_ADMIN_ADDR", default_value = "127.0.0.1:9100")]
+    admin_addr: SocketAddr,
+    /// auth-svc's gRPC addresses, comma-separated (several replicas are balanced).
+    #[arg(
+        long,
+        env = "EDGE_AUTH_UPSTREAM",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9001"
+    )]
+    auth_upstream: Vec<String>,
+    /// billing-svc's gRPC addresses, comma-separated.
+    #[arg(
+        long,
+        env = "EDGE_BILLING_UPSTREAM",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9002"
+    )]
+    billing_upstream: Vec<String>,
+    /// quota-svc's gRPC addresses, comma-separated.
+    #[arg(
+        long,
+        env = "EDGE_QUOTA_UPSTREAM",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9003"
+    )]
+    quota_upstream: Vec<String>,
+    /// Browser origins allowed to call the edge cross-origin (CORS), comma-separated, e.g.
+    /// `https://app.example.com`. None by default.
+    #[arg(
+        long,
+        env = "EDGE_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    cors_origins: Vec<String>,
     /// Proxies in front of the edge (comma-separated networks or addresses, e.g. the load
     /// balancer's subnet): their `X-Forwarded-For` is believed, up to its right-most entry
     /// outside them. None by default: the TCP peer is the client.
@@ -45,21 +73,36 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let upstreams = Upstreams {
-        auth: cli.auth_url,
-        billing: cli.billing_url,
-        quota: cli.quota_url,
+    let cors_origins = cli
+        .cors_origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            HeaderValue::from_str(origin)
+                .map_err(|_| anyhow::anyhow!("EDGE_CORS_ORIGINS: {origin:?} is not a valid origin"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let settings = Settings {
+        upstreams: Upstreams {
+            auth: cli.auth_upstream,
+            billing: cli.billing_upstream,
+            quota: cli.quota_upstream,
+        },
+        forwarding: Forwarding::new(cli.trusted_proxies, cli.service_key.expose())?,
+        rpc_timeout: Duration::from_millis(cli.rpc_timeout_ms),
+        cors_origins,
     };
-    let forwarding = Forwarding::new(cli.trusted_proxies, cli.service_key.expose())?;
-    let app = router(
-        &upstreams,
-        forwarding,
-        Duration::from_millis(cli.rpc_timeout_ms),
-    )?;
+    let app = router(settings)?;
     let listener = tokio::net::TcpListener::bind(cli.listen_addr)
         .await
         .map_err(|err| anyhow::anyhow!("binding {}: {err}", cli.listen_addr))?;
-    tracing::info!(addr = %cli.listen_addr, "edge-proxy serving");
+    let admin = tokio::net::TcpListener::bind(cli.admin_addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("binding admin address {}: {err}", cli.admin_addr))?;
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let admin = tokio::spawn(kit::server::serve_admin(admin, stopping));
+    tracing::info!(addr = %cli.listen_addr, admin = %cli.admin_addr, "edge-proxy serving");
     // Browsers' small requests and responses must not wait for delayed ACKs (Nagle).
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
@@ -72,5 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .with_graceful_shutdown(kit::shutdown::signal())
     .await?;
+    let _ = stopping_tx.send(true);
+    let _ = admin.await;
     Ok(())
 }

@@ -71,7 +71,7 @@ async fn rest_calls_are_transcoded_and_errors_come_back_as_json() {
         "EDGE",
         "",
         &[
-            ("BILLING_URL", &billing_url),
+            ("EDGE_BILLING_UPSTREAM", &billing_url),
             ("EDGE_SERVICE_KEY", "cmk_unused"),
         ],
     );
@@ -132,7 +132,10 @@ async fn a_browser_signs_up_logs_in_and_manages_api_keys_through_the_edge() {
         &workspace_binary("edge-proxy"),
         "EDGE",
         "",
-        &[("AUTH_URL", &auth_url), ("EDGE_SERVICE_KEY", &edge_key)],
+        &[
+            ("EDGE_AUTH_UPSTREAM", &auth_url),
+            ("EDGE_SERVICE_KEY", &edge_key),
+        ],
     );
     let base = format!("http://{}", edge.addr);
     let json = ["-H", "content-type: application/json"];
@@ -244,7 +247,7 @@ async fn the_edge_forwards_the_client_address_it_decided_not_one_a_client_wrote(
             "EDGE",
             "",
             &[
-                ("AUTH_URL", &auth_url),
+                ("EDGE_AUTH_UPSTREAM", &auth_url),
                 ("EDGE_SERVICE_KEY", &edge_key),
                 ("EDGE_TRUSTED_PROXIES", trusted),
             ],

@@ -59,8 +59,8 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
         "EDGE",
         "",
         &[
-            ("AUTH_URL", &auth_url),
-            ("QUOTA_URL", &quota_url),
+            ("EDGE_AUTH_UPSTREAM", &auth_url),
+            ("EDGE_QUOTA_UPSTREAM", &quota_url),
             ("EDGE_SERVICE_KEY", &edge_key),
         ],
     );

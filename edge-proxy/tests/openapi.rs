@@ -274,9 +274,9 @@ async fn schemathesis_finds_every_answer_of_the_mesh_in_the_document() {
         "EDGE",
         "",
         &[
-            ("AUTH_URL", &auth_url),
-            ("QUOTA_URL", &quota_url),
-            ("BILLING_URL", &billing_url),
+            ("EDGE_AUTH_UPSTREAM", &auth_url),
+            ("EDGE_QUOTA_UPSTREAM", &quota_url),
+            ("EDGE_BILLING_UPSTREAM", &billing_url),
             ("EDGE_SERVICE_KEY", &service_key("edge-proxy")),
         ],
     );

@@ -201,7 +201,8 @@ async fn watch_database(
     }
 }
 
-async fn serve_admin(listener: TcpListener, mut stopping: watch::Receiver<bool>) {
+/// Serves `/metrics` (Prometheus text) on the admin listener until `stopping` turns true.
+pub async fn serve_admin(listener: TcpListener, mut stopping: watch::Receiver<bool>) {
     let handle = telemetry::metrics_handle();
     tokio::spawn(drain_metrics(handle.clone(), stopping.clone()));
     let router = axum::Router::new().route(

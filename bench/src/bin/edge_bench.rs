@@ -241,8 +241,8 @@ async fn main() -> anyhow::Result<()> {
         "EDGE",
         "",
         &[
-            ("AUTH_URL", &auth_url),
-            ("QUOTA_URL", &quota_url),
+            ("EDGE_AUTH_UPSTREAM", &auth_url),
+            ("EDGE_QUOTA_UPSTREAM", &quota_url),
             ("EDGE_SERVICE_KEY", &edge_key),
             ("RUST_LOG", "warn"),
         ],

@@ -198,16 +198,15 @@ impl Mesh {
         .await;
         let billing = billing_rx.recv().unwrap();
 
-        let router = edge_proxy::router(
-            &edge_proxy::Upstreams {
-                auth: "http://127.0.0.1:9".to_owned(),
-                billing: format!("http://{}", billing_server.addr),
-                quota: format!("http://{}", quota_server.addr),
+        let router = edge_proxy::router(edge_proxy::Settings::new(
+            edge_proxy::Upstreams {
+                auth: vec!["http://127.0.0.1:9".to_owned()],
+                billing: vec![format!("http://{}", billing_server.addr)],
+                quota: vec![format!("http://{}", quota_server.addr)],
             },
             // No auth-svc here (the issuer fakes it): nothing verifies the key.
             edge_proxy::Forwarding::new(TrustedProxies::default(), "cmk_unused").unwrap(),
-            Duration::from_secs(10),
-        )
+        ))
         .unwrap();
         tokio::spawn(async move {
             axum::serve(
