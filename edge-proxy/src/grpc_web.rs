@@ -1,0 +1,124 @@
+//! gRPC-Web on the edge's port: a browser's `application/grpc-web(+proto)` or `-text` call is
+//! turned into gRPC by tonic-web and forwarded, frames untouched, to the service that owns the
+//! method's package. The client-address rules are the REST path's: what a client claims in
+//! `x-forwarded-for` or `x-proxy-key` is dropped, and only auth-svc gets the address the edge
+//! vouches for.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, header},
+    middleware::Next,
+    response::Response,
+};
+use futures::future::BoxFuture;
+use kit::client_address::{FORWARDED_FOR_HEADER, PROXY_KEY_HEADER};
+use tonic::Status;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{Edge, Upstream, record_request, vouched_client};
+
+/// Whether a request speaks gRPC-Web (any of its content types).
+fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|content_type| content_type.starts_with("application/grpc-web"))
+}
+
+/// Middleware: gRPC-Web calls go to their service, everything else on to the REST routes.
+pub(crate) async fn or_rest(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !is_grpc_web(request.headers()) {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let known = package_of(&path).is_some_and(|package| edge.upstream_of(package).is_some());
+    let service = tonic_web::GrpcWebLayer::new().layer(Forwarder { edge, peer });
+    let response = match service.oneshot(request).await {
+        Ok(response) => response.map(axum::body::Body::new),
+        Err(never) => match never {},
+    };
+    // The path is the client's: only a served package's method becomes a label of its own.
+    let route = if known { path } else { "unmatched".to_owned() };
+    record_request(&method, route, response.status(), started);
+    response
+}
+
+/// The package of a gRPC path `/commerce.quota.v1.QuotaService/Consume`.
+fn package_of(path: &str) -> Option<&str> {
+    let (service, _method) = path.strip_prefix('/')?.split_once('/')?;
+    Some(service.rsplit_once('.')?.0)
+}
+
+/// Sends a (translated) gRPC request to the service owning its package.
+#[derive(Clone)]
+struct Forwarder {
+    edge: Arc<Edge>,
+    peer: SocketAddr,
+}
+
+impl Service<http::Request<tonic::body::Body>> for Forwarder {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let (edge, peer) = (self.edge.clone(), self.peer);
+        Box::pin(async move {
+            let path = request.uri().path().to_owned();
+            let Some((channel, upstream)) =
+                package_of(&path).and_then(|package| edge.upstream_of(package))
+            else {
+                return Ok(Status::unimplemented(format!("no service serves {path}")).into_http());
+            };
+            // Decided from the client's chain before its claims are dropped.
+            let vouched = (upstream == Upstream::Auth)
+                .then(|| vouched_client(request.headers(), peer, &edge.forwarding))
+                .flatten();
+            let headers = request.headers_mut();
+            headers.remove(FORWARDED_FOR_HEADER);
+            headers.remove(PROXY_KEY_HEADER);
+            if let Some((client, key)) = vouched {
+                headers.insert(FORWARDED_FOR_HEADER, client);
+                headers.insert(PROXY_KEY_HEADER, key);
+            }
+            match channel.oneshot(request).await {
+                Ok(response) => Ok(response),
+                Err(err) => {
+                    tracing::warn!(%err, "upstream not reachable for gRPC-Web");
+                    Ok(Status::unavailable("the service is unavailable").into_http())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_package_is_the_service_name_without_its_last_part() {
+        assert_eq!(
+            package_of("/commerce.quota.v1.QuotaService/Consume"),
+            Some("commerce.quota.v1")
+        );
+        assert_eq!(package_of("/NoPackage/Call"), None);
+        assert_eq!(package_of("/v1/quotas"), None);
+    }
+}
