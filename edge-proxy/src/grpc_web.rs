@@ -8,16 +8,26 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, header},
+    http::{HeaderMap, Uri, header},
     middleware::Next,
     response::Response,
 };
 use futures::future::BoxFuture;
+use http_body_util::{BodyStream, StreamBody};
 use kit::client_address::{FORWARDED_FOR_HEADER, PROXY_KEY_HEADER};
 use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{Edge, Upstream, record_request, vouched_client};
+use crate::{Edge, FORWARDED_HEADERS, Upstream, record_request, vouched_client};
+
+/// gRPC's own request headers, as tonic-web leaves them after translating.
+const GRPC_HEADERS: [&str; 5] = [
+    "content-type",
+    "te",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
 
 /// Whether a request speaks gRPC-Web (any of its content types).
 fn is_grpc_web(headers: &HeaderMap) -> bool {
@@ -81,26 +91,44 @@ impl Service<http::Request<tonic::body::Body>> for Forwarder {
         let (edge, peer) = (self.edge.clone(), self.peer);
         Box::pin(async move {
             let path = request.uri().path().to_owned();
-            let Some((channel, upstream)) =
-                package_of(&path).and_then(|package| edge.upstream_of(package))
+            let Some(upstream) = package_of(&path).and_then(|package| edge.upstream_of(package))
             else {
                 return Ok(Status::unimplemented(format!("no service serves {path}")).into_http());
             };
+            // HTTP/2 needs the scheme and authority a browser's HTTP/1.1 request line lacks.
+            let mut uri = upstream.origin.clone().into_parts();
+            uri.path_and_query = request.uri().path_and_query().cloned();
+            match Uri::from_parts(uri) {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return Ok(Status::internal("internal error").into_http()),
+            }
             // Decided from the client's chain before its claims are dropped.
-            let vouched = (upstream == Upstream::Auth)
+            let vouched = (upstream.kind == Upstream::Auth)
                 .then(|| vouched_client(request.headers(), peer, &edge.forwarding))
                 .flatten();
-            let headers = request.headers_mut();
-            headers.remove(FORWARDED_FOR_HEADER);
-            headers.remove(PROXY_KEY_HEADER);
+            // The same metadata as a REST call gets, plus gRPC's own headers: nothing about the
+            // browser's HTTP/1.1 connection, and no client claims about its address.
+            *request.version_mut() = http::Version::HTTP_2;
+            let mut headers = HeaderMap::new();
+            for name in FORWARDED_HEADERS.iter().chain(&GRPC_HEADERS) {
+                if let Some(value) = request.headers().get(*name) {
+                    headers.insert(*name, value.clone());
+                }
+            }
             if let Some((client, key)) = vouched {
                 headers.insert(FORWARDED_FOR_HEADER, client);
                 headers.insert(PROXY_KEY_HEADER, key);
             }
-            match channel.oneshot(request).await {
+            *request.headers_mut() = headers;
+            // tonic-web passes on the body's exact size hint, which is the size of the base64
+            // text for `-text` calls; hyper would send it as content-length, longer than the
+            // decoded frames, and the service would reset the stream. Unknown size instead.
+            let request =
+                request.map(|body| tonic::body::Body::new(StreamBody::new(BodyStream::new(body))));
+            match upstream.channel.clone().oneshot(request).await {
                 Ok(response) => Ok(response),
                 Err(err) => {
-                    tracing::warn!(%err, "upstream not reachable for gRPC-Web");
+                    tracing::warn!(?err, "upstream not reachable for gRPC-Web");
                     Ok(Status::unavailable("the service is unavailable").into_http())
                 }
             }

@@ -120,23 +120,49 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 
 struct Edge {
     routes: Vec<Route>,
-    auth: Channel,
-    billing: Channel,
-    quota: Channel,
+    /// The services by contract package.
+    services: [Service; 3],
     forwarding: Forwarding,
     rpc_timeout: Duration,
 }
 
+/// One upstream service.
+#[derive(Clone)]
+struct Service {
+    package: &'static str,
+    /// Balanced over the service's addresses.
+    channel: Channel,
+    /// The first address: the authority of calls forwarded as they come (gRPC-Web), which
+    /// need a full URI.
+    origin: Uri,
+    kind: Upstream,
+}
+
+impl Service {
+    fn new(package: &'static str, urls: &[String], kind: Upstream) -> anyhow::Result<Self> {
+        let name = package.split('.').nth(1).unwrap_or(package);
+        let first = urls
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no address for {name}-svc"))?;
+        let origin = first
+            .parse()
+            .map_err(|err| anyhow::anyhow!("{name}-svc address {first:?}: {err}"))?;
+        Ok(Self {
+            package,
+            channel: balanced_channel(name, urls)?,
+            origin,
+            kind,
+        })
+    }
+}
+
 impl Edge {
-    /// The channel to the service of a contract package, and what that service may be told;
-    /// `None` for a package no upstream serves (refused when the edge starts).
-    fn upstream_of(&self, package: &str) -> Option<(Channel, Upstream)> {
-        match package {
-            "commerce.auth.v1" => Some((self.auth.clone(), Upstream::Auth)),
-            "commerce.billing.v1" => Some((self.billing.clone(), Upstream::Other)),
-            "commerce.quota.v1" => Some((self.quota.clone(), Upstream::Other)),
-            _ => None,
-        }
+    /// The service of a contract package; `None` for a package no upstream serves (refused when
+    /// the edge starts).
+    fn upstream_of(&self, package: &str) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|service| service.package == package)
     }
 }
 
@@ -166,9 +192,11 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
     let upstreams = &settings.upstreams;
     let edge = Edge {
         routes: routes::from_pool(&pool)?,
-        auth: balanced_channel("auth", &upstreams.auth)?,
-        billing: balanced_channel("billing", &upstreams.billing)?,
-        quota: balanced_channel("quota", &upstreams.quota)?,
+        services: [
+            Service::new("commerce.auth.v1", &upstreams.auth, Upstream::Auth)?,
+            Service::new("commerce.billing.v1", &upstreams.billing, Upstream::Other)?,
+            Service::new("commerce.quota.v1", &upstreams.quota, Upstream::Other)?,
+        ],
         forwarding: settings.forwarding,
         rpc_timeout: settings.rpc_timeout,
     };
@@ -208,9 +236,6 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
 
 /// One channel over all of a service's addresses, balanced by tower (power of two choices).
 fn balanced_channel(service: &str, urls: &[String]) -> anyhow::Result<Channel> {
-    if urls.is_empty() {
-        anyhow::bail!("no address for {service}-svc");
-    }
     let endpoints = urls
         .iter()
         .map(|url| {
@@ -349,7 +374,7 @@ async fn call_service(
     peer: SocketAddr,
 ) -> Result<tonic::Response<DynamicMessage>, Status> {
     let service = route.method.parent_service();
-    let (channel, upstream) = edge
+    let upstream = edge
         .upstream_of(service.package_name())
         .ok_or_else(|| Status::internal("internal error"))?;
     let mut request = tonic::Request::new(message);
@@ -357,14 +382,14 @@ async fn call_service(
         headers,
         peer,
         &edge.forwarding,
-        upstream,
+        upstream.kind,
         request.metadata_mut(),
     );
     request.set_timeout(edge.rpc_timeout);
     let rpc_path = format!("/{}/{}", service.full_name(), route.method.name());
     let rpc_path =
         PathAndQuery::from_str(&rpc_path).map_err(|_| Status::internal("internal error"))?;
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(upstream.channel.clone());
     grpc.ready().await.map_err(|err| {
         tracing::warn!(%err, "upstream not ready");
         Status::unavailable("the service is unavailable")

@@ -265,4 +265,77 @@ mod tests {
         assert_eq!(plan["planCode"], "pro");
         assert_eq!(plan["priceAmountMinor"], "900");
     }
+
+    /// `t.Req { repeated string ids = 1; t.Inner page = 2; repeated int64 nums = 3; bool flag = 4 }`
+    /// and `t.Inner { int32 size = 1 }`: the query shapes no contract has yet.
+    fn query_message() -> MessageDescriptor {
+        use prost_reflect::prost_types::{
+            DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+            field_descriptor_proto::{Label, Type},
+        };
+        let field = |name: &str, number, label: Label, kind: Type, type_name: Option<&str>| {
+            FieldDescriptorProto {
+                name: Some(name.to_owned()),
+                json_name: Some(name.to_owned()),
+                number: Some(number),
+                label: Some(label as i32),
+                r#type: Some(kind as i32),
+                type_name: type_name.map(str::to_owned),
+                ..FieldDescriptorProto::default()
+            }
+        };
+        let file = FileDescriptorProto {
+            name: Some("t.proto".to_owned()),
+            package: Some("t".to_owned()),
+            syntax: Some("proto3".to_owned()),
+            message_type: vec![
+                DescriptorProto {
+                    name: Some("Inner".to_owned()),
+                    field: vec![field("size", 1, Label::Optional, Type::Int32, None)],
+                    ..DescriptorProto::default()
+                },
+                DescriptorProto {
+                    name: Some("Req".to_owned()),
+                    field: vec![
+                        field("ids", 1, Label::Repeated, Type::String, None),
+                        field("page", 2, Label::Optional, Type::Message, Some(".t.Inner")),
+                        field("nums", 3, Label::Repeated, Type::Int64, None),
+                        field("flag", 4, Label::Optional, Type::Bool, None),
+                    ],
+                    ..DescriptorProto::default()
+                },
+            ],
+            ..FileDescriptorProto::default()
+        };
+        let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(FileDescriptorSet {
+            file: vec![file],
+        })
+        .unwrap();
+        pool.get_message_by_name("t.Req").unwrap()
+    }
+
+    fn from_query(query: &str) -> Result<Json, BadRequest> {
+        let message = query_message();
+        let mut object = Map::new();
+        for (name, raw) in form_urlencoded::parse(query.as_bytes()) {
+            insert_text(&message, &mut object, &name, &raw, true)?;
+        }
+        let decoded = DynamicMessage::deserialize(message, Json::Object(object))
+            .map_err(|err| BadRequest(err.to_string()))?;
+        Ok(serde_json::to_value(&decoded).unwrap())
+    }
+
+    #[test]
+    fn repeated_and_nested_query_parameters_fill_the_request() {
+        let request = from_query("ids=a&ids=b&page.size=5&nums=1&nums=2&flag=true").unwrap();
+        assert_eq!(
+            request,
+            serde_json::json!({
+                "ids": ["a", "b"], "page": {"size": 5}, "nums": ["1", "2"], "flag": true
+            })
+        );
+        assert!(from_query("page.nope=1").is_err());
+        assert!(from_query("flag=yes").is_err());
+        assert!(from_query("nums=x").is_err());
+    }
 }
