@@ -5,7 +5,7 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use kit::testing::{
     Binary, TestDb, free_port, issue_service_key, start_auth_svc, workspace_binary,
@@ -14,16 +14,13 @@ use kit::testing::{
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const ORIGIN: &str = "https://app.example.com";
 
-/// `curl` returning (HTTP status, headers and body as printed by `-i`).
+/// `curl -i`: (HTTP status, headers and body as text).
 fn curl(args: &[&str]) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "-i", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_owned())
+    let (status, answer) = kit::testing::curl(&[&["-i"], args].concat());
+    let text = answer
+        .as_str()
+        .map_or_else(|| answer.to_string(), str::to_owned);
+    (status, text)
 }
 
 /// A unary gRPC-Web call with an empty request message (one uncompressed frame of length 0),
