@@ -50,13 +50,13 @@ pub(crate) async fn or_rest(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let known = package_of(&path).is_some_and(|package| edge.upstream_of(package).is_some());
+    let known = edge.grpc_methods.contains(&path);
     let service = tonic_web::GrpcWebLayer::new().layer(Forwarder { edge, peer });
     let response = match service.oneshot(request).await {
         Ok(response) => response.map(axum::body::Body::new),
         Err(never) => match never {},
     };
-    // The path is the client's: only a served package's method becomes a label of its own.
+    // The path is the client's: only a method of the contracts becomes a label of its own.
     let route = if known { path } else { "unmatched".to_owned() };
     record_request(&method, route, response.status(), started);
     response

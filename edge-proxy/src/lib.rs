@@ -18,6 +18,7 @@ pub mod routes;
 mod transcode;
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     str::FromStr,
     sync::Arc,
@@ -120,6 +121,9 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 
 struct Edge {
     routes: Vec<Route>,
+    /// Every RPC of the contracts as a gRPC path (`/commerce.quota.v1.QuotaService/Consume`):
+    /// the metrics label gRPC-Web calls by, so made-up paths cannot grow the label set.
+    grpc_methods: HashSet<String>,
     /// The services by contract package.
     services: [Service; 3],
     forwarding: Forwarding,
@@ -192,6 +196,15 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
     let upstreams = &settings.upstreams;
     let edge = Edge {
         routes: routes::from_pool(&pool)?,
+        grpc_methods: pool
+            .services()
+            .flat_map(|service| {
+                let methods: Vec<_> = service.methods().collect();
+                methods
+                    .into_iter()
+                    .map(move |method| format!("/{}/{}", service.full_name(), method.name()))
+            })
+            .collect(),
         services: [
             Service::new("commerce.auth.v1", &upstreams.auth, Upstream::Auth)?,
             Service::new("commerce.billing.v1", &upstreams.billing, Upstream::Other)?,

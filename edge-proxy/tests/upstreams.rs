@@ -254,6 +254,24 @@ async fn replicas_share_the_calls_and_readiness_follows_their_health() {
     assert!(!text.contains("grpc-status: 14"), "{text:?}");
     let unknown = grpc_web(&base, "other.v1.Thing/Call", "application/grpc-web");
     assert!(unknown.contains("grpc-status: 12"), "{unknown:?}");
+    let made_up = grpc_web(
+        &base,
+        "commerce.quota.v1.QuotaService/MadeUp",
+        "application/grpc-web",
+    );
+    assert!(made_up.contains("grpc-status: 12"), "{made_up:?}");
+    // gRPC-Web is counted by method, but a made-up path does not become a label of its own.
+    let metrics = scrape(&edge_admin);
+    assert_eq!(
+        counter(
+            &metrics,
+            "edge_requests_total",
+            r#"route="/commerce.auth.v1.AuthService/GetJwks""#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("MadeUp"), "{metrics}");
 
     // One replica stopping leaves the service ready (the other serves); both gone, it is not.
     second.terminate(Duration::from_secs(5));
