@@ -166,6 +166,16 @@ async fn replicas_share_the_calls_and_readiness_follows_their_health() {
         r#"route="/v1/quotas",status="401""#,
     );
     assert_eq!(listed, 40.0, "{metrics}");
+    // A made-up HTTP method is counted, under OTHER, not as a label of its own.
+    let (status, _) = curl(&["-X", "BREW", &format!("{base}/v1/coffee")]);
+    assert_eq!(status, 404);
+    let metrics = scrape(&edge_admin);
+    assert!(!metrics.contains("BREW"), "{metrics}");
+    assert_eq!(
+        counter(&metrics, "edge_requests_total", r#"method="OTHER""#),
+        1.0,
+        "{metrics}"
+    );
 
     // CORS: a preflight from a configured origin is answered with what a browser needs; another
     // origin gets no CORS headers (its browser refuses the call).
