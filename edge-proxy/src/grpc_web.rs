@@ -13,12 +13,12 @@ use axum::{
     response::Response,
 };
 use futures::future::BoxFuture;
-use http_body_util::{BodyStream, StreamBody};
+use http_body_util::{BodyStream, Limited, StreamBody};
 use kit::client_address::{FORWARDED_FOR_HEADER, PROXY_KEY_HEADER};
 use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{Edge, FORWARDED_HEADERS, Upstream, record_request, vouched_client};
+use crate::{Edge, FORWARDED_HEADERS, MAX_BODY_BYTES, Upstream, record_request, vouched_client};
 
 /// gRPC's own request headers, as tonic-web leaves them after translating.
 const GRPC_HEADERS: [&str; 5] = [
@@ -51,12 +51,14 @@ pub(crate) async fn or_rest(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let known = edge.grpc_methods.contains(&path);
+    // The REST path's body limit (DefaultBodyLimit only binds extractors; this body streams).
+    let request = request.map(|body| axum::body::Body::new(Limited::new(body, MAX_BODY_BYTES)));
     let service = tonic_web::GrpcWebLayer::new().layer(Forwarder { edge, peer });
     let response = match service.oneshot(request).await {
         Ok(response) => response.map(axum::body::Body::new),
         Err(never) => match never {},
     };
-    // The path is the client's: only a method of the contracts becomes a label of its own.
+    // The path is the client's: only a callable method becomes a label of its own.
     let route = if known { path } else { "unmatched".to_owned() };
     record_request(&method, route, response.status(), started);
     response
@@ -91,7 +93,10 @@ impl Service<http::Request<tonic::body::Body>> for Forwarder {
         let (edge, peer) = (self.edge.clone(), self.peer);
         Box::pin(async move {
             let path = request.uri().path().to_owned();
-            let Some(upstream) = package_of(&path).and_then(|package| edge.upstream_of(package))
+            let callable = edge.grpc_methods.contains(&path);
+            let Some(upstream) = package_of(&path)
+                .filter(|_| callable)
+                .and_then(|package| edge.upstream_of(package))
             else {
                 return Ok(Status::unimplemented(format!("no service serves {path}")).into_http());
             };
@@ -123,11 +128,21 @@ impl Service<http::Request<tonic::body::Body>> for Forwarder {
             // tonic-web passes on the body's exact size hint, which is the size of the base64
             // text for `-text` calls; hyper would send it as content-length, longer than the
             // decoded frames, and the service would reset the stream. Unknown size instead.
-            let request =
+            let mut request =
                 request.map(|body| tonic::body::Body::new(StreamBody::new(BodyStream::new(body))));
-            match upstream.channel.clone().oneshot(request).await {
-                Ok(response) => Ok(response),
-                Err(err) => {
+            // The REST path's deadline: the service hears of it, and the edge stops waiting.
+            if !request.headers().contains_key("grpc-timeout")
+                && let Ok(value) = format!("{}m", edge.rpc_timeout.as_millis()).parse()
+            {
+                request.headers_mut().insert("grpc-timeout", value);
+            }
+            let call = upstream.channel.clone().oneshot(request);
+            match tokio::time::timeout(edge.rpc_timeout, call).await {
+                Err(_) => {
+                    Ok(Status::deadline_exceeded("the service did not answer in time").into_http())
+                }
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(err)) => {
                     tracing::warn!(?err, "upstream not reachable for gRPC-Web");
                     Ok(Status::unavailable("the service is unavailable").into_http())
                 }

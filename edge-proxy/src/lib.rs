@@ -116,13 +116,14 @@ const FORWARDED_HEADERS: [&str; 8] = [
     "wechatpay-serial",
 ];
 
-/// Largest request body accepted.
+/// Largest request body accepted (REST and gRPC-Web).
 const MAX_BODY_BYTES: usize = 1 << 20;
 
 struct Edge {
     routes: Vec<Route>,
-    /// Every RPC of the contracts as a gRPC path (`/commerce.quota.v1.QuotaService/Consume`):
-    /// the metrics label gRPC-Web calls by, so made-up paths cannot grow the label set.
+    /// The annotated RPCs as gRPC paths (`/commerce.quota.v1.QuotaService/Consume`): the only
+    /// methods gRPC-Web may call (internal RPCs stay inside the mesh), and so the only gRPC-Web
+    /// metric labels.
     grpc_methods: HashSet<String>,
     /// The services by contract package.
     services: [Service; 3],
@@ -194,17 +195,9 @@ impl Forwarding {
 pub fn router(settings: Settings) -> anyhow::Result<Router> {
     let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)?;
     let upstreams = &settings.upstreams;
-    let edge = Edge {
+    let mut edge = Edge {
         routes: routes::from_pool(&pool)?,
-        grpc_methods: pool
-            .services()
-            .flat_map(|service| {
-                let methods: Vec<_> = service.methods().collect();
-                methods
-                    .into_iter()
-                    .map(move |method| format!("/{}/{}", service.full_name(), method.name()))
-            })
-            .collect(),
+        grpc_methods: HashSet::new(),
         services: [
             Service::new("commerce.auth.v1", &upstreams.auth, Upstream::Auth)?,
             Service::new("commerce.billing.v1", &upstreams.billing, Upstream::Other)?,
@@ -224,13 +217,22 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
             orphan.method.full_name()
         );
     }
+    // gRPC-Web reaches what REST reaches: the annotated RPCs, never the internal ones.
+    edge.grpc_methods = edge
+        .routes
+        .iter()
+        .map(|route| {
+            let service = route.method.parent_service();
+            format!("/{}/{}", service.full_name(), route.method.name())
+        })
+        .collect();
     let edge = Arc::new(edge);
     let readiness = Arc::new(ready::Readiness::new(vec![
         ("auth-svc", upstreams.auth.clone()),
         ("billing-svc", upstreams.billing.clone()),
         ("quota-svc", upstreams.quota.clone()),
     ])?);
-    Ok(Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(move || readiness.clone().answer()))
         .route("/openapi.json", openapi::serve(&edge.routes)?)
@@ -243,8 +245,13 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
             edge.clone(),
             grpc_web::or_rest,
         ))
-        .layer(cors(settings.cors_origins))
-        .with_state(edge))
+        .with_state(edge);
+    // Without origins no CORS layer at all: it would answer every OPTIONS itself.
+    Ok(if settings.cors_origins.is_empty() {
+        router
+    } else {
+        router.layer(cors(settings.cors_origins))
+    })
 }
 
 /// One channel over all of a service's addresses, balanced by tower (power of two choices).

@@ -79,6 +79,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|origin| origin.trim())
         .filter(|origin| !origin.is_empty())
         .map(|origin| {
+            // A browser's Origin is scheme://host[:port]: no path, no wildcard (`*` with
+            // credentials is what CORS exists to prevent).
+            if origin == "*" || origin.matches('/').count() != 2 {
+                anyhow::bail!(
+                    "EDGE_CORS_ORIGINS: {origin:?} is not an origin like https://app.example.com"
+                );
+            }
             HeaderValue::from_str(origin)
                 .map_err(|_| anyhow::anyhow!("EDGE_CORS_ORIGINS: {origin:?} is not a valid origin"))
         })

@@ -27,6 +27,9 @@ struct Variable {
     field: String,
     start: usize,
     end: usize,
+    /// Spans more than one segment (or `**`): an encoded `/` in its value stays encoded, so
+    /// the value's own slashes are the path's, whatever the request matched.
+    multi_segment: bool,
 }
 
 /// A route's path variables as matched: (field path, percent-decoded value), in template order.
@@ -96,10 +99,13 @@ impl Route {
                 for sub in pattern.split('/') {
                     segments.push(plain_segment(sub).ok_or_else(|| fail("bad sub-template"))?);
                 }
+                let multi_segment =
+                    segments.len() - start > 1 || segments[start..].contains(&Segment::Rest);
                 variables.push(Variable {
                     field: field.to_owned(),
                     start,
                     end: segments.len(),
+                    multi_segment,
                 });
             } else {
                 segments.push(plain_segment(piece).ok_or_else(|| fail("bad segment"))?);
@@ -107,6 +113,10 @@ impl Route {
         }
         if segments.iter().rev().skip(1).any(|s| *s == Segment::Rest) {
             return Err(fail("** must be the last segment"));
+        }
+        // google.api.http: body and response_body name top-level fields only.
+        if body.contains('.') || response_body.contains('.') {
+            return Err(fail("body and response_body must be top-level fields"));
         }
         let input = method.input();
         let request_fields = variables.iter().map(|variable| variable.field.as_str());
@@ -163,17 +173,11 @@ impl Route {
                     variable.end
                 };
                 let spanned = &parts[variable.start..end];
-                // One segment is decoded whole; across segments an encoded `/` stays encoded,
-                // so the value's own slashes are the path's.
-                let value = if spanned.len() == 1 {
-                    percent_decode(spanned[0], false)?
-                } else {
-                    spanned
-                        .iter()
-                        .map(|part| percent_decode(part, true))
-                        .collect::<Option<Vec<_>>>()?
-                        .join("/")
-                };
+                let value = spanned
+                    .iter()
+                    .map(|part| percent_decode(part, variable.multi_segment))
+                    .collect::<Option<Vec<_>>>()?
+                    .join("/");
                 Some((variable.field.clone(), value))
             })
             .collect()
@@ -301,6 +305,9 @@ fn percent_decode(part: &str, keep_slash: bool) -> Option<String> {
     while index < bytes.len() {
         if bytes[index] == b'%' {
             let hex = part.get(index + 1..index + 3)?;
+            if !hex.bytes().all(|digit| digit.is_ascii_hexdigit()) {
+                return None;
+            }
             let byte = u8::from_str_radix(hex, 16).ok()?;
             if keep_slash && byte == b'/' {
                 out.extend_from_slice(&bytes[index..index + 3]);
@@ -454,6 +461,7 @@ mod tests {
     fn variables_are_percent_decoded_and_never_empty() {
         let (_, variables) = resolve(http::Method::GET, "/v1/quotas/a%2Fb").unwrap();
         assert_eq!(variables[0].1, "a/b");
+        assert!(resolve(http::Method::GET, "/v1/quotas/a%+Ab").is_none());
         assert!(resolve(http::Method::GET, "/v1/users/").is_none());
     }
 
@@ -510,6 +518,9 @@ mod tests {
             vec![("plan_code".to_owned(), "files/a/b%2Fc".to_owned())]
         );
         assert!(route.matches("/v1/any/files").is_none());
+        // One segment or several, an encoded slash in a `**` value stays encoded.
+        let single = parse("/v1/{plan_code=**}", "", "").unwrap();
+        assert_eq!(single.matches("/v1/a%2Fb").unwrap()[0].1, "a%2Fb");
         assert!(route.matches("/v1//files/a").is_none());
         assert!(parse("/v1/**/x", "", "").is_err());
     }
@@ -520,6 +531,7 @@ mod tests {
         assert!(parse("/v1/{plan_code}", "nope", "").is_err());
         assert!(parse("/v1/{plan_code}", "", "nope").is_err());
         assert!(parse("/v1/{plan_code}", "", "plan").is_ok());
+        assert!(parse("/v1/{plan_code}", "", "plan.plan_code").is_err());
         assert!(parse("/v1/{plan_code}/{plan_code}", "", "").is_err());
         assert!(parse("v1/{plan_code}", "", "").is_err());
     }

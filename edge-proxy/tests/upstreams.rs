@@ -270,6 +270,13 @@ async fn replicas_share_the_calls_and_readiness_follows_their_health() {
         "application/grpc-web",
     );
     assert!(made_up.contains("grpc-status: 12"), "{made_up:?}");
+    // Internal RPCs (no REST mapping) stay inside the mesh: gRPC-Web reaches what REST reaches.
+    let internal = grpc_web(
+        &base,
+        "commerce.auth.v1.AuthService/VerifyApiKey",
+        "application/grpc-web",
+    );
+    assert!(internal.contains("grpc-status: 12"), "{internal:?}");
     // gRPC-Web is counted by method, but a made-up path does not become a label of its own.
     let metrics = scrape(&edge_admin);
     assert_eq!(
