@@ -144,6 +144,9 @@ async fn replicas_share_the_calls_and_readiness_follows_their_health() {
 
     let ready = wait_for_readiness(&base, 200);
     assert!(ready.contains(r#""quota-svc":{"addresses""#), "{ready}");
+    assert!(ready.contains(r#"["SERVING","SERVING"]"#), "{ready}");
+    // Public: states, not the internal addresses.
+    assert!(!ready.contains(&first.addr.to_string()), "{ready}");
 
     // Forty calls (refused for want of credentials, by quota-svc itself) spread over both.
     for _ in 0..40 {
