@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # `just bench`: builds release binaries, runs each load generator against real servers and a fresh
 # PostgreSQL database of its own, and assembles bench/RESULTS.md from the sections they write.
-# Arguments name the steps to run (auth quota webhook edge; default all): the other sections stay
+# Arguments name the steps to run (auth quota reads webhook edge; default all): the other sections stay
 # as their last run wrote them, so one step can be rerun alone, e.g. `deploy/dev/bench.sh edge`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-steps=" ${*:-auth quota webhook edge} "
+steps=" ${*:-auth quota reads webhook edge} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 packages=(-p bench)
 want auth && packages+=(-p auth-svc)
-if want quota || want edge; then packages+=(-p quota-svc); fi
+if want quota || want reads || want edge; then packages+=(-p quota-svc); fi
 want edge && packages+=(-p edge-proxy)
 cargo build --release --locked "${packages[@]}"
 bin=target/release
@@ -49,6 +49,9 @@ fi
 # quota-svc: the load generator starts its own servers (batched and one transaction per call).
 if want quota; then "$bin/quota_bench" --quota-bin "$bin/quota-svc"; fi
 
+# quota-svc's reads beside its health check and PostgreSQL's point select, in one run.
+if want reads; then "$bin/quota_read_bench" --quota-bin "$bin/quota-svc"; fi
+
 # billing-svc's webhook path: served in-process by the load generator over its own database.
 if want webhook; then "$bin/webhook_bench"; fi
 
@@ -69,7 +72,7 @@ fi
   echo "Written by \`just bench\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
   echo "PostgreSQL $(psql -h 127.0.0.1 -U postgres -d postgres -qAtc 'SHOW server_version'), release build). Every comparison"
   echo "is measured in the same run; the load generator shares the machine with the servers."
-  if [ "$steps" != " auth quota webhook edge " ]; then
+  if [ "$steps" != " auth quota reads webhook edge " ]; then
     echo "Only these steps ran that day:${steps% }; the other sections are from earlier runs."
   fi
   echo

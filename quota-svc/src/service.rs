@@ -1,7 +1,11 @@
 //! The quota operations the handlers call: each validates nothing of the wire format (api.rs
 //! does), decides with the domain rules and runs its transaction in the store.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -22,7 +26,7 @@ use crate::{
     error::Error,
     store::{
         consume::{Keys, Pending},
-        entitlements::{self, PlanLimits},
+        entitlements::{self, DefaultTier, PlanLimits},
         usage::{self, BucketSums, EventFilter, EventRow},
     },
 };
@@ -32,10 +36,15 @@ use crate::{
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const MAINTENANCE_RETRY: Duration = Duration::from_secs(5);
 
+/// How many times a read fetches the default tier and its counters again when they keep
+/// changing between its statements (each time an ApplyDefaultEntitlements committed).
+const DEFAULT_TIER_READS: usize = 4;
+
 /// The quota operations, shared by the handlers: the pool, the clock and the consume batcher.
 pub struct Quota {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    default_tier: DefaultTierCopy,
     /// `None`: one transaction per Consume call (the benchmark's comparison path).
     batcher: Option<Batcher>,
 }
@@ -59,6 +68,7 @@ impl Quota {
         let quota = Arc::new(Self {
             pool,
             clock,
+            default_tier: DefaultTierCopy::default(),
             batcher,
         });
         tokio::spawn(maintain(Arc::downgrade(&quota)));
@@ -121,8 +131,12 @@ impl Quota {
         self.quotas(subject, None).await
     }
 
-    /// The subject's quotas; the month's usage is read only for the default-tier metrics
-    /// without a counter, and only for `only` when given.
+    /// The subject's quotas (only that of `only` when given): one statement reads its counters
+    /// with the default tier's version, and the default tier comes from memory unless that
+    /// version is not the copy's. A metric without a counter is at its default limit with
+    /// nothing used: the store creates a counter holding the month's usage wherever a subject
+    /// has some and no counter (a plan's metric falling back, a metric added back to the free
+    /// tier), so a read agrees with what the next Consume decides.
     async fn quotas(
         &self,
         subject: Uuid,
@@ -130,18 +144,24 @@ impl Quota {
     ) -> Result<BTreeMap<String, Counter>, Error> {
         let now = self.now();
         let mut conn = self.conn().await?;
-        let own = entitlements::counters_of(&mut conn, subject).await?;
-        let defaults = entitlements::defaults(&mut conn).await?;
-        let without_counter: Vec<String> = defaults
+        let mut read = entitlements::read_counters(&mut conn, subject, only).await?;
+        let mut defaults = self.default_tier.current();
+        for _ in 0..DEFAULT_TIER_READS {
+            if defaults.version == read.defaults_version {
+                break;
+            }
+            defaults = self.default_tier.reload(&mut conn).await?;
+            // Changed again between the two statements: read the counters that go with it.
+            if defaults.version != read.defaults_version {
+                read = entitlements::read_counters(&mut conn, subject, only).await?;
+            }
+        }
+        drop(conn);
+        let limits = defaults
+            .limits
             .iter()
-            .map(|(metric, _)| metric)
-            .filter(|metric| only.is_none_or(|only| only == metric.as_str()))
-            .filter(|metric| !own.iter().any(|(own_metric, _)| own_metric == *metric))
-            .cloned()
-            .collect();
-        let month_usage =
-            entitlements::month_usage(&mut conn, subject, &without_counter, now).await?;
-        Ok(domain::effective_quotas(own, &defaults, &month_usage, now))
+            .filter(|(metric, _)| only.is_none_or(|only| only == metric));
+        Ok(domain::effective_quotas(read.counters, limits, now))
     }
 
     /// Usage per bucket over `[from, to)`, every bucket present, oldest first.
@@ -239,6 +259,35 @@ impl Quota {
         let deleted = usage::delete_expired_keys(&mut conn, now).await?;
         tracing::debug!(deleted, "quota maintenance done");
         Ok(true)
+    }
+}
+
+/// This replica's copy of the default tier, which changes a few times a year: reads use it while
+/// the version their statement read is the copy's.
+struct DefaultTierCopy(RwLock<Arc<DefaultTier>>);
+
+impl Default for DefaultTierCopy {
+    fn default() -> Self {
+        // No stored version is negative: the first read loads the tier.
+        Self(RwLock::new(Arc::new(DefaultTier {
+            version: -1,
+            limits: Vec::new(),
+        })))
+    }
+}
+
+impl DefaultTierCopy {
+    fn current(&self) -> Arc<DefaultTier> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn reload(&self, conn: &mut AsyncPgConnection) -> Result<Arc<DefaultTier>, Error> {
+        let loaded = Arc::new(entitlements::default_tier(conn).await?);
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
+        Ok(loaded)
     }
 }
 

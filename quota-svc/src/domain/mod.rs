@@ -127,20 +127,16 @@ impl Counter {
 }
 
 /// The quota state a subject sees at `now`: its own counters (periods rolled over in memory)
-/// and, for metrics it has none of, the default-tier counters a consume would create, holding
-/// `month_usage` (by metric; absent is 0); by metric name.
-pub fn effective_quotas(
+/// and, for the default tier's metrics (`limits`: metric and limit) it has none of, the
+/// default-tier counter a consume would create: the store keeps a counter wherever the month has
+/// usage, so those start from nothing. By metric name.
+pub fn effective_quotas<'a>(
     own: Vec<(String, Counter)>,
-    defaults: &[(String, Option<i64>)],
-    month_usage: &std::collections::HashMap<String, i64>,
+    limits: impl Iterator<Item = &'a (String, Option<i64>)>,
     now: DateTime<Utc>,
 ) -> std::collections::BTreeMap<String, Counter> {
-    let mut quotas: std::collections::BTreeMap<String, Counter> = defaults
-        .iter()
-        .map(|(metric, limit)| {
-            let used = month_usage.get(metric).copied().unwrap_or(0);
-            (metric.clone(), Counter::default_tier(*limit, now, used))
-        })
+    let mut quotas: std::collections::BTreeMap<String, Counter> = limits
+        .map(|(metric, limit)| (metric.clone(), Counter::default_tier(*limit, now, 0)))
         .collect();
     for (metric, mut counter) in own {
         counter.roll_over(now);

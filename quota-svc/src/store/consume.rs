@@ -330,6 +330,9 @@ pub async fn create_default_counters(
     keys: &BTreeSet<CounterKey>,
     now: DateTime<Utc>,
 ) -> Result<(), diesel::result::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     let (subjects, metrics): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
     let (start, end) = period::month_of(now);
     sql_query(format!(

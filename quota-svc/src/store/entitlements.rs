@@ -1,7 +1,7 @@
 //! Entitlements and single-counter transactions: reads for CheckQuota/ListQuotas, ResetQuota,
 //! Refund, ApplyEntitlements and ApplyDefaultEntitlements.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -12,86 +12,136 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    COUNTER_COLUMNS, CounterRow, MONTH_USAGE,
+    Prepared,
     consume::{create_default_counters, lock_counters},
 };
-use crate::domain::{Counter, Holding, period};
+use crate::domain::{Counter, Holding, Source, period};
 
-/// The subject's own counters, by metric.
-pub async fn counters_of(
+/// What one read statement returns: the default tier's version, and a counter of the subject
+/// when it has one (the columns are null on the one row of a subject without counters).
+#[derive(QueryableByName)]
+struct ReadRow {
+    #[diesel(sql_type = BigInt)]
+    defaults_version: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    metric: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    source: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    quota_limit: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    used: Option<i64>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    period_start: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    period_end: Option<DateTime<Utc>>,
+}
+
+impl ReadRow {
+    fn counter(self) -> Option<(String, Counter)> {
+        Some((
+            self.metric?,
+            Counter {
+                limit: self.quota_limit,
+                used: self.used?,
+                period_start: self.period_start?,
+                period_end: self.period_end?,
+                source: Source::parse(&self.source?),
+            },
+        ))
+    }
+}
+
+/// A subject's counters as one statement saw them, with the default tier's version in the same
+/// snapshot: a copy of the default tier of another version is not the one these counters go with.
+#[derive(Debug)]
+pub struct CountersRead {
+    pub defaults_version: i64,
+    /// By metric.
+    pub counters: Vec<(String, Counter)>,
+}
+
+/// The subject's counters (only that of `metric` when given) and the default tier's version (0
+/// before any was applied), in one prepared statement: a read is one round trip, and no transaction.
+pub async fn read_counters(
     conn: &mut AsyncPgConnection,
     subject: Uuid,
-) -> Result<Vec<(String, Counter)>, diesel::result::Error> {
-    let rows: Vec<CounterRow> = sql_query(format!(
-        "SELECT {COUNTER_COLUMNS} FROM entitlements e WHERE e.subject = $1 ORDER BY e.metric"
-    ))
-    .bind::<SqlUuid, _>(subject)
-    .load(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let counter = row.counter();
-            (row.metric, counter)
-        })
-        .collect())
+    metric: Option<&str>,
+) -> Result<CountersRead, diesel::result::Error> {
+    // Two texts rather than `$2 IS NULL OR ...`: each keeps its own plain index lookup.
+    let rows: Vec<ReadRow> = match metric {
+        Some(metric) => Prepared(
+            sql_query(
+                "SELECT COALESCE((SELECT version FROM default_version), 0) AS defaults_version, \
+                       e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end \
+                     FROM (SELECT) AS one \
+                     LEFT JOIN entitlements e ON e.subject = $1 AND e.metric = $2",
+            )
+            .bind::<SqlUuid, _>(subject)
+            .bind::<Text, _>(metric),
+        )
+        .load(conn)
+        .await?,
+        None => Prepared(
+            sql_query(
+                "SELECT COALESCE((SELECT version FROM default_version), 0) AS defaults_version, \
+                       e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end \
+                     FROM (SELECT) AS one \
+                     LEFT JOIN entitlements e ON e.subject = $1 \
+                     ORDER BY e.metric",
+            )
+            .bind::<SqlUuid, _>(subject),
+        )
+        .load(conn)
+        .await?,
+    };
+    let defaults_version = rows
+        .as_slice()
+        .first()
+        .map_or(0, |row| row.defaults_version);
+    Ok(CountersRead {
+        defaults_version,
+        counters: rows.into_iter().filter_map(ReadRow::counter).collect(),
+    })
 }
 
 #[derive(QueryableByName)]
 struct DefaultRow {
-    #[diesel(sql_type = Text)]
-    metric: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    metric: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     quota_limit: Option<i64>,
 }
 
-/// The default tier: (metric, limit) by metric; `None` is unlimited.
-pub async fn defaults(
-    conn: &mut AsyncPgConnection,
-) -> Result<Vec<(String, Option<i64>)>, diesel::result::Error> {
-    let rows: Vec<DefaultRow> =
-        sql_query("SELECT metric, quota_limit FROM default_entitlements ORDER BY metric")
-            .load(conn)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.metric, row.quota_limit))
-        .collect())
+/// The default tier and its version, read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultTier {
+    pub version: i64,
+    /// (metric, limit) by metric; `None` is unlimited.
+    pub limits: Vec<(String, Option<i64>)>,
 }
 
-#[derive(QueryableByName)]
-struct MonthUsageRow {
-    #[diesel(sql_type = Text)]
-    metric: String,
-    #[diesel(sql_type = BigInt)]
-    used: i64,
-}
-
-/// What `subject` holds of each of `metrics` in the calendar month of `now` (consumed and not
-/// refunded): where a default-tier counter created now would start.
-pub async fn month_usage(
+/// The default tier as stored, with its version, in one statement (one snapshot).
+pub async fn default_tier(
     conn: &mut AsyncPgConnection,
-    subject: Uuid,
-    metrics: &[String],
-    now: DateTime<Utc>,
-) -> Result<HashMap<String, i64>, diesel::result::Error> {
-    if metrics.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let (start, end) = period::month_of(now);
-    let subjects = vec![subject; metrics.len()];
-    let rows: Vec<MonthUsageRow> = sql_query(format!(
-        "SELECT k.metric, m.used \
-         FROM unnest($1::uuid[], $2::text[]) AS k(subject, metric) \
-         CROSS JOIN LATERAL ({MONTH_USAGE}) m"
-    ))
-    .bind::<Array<SqlUuid>, _>(&subjects)
-    .bind::<Array<Text>, _>(metrics)
-    .bind::<Timestamptz, _>(start)
-    .bind::<Timestamptz, _>(end)
+) -> Result<DefaultTier, diesel::result::Error> {
+    let rows: Vec<DefaultRow> = sql_query(
+        "SELECT COALESCE((SELECT version FROM default_version), 0) AS version, \
+           d.metric, d.quota_limit \
+         FROM (SELECT) AS one LEFT JOIN default_entitlements d ON true \
+         ORDER BY d.metric",
+    )
     .load(conn)
     .await?;
-    Ok(rows.into_iter().map(|row| (row.metric, row.used)).collect())
+    Ok(DefaultTier {
+        version: rows.as_slice().first().map_or(0, |row| row.version),
+        limits: rows
+            .into_iter()
+            .filter_map(|row| Some((row.metric?, row.quota_limit)))
+            .collect(),
+    })
 }
 
 #[derive(QueryableByName)]
@@ -302,14 +352,23 @@ pub async fn apply_plan(
         return Ok((false, stored.version));
     };
     let (metrics, limits): (Vec<String>, Vec<Option<i64>>) = plan.limits.iter().cloned().unzip();
-    sql_query(
+    let dropped: Vec<MetricRow> = sql_query(
         "DELETE FROM entitlements \
-         WHERE subject = $1 AND source = 'plan' AND NOT (metric = ANY($2::text[]))",
+         WHERE subject = $1 AND source = 'plan' AND NOT (metric = ANY($2::text[])) \
+         RETURNING metric",
     )
     .bind::<SqlUuid, _>(plan.subject)
     .bind::<Array<Text>, _>(&metrics)
-    .execute(conn)
+    .load(conn)
     .await?;
+    // The metrics the plan no longer has fall back to the default tier now, holding the
+    // month's usage, as the next Consume would have made them: a subject without a counter
+    // has then consumed nothing of the metric this month, which is what reads rely on.
+    let fallen_back = dropped
+        .into_iter()
+        .map(|row| (plan.subject, row.metric))
+        .collect();
+    create_default_counters(conn, &fallen_back, now).await?;
     if let Some((start, end)) = plan.period {
         sql_query(
             "INSERT INTO entitlements AS e \
@@ -371,8 +430,8 @@ pub async fn apply_defaults(
         return Ok((false, stored.version));
     };
     let (metrics, limits): (Vec<String>, Vec<Option<i64>>) = limits.iter().cloned().unzip();
-    sql_query("DELETE FROM default_entitlements")
-        .execute(conn)
+    let previous: Vec<MetricRow> = sql_query("DELETE FROM default_entitlements RETURNING metric")
+        .load(conn)
         .await?;
     sql_query(
         "INSERT INTO default_entitlements (metric, quota_limit) \
@@ -401,5 +460,57 @@ pub async fn apply_defaults(
     .bind::<Timestamptz, _>(now)
     .execute(conn)
     .await?;
+    let added: Vec<String> = metrics
+        .into_iter()
+        .filter(|metric| !previous.iter().any(|row| &row.metric == metric))
+        .collect();
+    seed_added_metrics(conn, &added, now).await?;
     Ok((true, applied.version))
+}
+
+#[derive(QueryableByName)]
+struct MetricRow {
+    #[diesel(sql_type = Text)]
+    metric: String,
+}
+
+#[derive(QueryableByName)]
+struct SubjectMetricRow {
+    #[diesel(sql_type = SqlUuid)]
+    subject: Uuid,
+    #[diesel(sql_type = Text)]
+    metric: String,
+}
+
+/// Gives the subjects that consumed a metric new to the default tier this month, and have no
+/// counter of it (their free counter was dropped with the metric, or their plan ended while the
+/// metric was not free), the default counter holding that usage, as the next Consume would.
+/// Reads then never need the usage log: no counter means nothing consumed this month. This
+/// scans the month's usage of those metrics, on a change made a few times a year.
+async fn seed_added_metrics(
+    conn: &mut AsyncPgConnection,
+    added: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    if added.is_empty() {
+        return Ok(());
+    }
+    let (start, end) = period::month_of(now);
+    let rows: Vec<SubjectMetricRow> = sql_query(
+        "SELECT DISTINCT u.subject, u.metric FROM usage_events u \
+         WHERE u.metric = ANY($1::text[]) AND u.kind = 'consume' \
+           AND u.occurred_at >= $2 AND u.occurred_at < $3 \
+           AND NOT EXISTS (SELECT FROM entitlements e \
+                           WHERE e.subject = u.subject AND e.metric = u.metric)",
+    )
+    .bind::<Array<Text>, _>(added)
+    .bind::<Timestamptz, _>(start)
+    .bind::<Timestamptz, _>(end)
+    .load(conn)
+    .await?;
+    let keys = rows
+        .into_iter()
+        .map(|row| (row.subject, row.metric))
+        .collect();
+    create_default_counters(conn, &keys, now).await
 }

@@ -7,51 +7,11 @@ pub mod entitlements;
 pub mod schema;
 pub mod usage;
 
-use chrono::{DateTime, Utc};
 use diesel::{
-    QueryResult, QueryableByName,
+    QueryResult,
     pg::Pg,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
-    sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
-use uuid::Uuid;
-
-use crate::domain::{Counter, Source};
-
-/// A locked or read counter row.
-#[derive(Debug, QueryableByName)]
-pub struct CounterRow {
-    #[diesel(sql_type = SqlUuid)]
-    pub subject: Uuid,
-    #[diesel(sql_type = Text)]
-    pub metric: String,
-    #[diesel(sql_type = Text)]
-    pub source: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pub quota_limit: Option<i64>,
-    #[diesel(sql_type = BigInt)]
-    pub used: i64,
-    #[diesel(sql_type = Timestamptz)]
-    pub period_start: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
-    pub period_end: DateTime<Utc>,
-}
-
-impl CounterRow {
-    pub fn counter(&self) -> Counter {
-        Counter {
-            limit: self.quota_limit,
-            used: self.used,
-            period_start: self.period_start,
-            period_end: self.period_end,
-            source: Source::parse(&self.source),
-        }
-    }
-}
-
-/// The columns of [`CounterRow`].
-const COUNTER_COLUMNS: &str =
-    "e.subject, e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end";
 
 /// The units `k.subject` holds of `k.metric` in the calendar month `[$3, $4)`: its consumptions
 /// of the month that were not refunded, as a LATERAL subquery yielding `used`. A default-tier

@@ -67,6 +67,21 @@ impl QuotaServer {
         }
     }
 
+    /// Another quota-svc over the same database and callers: a second replica, with its own
+    /// pool and its own copy of the default tier.
+    pub async fn replica(&self) -> InProcess {
+        let authenticator = self.issuer.authenticator();
+        let clock = self.clock.clone();
+        InProcess::start(
+            SPEC,
+            self.db.url(),
+            MIGRATIONS,
+            |_| {},
+            move |pool| routes(pool, authenticator, clock, 4),
+        )
+        .await
+    }
+
     pub fn client(&self) -> QuotaServiceClient<Channel> {
         QuotaServiceClient::new(self.server.channel.clone())
     }

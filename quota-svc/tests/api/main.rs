@@ -7,6 +7,7 @@ mod binaries;
 mod consume;
 mod harness;
 mod metering;
+mod read_consistency;
 mod reads;
 mod refunds;
 mod schema;
