@@ -200,12 +200,12 @@ def requires_quota(
     def decorate(endpoint: Endpoint) -> Endpoint:
         if not inspect.iscoroutinefunction(endpoint):
             raise TypeError("requires_quota decorates async endpoints")
-        signature = _with_extra_parameters(endpoint)
+        extra = _with_extra_parameters(endpoint)
 
         @functools.wraps(endpoint)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            request: Request = kwargs.pop(_REQUEST)
-            response: Response = kwargs.pop(_RESPONSE)
+            request: Request = extra.take(kwargs, extra.request)
+            response: Response = extra.take(kwargs, extra.response)
             user: Principal = kwargs.pop(_USER)
             charge = await _charge(request, user, metric, amount, idempotency_key)
             try:
@@ -226,7 +226,7 @@ def requires_quota(
 
         # FastAPI reads the parameters from the signature: the endpoint's own, plus what the
         # charge needs (the same `current_user` dependency is resolved once per request).
-        wrapper.__signature__ = signature  # type: ignore[attr-defined]
+        wrapper.__signature__ = extra.signature  # type: ignore[attr-defined]
         # Its annotations are already resolved in the signature; no stale strings.
         wrapper.__annotations__ = {}
         return typing.cast(Endpoint, wrapper)
@@ -234,7 +234,21 @@ def requires_quota(
     return decorate
 
 
-def _with_extra_parameters(endpoint: Callable[..., Any]) -> inspect.Signature:
+@dataclass(frozen=True)
+class _Extra:
+    """The endpoint's signature with what the charge needs, and where to find it."""
+
+    signature: inspect.Signature
+    request: str
+    response: str
+    added: frozenset[str]
+
+    def take(self, kwargs: dict[str, Any], name: str) -> Any:
+        # Ours are removed before the endpoint is called; the endpoint's own are shared.
+        return kwargs.pop(name) if name in self.added else kwargs[name]
+
+
+def _with_extra_parameters(endpoint: Callable[..., Any]) -> _Extra:
     signature = inspect.signature(endpoint)
     # Resolved here, in the endpoint's module: FastAPI would resolve string annotations (from
     # `from __future__ import annotations`) against this module's globals instead.
@@ -245,14 +259,39 @@ def _with_extra_parameters(endpoint: Callable[..., Any]) -> inspect.Signature:
     ]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         raise TypeError("requires_quota cannot decorate an endpoint taking **kwargs")
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    parameters += [
-        inspect.Parameter(_REQUEST, keyword, annotation=Request),
-        inspect.Parameter(_RESPONSE, keyword, annotation=Response),
-        inspect.Parameter(_USER, keyword, annotation=Principal, default=Depends(current_user)),
-    ]
-    return signature.replace(
-        parameters=parameters, return_annotation=hints.get("return", signature.return_annotation)
+    added: set[str] = set()
+
+    def find_or_add(kind: type, name: str) -> str:
+        # FastAPI hands the request (or response) to one parameter only: share the endpoint's.
+        for p in parameters:
+            if isinstance(p.annotation, type) and issubclass(p.annotation, kind):
+                return p.name
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter(name, keyword, annotation=kind))
+        added.add(name)
+        return name
+
+    request = find_or_add(Request, _REQUEST)
+    response = find_or_add(Response, _RESPONSE)
+    # Always ours: an endpoint's own Principal may come from another dependency. FastAPI runs
+    # `current_user` once per request however many parameters ask for it.
+    parameters.append(
+        inspect.Parameter(
+            _USER,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Principal,
+            default=Depends(current_user),
+        )
+    )
+    added.add(_USER)
+    return _Extra(
+        signature=signature.replace(
+            parameters=parameters,
+            return_annotation=hints.get("return", signature.return_annotation),
+        ),
+        request=request,
+        response=response,
+        added=frozenset(added),
     )
 
 
