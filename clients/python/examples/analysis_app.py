@@ -1,6 +1,7 @@
 """An existing FastAPI backend selling text analyses, metered by commerce-mesh.
 
-    QUOTA_API_KEY="$(cat .dev/backend-api-key)" uvicorn analysis_app:app --app-dir clients/python/examples
+    export QUOTA_API_KEY="$(cat .dev/backend-api-key)"
+    uvicorn analysis_app:app --app-dir clients/python/examples
 
 - `GET /v1/me`: who is calling (an access token, or the user's own API key).
 - `POST /v1/analyses`: one unit of `analysis` per call, with `@requires_quota`.

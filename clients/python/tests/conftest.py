@@ -9,6 +9,7 @@ dropped at the end; the servers' logs are printed when a test failed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -30,13 +31,12 @@ from commerce_mesh._stubs import auth_pb2, auth_pb2_grpc, quota_pb2, quota_pb2_g
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "clients" / "python" / "examples"
 BIN_DIR = Path(os.environ.get("COMMERCE_MESH_BIN_DIR", REPO / "target" / "debug"))
-SERVER_URL = os.environ.get(
-    "TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"
-)
+SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 # A fixed development master key: the test database is thrown away.
 MASTER_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-# The free tier the tests run against (what billing-svc's `plans apply` would set).
-FREE_TIER = {"analysis": 3, "report": 2}
+# The free tier the tests run against (what billing-svc's `plans apply` would set); None is
+# unlimited.
+FREE_TIER: dict[str, int | None] = {"analysis": 3, "report": 2, "export": None}
 
 
 def free_port() -> int:
@@ -113,6 +113,12 @@ def psql(sql: str) -> None:
     )
 
 
+@functools.cache
+def _channel(addr: str) -> grpc.Channel:
+    """One channel per address for the whole run (the test side's synchronous calls)."""
+    return grpc.insecure_channel(addr)
+
+
 @dataclass
 class MeshUnderTest:
     auth_addr: str
@@ -124,11 +130,11 @@ class MeshUnderTest:
     processes: list[Process]
 
     def auth_stub(self) -> auth_pb2_grpc.AuthServiceStub:
-        return auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel(self.auth_addr))
+        return auth_pb2_grpc.AuthServiceStub(_channel(self.auth_addr))
 
     def quota_state(self, user_id: str, metric: str) -> quota_pb2.QuotaState:
         """CheckQuota with the backend's key, as the backend itself would."""
-        stub = quota_pb2_grpc.QuotaServiceStub(grpc.insecure_channel(self.quota_addr))
+        stub = quota_pb2_grpc.QuotaServiceStub(_channel(self.quota_addr))
         response = stub.CheckQuota(
             quota_pb2.CheckQuotaRequest(metric=metric, subject=user_id),
             metadata=[("x-api-key", self.backend_key)],
@@ -211,8 +217,11 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[MeshUnderTest]:
         )
         quota_addr = f"127.0.0.1:{quota_port}"
         # The free tier, with a service key (billing-svc's job in production).
-        limits = [quota_pb2.MetricLimit(metric=m, limit=n) for m, n in FREE_TIER.items()]
-        quota_pb2_grpc.QuotaServiceStub(grpc.insecure_channel(quota_addr)).ApplyDefaultEntitlements(
+        limits = [
+            quota_pb2.MetricLimit(metric=m, limit=n or 0, unlimited=n is None)
+            for m, n in FREE_TIER.items()
+        ]
+        quota_pb2_grpc.QuotaServiceStub(_channel(quota_addr)).ApplyDefaultEntitlements(
             quota_pb2.ApplyDefaultEntitlementsRequest(limits=limits, version=1),
             metadata=[("x-api-key", billing_key)],
             timeout=30,

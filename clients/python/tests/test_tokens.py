@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import jwt
 from commerce_mesh import AuthError, TokenVerifier, quota_headers
 from commerce_mesh.auth import Jwk
 
@@ -37,7 +37,7 @@ class Issuer:
             for kid, key in self.keys.items()
         ]
 
-    def token(self, kid: str = "k1", **overrides: object) -> str:
+    def token(self, kid: str = "k1", overrides: Mapping[str, object] | None = None) -> str:
         now = int(time.time())
         claims: dict[str, object] = {
             "sub": USER,
@@ -49,7 +49,7 @@ class Issuer:
             "exp": now + 900,
             "jti": "t",
         }
-        claims.update(overrides)
+        claims.update(overrides or {})
         claims = {name: value for name, value in claims.items() if value is not None}
         return jwt.encode(claims, self.keys[kid], algorithm="EdDSA", headers={"kid": kid})
 
@@ -75,7 +75,7 @@ async def test_a_valid_token_gives_the_user_and_the_scopes_of_the_roles(
     user = await verifier.verify(issuer.token())
     assert (user.user_id, user.credential, user.roles) == (USER, "token", frozenset())
     assert user.scopes == {"quota:consume", "quota:read", "billing:read", "billing:write"}
-    admin = await verifier.verify(issuer.token(roles=["admin", "service"]))
+    admin = await verifier.verify(issuer.token(overrides={"roles": ["admin", "service"]}))
     # A session never holds `service`, whatever its roles (as in the mesh).
     assert "admin" in admin.scopes and "service" not in admin.scopes
 
@@ -96,7 +96,7 @@ async def test_tokens_the_mesh_would_refuse_are_refused(
     issuer: Issuer, verifier: TokenVerifier, claims: dict[str, object], message: str | None
 ) -> None:
     with pytest.raises(AuthError) as refused:
-        await verifier.verify(issuer.token(**claims))
+        await verifier.verify(issuer.token(overrides=claims))
     assert refused.value.status == 401
     assert message is None or message in refused.value.message
 

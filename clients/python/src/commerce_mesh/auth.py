@@ -20,6 +20,7 @@ only the scope the call proved (`quota:read`). Answers are cached by the key's S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -77,7 +78,7 @@ def scopes_of_roles(roles: Sequence[str]) -> frozenset[str]:
 
 def grpc_jwks(channel: grpc.aio.Channel, *, timeout: float = 2.0) -> JwksSource:
     """The JWKS from auth-svc's `GetJwks` (public, no credentials)."""
-    stub = auth_pb2_grpc.AuthServiceStub(channel)
+    stub = auth_pb2_grpc.AuthServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def fetch() -> Sequence[Jwk]:
         response = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=timeout)
@@ -189,10 +190,8 @@ class TokenVerifier:
             # refresh keeps them too.
             if not self._fetching.locked():
                 async with self._fetching:
-                    try:
+                    with contextlib.suppress(*FETCH_ERRORS):
                         await self._fetch()
-                    except FETCH_ERRORS:
-                        pass
         else:
             # Unknown: a key published since the last fetch (a rotation), or a made-up kid.
             async with self._fetching:
@@ -235,7 +234,8 @@ class ApiKeyResolver:
         max_entries: int = 10_000,
         timeout: float = 2.0,
     ) -> None:
-        self._stub = quota_pb2_grpc.QuotaServiceStub(quota_channel)
+        # The generated gRPC stubs carry no annotations.
+        self._stub = quota_pb2_grpc.QuotaServiceStub(quota_channel)  # type: ignore[no-untyped-call]
         self._ttl = ttl
         self._max_entries = max_entries
         self._timeout = timeout

@@ -161,11 +161,17 @@ async def _charge(
     except grpc.aio.AioRpcError as err:
         code = err.code()
         if code == grpc.StatusCode.ALREADY_EXISTS:
-            raise HTTPException(409, "this request id was already used for another request")
+            raise HTTPException(
+                409, "this request id was already used for another request"
+            ) from None
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise HTTPException(503, "quota is unavailable, retry later", {"Retry-After": "1"})
+            raise HTTPException(
+                503, "quota is unavailable, retry later", {"Retry-After": "1"}
+            ) from None
         # The backend's key or the metric is wrong: our fault, not the caller's.
-        log.error("charging %s for %s failed: %s %s", metric, user.user_id, code.name, err.details())
+        log.error(
+            "charging %s for %s failed: %s %s", metric, user.user_id, code.name, err.details()
+        )
         raise HTTPException(500, "quota check failed") from None
     if not decision.allowed:
         headers = quota_headers(
@@ -254,8 +260,7 @@ def _with_extra_parameters(endpoint: Callable[..., Any]) -> _Extra:
     # `from __future__ import annotations`) against this module's globals instead.
     hints = typing.get_type_hints(endpoint, include_extras=True)
     parameters = [
-        p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in signature.parameters.values()
+        p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
     ]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         raise TypeError("requires_quota cannot decorate an endpoint taking **kwargs")

@@ -125,7 +125,8 @@ class QuotaClient:
     multiplexes concurrent calls, so one channel serves every request of the process)."""
 
     def __init__(self, channel: grpc.aio.Channel, api_key: str, *, timeout: float = 2.0) -> None:
-        self._stub = quota_pb2_grpc.QuotaServiceStub(channel)
+        # The generated gRPC stubs carry no annotations.
+        self._stub = quota_pb2_grpc.QuotaServiceStub(channel)  # type: ignore[no-untyped-call]
         # Held only as call metadata; never logged or put in a repr.
         self._metadata = (("x-api-key", api_key),)
         self._timeout = timeout
@@ -160,9 +161,7 @@ class QuotaClient:
         )
         if attributes:
             request.attributes.update(dict(attributes))
-        response = await self._stub.Consume(
-            request, metadata=self._metadata, timeout=self._timeout
-        )
+        response = await self._stub.Consume(request, metadata=self._metadata, timeout=self._timeout)
         return QuotaDecision.from_proto(response)
 
     async def refund(
