@@ -4,7 +4,7 @@ does, the free tier applied as billing-svc would, and the example app under uvic
 
 Settings: `COMMERCE_MESH_BIN_DIR` (default `<repo>/target/debug`), `TEST_DATABASE_URL` (any
 database of the server, default `postgres://postgres@127.0.0.1:5432/postgres`). The database is
-dropped at the end; the servers' logs are printed when a test failed.
+dropped at the end; the servers' output is printed at the end of a run that failed.
 """
 
 from __future__ import annotations
@@ -94,6 +94,17 @@ def listening(port: int) -> bool:
         return False
 
 
+def serving(addr: str) -> bool:
+    """Whether the server's `grpc.health.v1` check says SERVING: the servers listen before their
+    migrations have run and report SERVING only after. The messages are tiny enough to write by
+    hand (an empty request; `status = 1` is the bytes 08 01)."""
+    check = _channel(addr).unary_unary("/grpc.health.v1.Health/Check")
+    try:
+        return bool(check(b"", timeout=1) == b"\x08\x01")
+    except grpc.RpcError:
+        return False
+
+
 def binary(name: str) -> str:
     path = BIN_DIR / name
     if not path.exists():
@@ -106,11 +117,17 @@ def binary(name: str) -> str:
 
 
 def psql(sql: str) -> None:
-    subprocess.run(
+    result = subprocess.run(
         ["psql", SERVER_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if result.returncode != 0:
+        pytest.exit(
+            f"`{sql}` on {SERVER_URL} failed (the tests need PostgreSQL; `just test` starts it; "
+            f"TEST_DATABASE_URL names another server):\n{result.stderr}",
+            returncode=2,
+        )
 
 
 @functools.cache
@@ -159,7 +176,7 @@ class MeshUnderTest:
 
 
 @pytest.fixture(scope="session")
-def mesh(request: pytest.FixtureRequest) -> Iterator[MeshUnderTest]:
+def mesh() -> Iterator[MeshUnderTest]:
     name = f"commerce_pytest_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     database_url = SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
     logs = Path(tempfile.mkdtemp(prefix="commerce-pytest-"))
@@ -167,10 +184,14 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[MeshUnderTest]:
     psql(f"CREATE DATABASE {name}")
     try:
 
-        def start(name: str, args: list[str], env: dict[str, str], port: int) -> Process:
+        def start(
+            name: str, args: list[str], env: dict[str, str], port: int, health: bool = True
+        ) -> Process:
             process = Process(name, args, env, logs)
             processes.append(process)
-            wait_until(f"{name} on :{port}", lambda: process.alive() and listening(port))
+            ready = serving if health else lambda addr: listening(int(addr.rsplit(":", 1)[1]))
+            addr = f"127.0.0.1:{port}"
+            wait_until(f"{name} on {addr}", lambda: process.alive() and ready(addr))
             return process
 
         def server_env(prefix: str, port: int) -> dict[str, str]:
@@ -244,6 +265,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[MeshUnderTest]:
                 "JWKS_REFRESH_SECS": "600",
             },
             app_port,
+            health=False,
         )  # fmt: skip
         yield MeshUnderTest(
             auth_addr,
@@ -257,10 +279,20 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[MeshUnderTest]:
     finally:
         for process in reversed(processes):
             process.stop()
-        if request.session.testsfailed:
-            for process in processes:
-                print(f"\n--- {process.name} ---\n{process.output()[-20000:]}", file=sys.stderr)
+            # Shown at the end of the run if anything failed (pytest_terminal_summary).
+            _OUTPUTS[process.name] = process.output()
         psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+_OUTPUTS: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
+        return
+    for name, output in _OUTPUTS.items():
+        terminalreporter.write_sep("-", f"output of {name}")
+        terminalreporter.write_line(output[-20000:])
 
 
 @dataclass
