@@ -41,6 +41,9 @@ async def test_consume_refund_and_check(mesh: MeshUnderTest, user: User) -> None
         assert (denied.limit, denied.remaining) == (3, 3)
         assert denied.resets_at == first.resets_at
 
+        # No entitlement: denied, with no period to wait for (hence no Retry-After).
+        unknown = await quota.consume(user.user_id, "no-such-metric", idempotency_key="u")
+        assert not unknown.allowed and unknown.resets_at is None
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await quota.check(user.user_id, "no-such-metric")
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
