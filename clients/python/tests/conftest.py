@@ -145,6 +145,8 @@ class MeshUnderTest:
     backend_key: str
     auth: Process
     processes: list[Process]
+    # A token the mesh signed with a 60-second life, taken at the start of the run.
+    expiring_token: str = ""
 
     def auth_stub(self) -> auth_pb2_grpc.AuthServiceStub:
         return auth_pb2_grpc.AuthServiceStub(_channel(self.auth_addr))
@@ -175,6 +177,16 @@ class MeshUnderTest:
         return result.stdout.strip()
 
 
+def server_env(prefix: str, port: int, database_url: str) -> dict[str, str]:
+    """What every server of the mesh reads: where to listen and which database."""
+    return {
+        f"{prefix}_LISTEN_ADDR": f"127.0.0.1:{port}",
+        f"{prefix}_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        f"{prefix}_DATABASE_URL": database_url,
+        "HEALTH_CHECK_INTERVAL_MS": "200",
+    }
+
+
 @pytest.fixture(scope="session")
 def mesh() -> Iterator[MeshUnderTest]:
     name = f"commerce_pytest_{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -194,20 +206,12 @@ def mesh() -> Iterator[MeshUnderTest]:
             wait_until(f"{name} on {addr}", lambda: process.alive() and ready(addr))
             return process
 
-        def server_env(prefix: str, port: int) -> dict[str, str]:
-            return {
-                f"{prefix}_LISTEN_ADDR": f"127.0.0.1:{port}",
-                f"{prefix}_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
-                f"{prefix}_DATABASE_URL": database_url,
-                "HEALTH_CHECK_INTERVAL_MS": "200",
-            }
-
         auth_port = free_port()
         auth = start(
             "auth-svc",
             [binary("auth-svc")],
             {
-                **server_env("AUTH", auth_port),
+                **server_env("AUTH", auth_port, database_url),
                 "AUTH_MASTER_KEY": MASTER_KEY,
                 # Mail (verification links) goes to the log, as under `just up`.
                 "AUTH_LOG_MAIL": "true",
@@ -225,12 +229,40 @@ def mesh() -> Iterator[MeshUnderTest]:
             "quota:consume,quota:read",
         )  # fmt: skip
 
+        # A second auth-svc on the same database and signing keys, giving tokens of 60 s (the
+        # shortest it allows): one taken now has expired by the end of the run, where the test of
+        # expired tokens runs (marked `late`).
+        short_port = free_port()
+        short_lived = start(
+            "auth-svc-60s-tokens",
+            [binary("auth-svc")],
+            {
+                **server_env("AUTH", short_port, database_url),
+                "AUTH_MASTER_KEY": MASTER_KEY,
+                "AUTH_LOG_MAIL": "true",
+                "ACCESS_TOKEN_TTL_SECS": "60",
+            },
+            short_port,
+        )
+        expiring = sign_up(partial)
+        expiring_token = (
+            auth_pb2_grpc.AuthServiceStub(_channel(f"127.0.0.1:{short_port}"))
+            .Login(
+                auth_pb2.LoginRequest(
+                    username_or_email=expiring.username, password=expiring.password
+                ),
+                timeout=30,
+            )
+            .access_token
+        )
+        short_lived.stop()
+
         quota_port = free_port()
         start(
             "quota-svc",
             [binary("quota-svc")],
             {
-                **server_env("QUOTA", quota_port),
+                **server_env("QUOTA", quota_port, database_url),
                 "AUTH_URL": f"http://{auth_addr}",
                 "QUOTA_SERVICE_API_KEY": quota_key,
             },
@@ -275,6 +307,7 @@ def mesh() -> Iterator[MeshUnderTest]:
             backend_key,
             auth,
             processes,
+            expiring_token,
         )
     finally:
         for process in reversed(processes):
@@ -285,6 +318,12 @@ def mesh() -> Iterator[MeshUnderTest]:
 
 
 _OUTPUTS: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `late` run last (stable order otherwise): they wait for something that
+    happens in time, such as a token expiring, while the others run."""
+    items.sort(key=lambda item: item.get_closest_marker("late") is not None)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

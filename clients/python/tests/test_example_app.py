@@ -172,6 +172,19 @@ def test_forged_expired_and_tampered_tokens_are_refused(
     assert mesh.quota_state(user.user_id, "analysis").used == 0
 
 
+@pytest.mark.late
+def test_a_token_is_refused_once_it_has_expired(app: httpx.Client, mesh: MeshUnderTest) -> None:
+    token = mesh.expiring_token
+    claims = claims_of(token)
+    assert isinstance(claims["exp"], int) and isinstance(claims["iat"], int)
+    assert claims["exp"] - claims["iat"] == 60
+    # The mesh allows 5 s of clock skew; past that the token is refused.
+    time.sleep(max(claims["exp"] + 6 - time.time(), 0))
+    expired = app.get("/v1/me", headers={"authorization": f"Bearer {token}"})
+    assert expired.status_code == 401
+    assert expired.json() == {"detail": "the access token has expired"}
+
+
 def create_api_key(mesh: MeshUnderTest, user: User, scopes: list[str]) -> str:
     created = mesh.auth_stub().CreateApiKey(
         auth_pb2.CreateApiKeyRequest(name=f"key-{uuid.uuid4().hex[:6]}", scopes=scopes),
