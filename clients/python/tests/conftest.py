@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -162,19 +163,20 @@ class MeshUnderTest:
         return response.quota
 
     def auth_cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [binary("auth-svc"), *args],
-            env={
-                **os.environ,
-                "AUTH_DATABASE_URL": self.database_url,
-                "AUTH_MASTER_KEY": MASTER_KEY,
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
+        return auth_cli(self.database_url, *args)
+
+
+def auth_cli(database_url: str, *args: str) -> str:
+    """Runs an auth-svc command (`service-key issue`, `keys rotate`) on the test database."""
+    result = subprocess.run(
+        [binary("auth-svc"), *args],
+        env={**os.environ, "AUTH_DATABASE_URL": database_url, "AUTH_MASTER_KEY": MASTER_KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def server_env(prefix: str, port: int, database_url: str) -> dict[str, str]:
@@ -221,11 +223,10 @@ def mesh() -> Iterator[MeshUnderTest]:
             auth_port,
         )
         auth_addr = f"127.0.0.1:{auth_port}"
-        partial = MeshUnderTest(auth_addr, "", "", database_url, "", auth, processes)
-        quota_key = partial.auth_cli("service-key", "issue", "--service", "quota-svc")
-        billing_key = partial.auth_cli("service-key", "issue", "--service", "billing-svc")
-        backend_key = partial.auth_cli(
-            "service-key", "issue", "--service", "analysis-app", "--scopes",
+        quota_key = auth_cli(database_url, "service-key", "issue", "--service", "quota-svc")
+        billing_key = auth_cli(database_url, "service-key", "issue", "--service", "billing-svc")
+        backend_key = auth_cli(
+            database_url, "service-key", "issue", "--service", "analysis-app", "--scopes",
             "quota:consume,quota:read",
         )  # fmt: skip
 
@@ -244,7 +245,7 @@ def mesh() -> Iterator[MeshUnderTest]:
             },
             short_port,
         )
-        expiring = sign_up(partial)
+        expiring = register_and_log_in(auth_addr)
         expiring_token = (
             auth_pb2_grpc.AuthServiceStub(_channel(f"127.0.0.1:{short_port}"))
             .Login(
@@ -314,6 +315,7 @@ def mesh() -> Iterator[MeshUnderTest]:
             process.stop()
             # Shown at the end of the run if anything failed (pytest_terminal_summary).
             _OUTPUTS[process.name] = process.output()
+        shutil.rmtree(logs, ignore_errors=True)
         psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
@@ -345,10 +347,14 @@ class User:
 
 def sign_up(mesh: MeshUnderTest) -> User:
     """A new account, signed in (through auth-svc's gRPC API, as a browser does via the edge)."""
+    return register_and_log_in(mesh.auth_addr)
+
+
+def register_and_log_in(auth_addr: str) -> User:
     username = f"u{uuid.uuid4().hex[:12]}"
     email = f"{username}@example.org"
     password = f"correct horse battery {uuid.uuid4().hex}"
-    auth = mesh.auth_stub()
+    auth = auth_pb2_grpc.AuthServiceStub(_channel(auth_addr))
     registered = auth.Register(
         auth_pb2.RegisterRequest(email=email, username=username, password=password), timeout=30
     )
