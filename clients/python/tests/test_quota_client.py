@@ -10,8 +10,8 @@ import grpc
 import httpx
 import pytest
 
-from commerce_mesh import Mesh, MeshConfig, QuotaClient, quota_headers
-from commerce_mesh.fastapi import use_mesh
+from commerce_mesh import Mesh, MeshConfig, Principal, QuotaClient, quota_headers
+from commerce_mesh.fastapi import current_user, use_mesh
 
 from .conftest import EXAMPLES, MeshUnderTest, User, free_port
 
@@ -101,3 +101,29 @@ async def test_an_unreachable_quota_service_is_503_and_the_handler_does_not_run(
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "1"
     assert mesh.quota_state(user.user_id, "analysis").used == 0
+
+
+async def test_an_apps_own_sign_in_replaces_current_user_for_the_charge(
+    mesh: MeshUnderTest, user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.delitem(sys.modules, "analysis_app", raising=False)
+    import analysis_app
+
+    async def own_sign_in() -> Principal:
+        return Principal(user.user_id, frozenset(), frozenset(), credential="token")
+
+    app = analysis_app.app
+    monkeypatch.setitem(app.dependency_overrides, current_user, own_sign_in)
+    config = MeshConfig(
+        api_key=mesh.backend_key, quota_addr=mesh.quota_addr, auth_addr=mesh.auth_addr
+    )
+    async with Mesh.connect(config) as connected:
+        use_mesh(app, connected)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            # No credentials at all: the override decides who pays.
+            response = await client.post("/v1/analyses", json={"text": "a b c"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-quota-remaining"] == "2"
+    assert mesh.quota_state(user.user_id, "analysis").used == 1
