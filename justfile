@@ -18,6 +18,7 @@ test:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked
+    clients/python/run-tests.sh
 
 # Formats the code.
 fmt:

