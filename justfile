@@ -15,6 +15,7 @@ test:
     deploy/dev/ensure-postgres.sh commerce
     deploy/dev/test-tools.sh
     deploy/dev/test-dev-secrets.sh
+    deploy/dev/validate-k8s.sh
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked
