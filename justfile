@@ -20,6 +20,10 @@ test:
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked
 
+# Builds the container images and runs deploy/compose.yaml with podman (as root; not part of `test`): docs/deploy.md.
+deploy-test:
+    deploy/test-compose.sh
+
 # Formats the code.
 fmt:
     cargo fmt --all
