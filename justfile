@@ -15,10 +15,15 @@ test:
     deploy/dev/ensure-postgres.sh commerce
     deploy/dev/test-tools.sh
     deploy/dev/test-dev-secrets.sh
+    deploy/dev/validate-k8s.sh
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked
     clients/python/run-tests.sh
+
+# Builds the container images and runs deploy/compose.yaml with podman (as root; not part of `test`): docs/deploy.md.
+deploy-test:
+    deploy/test-compose.sh
 
 # Formats the code.
 fmt:

@@ -1,4 +1,4 @@
-//! The auth-svc binary: `serve` (default), `migrate`, `admin create`, `keys rotate` and
+//! The auth-svc binary: `serve` (default), `migrate`, `healthcheck`, `admin create`, `keys rotate` and
 //! `service-key issue`.
 
 use std::{process::ExitCode, sync::Arc};
@@ -33,6 +33,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Exit 0 when this server, at its configured listen address, reports SERVING (the health
+    /// check of the container images, which have no shell or grpcurl).
+    Healthcheck(kit::healthcheck::HealthcheckArgs),
     /// Manage accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -47,7 +50,8 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Create an administrator (active, email verified). The password is read from the
-    /// ADMIN_PASSWORD environment variable, else from the first line of stdin; it is never a
+    /// ADMIN_PASSWORD environment variable (or the file ADMIN_PASSWORD_FILE names), else from the
+    /// first line of stdin; it is never a
     /// flag (flags are visible to other users of the machine). Prints the new user id.
     Create {
         /// The administrator's email address.
@@ -81,6 +85,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.server, cli.auth).await,
         Command::Migrate => kit::server::migrate(SPEC, &cli.server, MIGRATIONS).await,
+        Command::Healthcheck(check) => kit::healthcheck::server(&SPEC, &cli.server, &check).await,
         Command::Admin(AdminCommand::Create {
             email,
             username,

@@ -1,4 +1,4 @@
-//! The billing-svc binary: `serve` (default), `migrate`, or `plans apply FILE`.
+//! The billing-svc binary: `serve` (default), `migrate`, `healthcheck`, or `plans apply FILE`.
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -31,6 +31,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Exit 0 when this server, at its configured listen address, reports SERVING (the health
+    /// check of the container images, which have no shell or grpcurl).
+    Healthcheck(kit::healthcheck::HealthcheckArgs),
     /// Manage plans.
     Plans {
         #[command(subcommand)]
@@ -55,6 +58,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.server, cli.billing).await,
         Command::Migrate => kit::server::migrate(SPEC, &cli.server, MIGRATIONS).await,
+        Command::Healthcheck(check) => kit::healthcheck::server(&SPEC, &cli.server, &check).await,
         Command::Plans {
             command: PlansCommand::Apply { file },
         } => apply_plans(&cli.server, &cli.billing, &file).await,

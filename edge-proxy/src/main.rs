@@ -4,7 +4,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use axum::http::HeaderValue;
 use axum::serve::ListenerExt;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use edge_proxy::{Forwarding, Settings, Upstreams, router};
 use kit::{cli::Secret, client_address::TrustedProxies};
 
@@ -63,13 +63,31 @@ struct Cli {
     /// Deadline of each call to a service, in milliseconds.
     #[arg(long, env = "EDGE_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     rpc_timeout_ms: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Exit 0 when this edge, at its configured listen address, answers `GET /healthz` (the
+    /// health check of the container image, which has no shell or curl).
+    Healthcheck(kit::healthcheck::HealthcheckArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     kit::telemetry::init_tracing();
-    let cli = Cli::parse();
-    kit::exit_code(run(cli).await)
+    // Secrets (EDGE_SERVICE_KEY) may come from files: EDGE_SERVICE_KEY_FILE.
+    let cli: Cli = kit::cli::parse_plain();
+    let result = match &cli.command {
+        None | Some(Command::Serve) => run(cli).await,
+        Some(Command::Healthcheck(check)) => {
+            kit::healthcheck::http(check.target(cli.listen_addr), "/healthz", check.timeout()).await
+        }
+    };
+    kit::exit_code(result)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

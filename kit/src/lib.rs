@@ -1,6 +1,6 @@
 //! What every commerce-mesh server shares: configuration ([`cli`]), the database pool and
 //! migrations ([`db`]), the server bootstrap ([`server`]), per-RPC observability ([`observe`]),
-//! logging and metrics ([`telemetry`]), the client address of a request ([`client_address`]), shutdown ([`shutdown`]), error mapping ([`error`]), the
+//! logging and metrics ([`telemetry`]), the `healthcheck` subcommand ([`healthcheck`]), the client address of a request ([`client_address`]), shutdown ([`shutdown`]), error mapping ([`error`]), the
 //! handlers' helpers (wire conversions in [`convert`] and [`json`], pagination in [`page`], the
 //! time source in [`clock`]), the quota client for backends ([`metering`]) and, behind the
 //! `testing` feature, the test harness ([`testing`]).
@@ -12,6 +12,7 @@ pub mod clock;
 pub mod convert;
 pub mod db;
 pub mod error;
+pub mod healthcheck;
 pub mod json;
 pub mod metering;
 pub mod observe;

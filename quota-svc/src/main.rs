@@ -1,4 +1,4 @@
-//! The quota-svc binary: `serve` (default) or `migrate`.
+//! The quota-svc binary: `serve` (default), `migrate` or `healthcheck`.
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -28,6 +28,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Exit 0 when this server, at its configured listen address, reports SERVING (the health
+    /// check of the container images, which have no shell or grpcurl).
+    Healthcheck(kit::healthcheck::HealthcheckArgs),
 }
 
 #[tokio::main]
@@ -37,6 +40,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.server, cli.quota).await,
         Command::Migrate => kit::server::migrate(SPEC, &cli.server, MIGRATIONS).await,
+        Command::Healthcheck(check) => kit::healthcheck::server(&SPEC, &cli.server, &check).await,
     };
     kit::exit_code(result)
 }

@@ -9,10 +9,10 @@ use kit::ServerArgs;
 use super::connect;
 use crate::{AuthArgs, config::Config, service::admin};
 
-/// The password from `ADMIN_PASSWORD`, else the first line of stdin; never a flag (flags are
-/// visible to other users of the machine).
+/// The password from `ADMIN_PASSWORD` (or the file `ADMIN_PASSWORD_FILE` names), else the first
+/// line of stdin; never a flag (flags are visible to other users of the machine).
 fn admin_password() -> anyhow::Result<String> {
-    if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
+    if let Some(password) = kit::cli::env_secret("ADMIN_PASSWORD").map_err(anyhow::Error::msg)? {
         return Ok(password);
     }
     let mut input = String::new();
