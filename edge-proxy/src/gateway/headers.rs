@@ -70,9 +70,9 @@ pub struct Identity {
 }
 
 /// The headers the upstream gets: the client's, minus connection headers (and those the
-/// `Connection` header names), credentials, `Host` (the client sets the upstream's), the
-/// forwarding headers and anything claiming an identity; plus the identity, the request id and
-/// the client address and scheme as the edge decided them.
+/// `Connection` header names), credentials, `Host` (the client sets the upstream's), `Expect`,
+/// the forwarding headers and anything claiming an identity; plus the identity, the request id
+/// and the client address and scheme as the edge decided them.
 pub fn upstream_request(
     client: &HeaderMap,
     identity: &Identity,
@@ -84,6 +84,8 @@ pub fn upstream_request(
     remove_hop_by_hop(&mut headers);
     for name in [
         header::HOST,
+        // The edge answered the client's `Expect: 100-continue` itself when it began reading.
+        header::EXPECT,
         USER_ID,
         SCOPES,
         REQUEST_ID,
@@ -236,6 +238,7 @@ mod tests {
             ("authorization", "Bearer secret"),
             ("x-api-key", "cmk_secret"),
             ("host", "edge.example.com"),
+            ("expect", "100-continue"),
             ("connection", "keep-alive, x-private"),
             ("x-private", "hop"),
             ("keep-alive", "timeout=5"),
@@ -273,6 +276,7 @@ mod tests {
             "authorization",
             "x-api-key",
             "host",
+            "expect",
             "connection",
             "x-private",
             "keep-alive",
