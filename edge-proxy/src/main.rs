@@ -105,10 +105,7 @@ impl Cli {
         };
         Ok(Some(GatewaySettings {
             routes: gateway::load(path)?,
-            quota_key: self
-                .quota_api_key
-                .as_ref()
-                .map(|key| key.expose().to_owned()),
+            quota_key: self.quota_api_key.clone(),
             auth: AuthConfig {
                 issuer: self.auth_issuer.clone(),
                 audience: self.auth_audience.clone(),

@@ -28,6 +28,7 @@ use hyper_util::{
 };
 use kit::{
     caller::{AuthConfig, Authenticator, Caller, Credential, RemoteAuth},
+    cli::Secret,
     client_address::{TrustedProxies, client_of, forwarded_chain},
     metering::QuotaMeter,
 };
@@ -53,7 +54,7 @@ pub struct GatewaySettings {
     /// The key the edge charges quotas with: a service account's key with `quota:consume` and
     /// nothing else (`auth-svc service-key issue --service edge-gateway --scopes
     /// quota:consume`). Required when a route names a metric.
-    pub quota_key: Option<String>,
+    pub quota_key: Option<Secret>,
     /// Which access tokens are accepted (issuer, audience, lifetime, API key cache).
     pub auth: AuthConfig,
 }
@@ -95,8 +96,8 @@ impl Gateway {
         }
         let meter = settings
             .quota_key
-            .as_deref()
-            .map(|key| QuotaMeter::new(mesh.quota_channel, key))
+            .as_ref()
+            .map(|key| QuotaMeter::new(mesh.quota_channel, key.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("EDGE_QUOTA_API_KEY is not valid header text"))?;
         let auth_endpoints = mesh
