@@ -424,6 +424,12 @@ async fn a_protected_route_charges_once_forwards_the_identity_and_refunds_failur
     assert_eq!(slow.json()["status"], "DEADLINE_EXCEEDED");
     assert_eq!(mesh.used(), 1);
 
+    // A path that steps out of the prefix is refused before anything is charged.
+    let escape = curl(&["--path-as-is", "-H", bearer, &mesh.url("/app/../v1/quotas")]);
+    assert_eq!(escape.status, 400, "{}", escape.body);
+    assert_eq!(escape.json()["status"], "INVALID_ARGUMENT");
+    assert_eq!(mesh.used(), 1);
+
     // Credentials and scopes per route: /readers takes API keys only; /app needs quota:consume.
     let token_refused = curl(&["-H", bearer, &mesh.url("/readers/echo")]);
     assert_eq!(token_refused.status, 401, "{}", token_refused.body);

@@ -186,9 +186,11 @@ impl Gateway {
         request_id: &str,
     ) -> Result<Response, Refused> {
         let caller = self.authenticate(route, request.headers()).await?;
+        // A path that cannot be forwarded is refused before anything is charged.
+        let uri = upstream_uri(route, request.uri())?;
         let charge = self.charge(route, caller.user_id, request_id).await?;
         let outcome = self
-            .forward(route, &caller, peer, request, request_id)
+            .forward(route, &caller, peer, request, uri, request_id)
             .await;
         let failed = outcome
             .as_ref()
@@ -303,7 +305,7 @@ impl Gateway {
         }
     }
 
-    /// Sends the request upstream with the edge's identity headers, body streamed; the answer
+    /// Sends the request to `uri` with the edge's identity headers, body streamed; the answer
     /// comes back streamed too, minus its connection headers.
     async fn forward(
         &self,
@@ -311,10 +313,10 @@ impl Gateway {
         caller: &Caller,
         peer: SocketAddr,
         request: Request,
+        uri: Uri,
         request_id: &str,
     ) -> Result<Response, Refused> {
         let (parts, body) = request.into_parts();
-        let uri = upstream_uri(route, &parts.uri)?;
         let chain = forwarded_chain(&parts.headers);
         let client = client_of(peer.ip(), false, chain.as_deref(), &self.trusted_proxies);
         let scheme =
