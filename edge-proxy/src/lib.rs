@@ -103,13 +103,16 @@ const CORS_REQUEST_HEADERS: [&str; 7] = [
 ];
 
 /// Response headers a cross-origin browser's script may read: gRPC-Web's status trailers sent
-/// as headers, the request id, and when to come back.
-const CORS_EXPOSED_HEADERS: [&str; 5] = [
+/// as headers, the request id, when to come back, and the protected routes' quota.
+const CORS_EXPOSED_HEADERS: [&str; 8] = [
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "x-request-id",
     "retry-after",
+    "x-quota-limit",
+    "x-quota-remaining",
+    "x-quota-reset",
 ];
 
 /// Headers passed on to the services as metadata.
