@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # `just bench`: builds release binaries, runs each load generator against real servers and a fresh
 # PostgreSQL database of its own, and assembles bench/RESULTS.md from the sections they write.
-# Arguments name the steps to run (auth quota reads webhook edge; default all): the other sections stay
+# Arguments name the steps to run (auth quota reads webhook edge gateway; default all): the other sections stay
 # as their last run wrote them, so one step can be rerun alone, e.g. `deploy/dev/bench.sh edge`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-steps=" ${*:-auth quota reads webhook edge} "
+steps=" ${*:-auth quota reads webhook edge gateway} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 packages=(-p bench)
 want auth && packages+=(-p auth-svc)
-if want quota || want reads || want edge; then packages+=(-p quota-svc); fi
-want edge && packages+=(-p edge-proxy)
+if want quota || want reads || want edge || want gateway; then packages+=(-p quota-svc); fi
+if want edge || want gateway; then packages+=(-p edge-proxy); fi
 cargo build --release --locked "${packages[@]}"
 bin=target/release
 mkdir -p bench/results
@@ -66,13 +66,18 @@ if want edge; then
   "$bin/edge_bench" --quota-bin "$bin/quota-svc" --edge-bin "$bin/edge-proxy"
 fi
 
+# The edge's protected route against the same trivial HTTP upstream called directly.
+if want gateway; then
+  "$bin/gateway_bench" --quota-bin "$bin/quota-svc" --edge-bin "$bin/edge-proxy"
+fi
+
 {
   echo "# Benchmark results"
   echo
   echo "Written by \`just bench\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
   echo "PostgreSQL $(psql -h 127.0.0.1 -U postgres -d postgres -qAtc 'SHOW server_version'), release build). Every comparison"
   echo "is measured in the same run; the load generator shares the machine with the servers."
-  if [ "$steps" != " auth quota reads webhook edge " ]; then
+  if [ "$steps" != " auth quota reads webhook edge gateway " ]; then
     echo "Only these steps ran that day:${steps% }; the other sections are from earlier runs."
   fi
   echo

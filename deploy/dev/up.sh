@@ -61,7 +61,12 @@ BILLING_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service billing-s
 QUOTA_SERVICE_API_KEY="$("$bin/auth-svc" service-key issue --service quota-svc --revoke-previous)"
 # The edge's key vouches for the client address it forwards to auth-svc.
 EDGE_SERVICE_KEY="$("$bin/auth-svc" service-key issue --service edge-proxy --revoke-previous)"
-export BILLING_SERVICE_API_KEY QUOTA_SERVICE_API_KEY EDGE_SERVICE_KEY
+# The key the edge charges quotas with on its protected routes (deploy/routes.toml): a service
+# account's key with quota:consume and nothing else, apart from the edge's service key, which
+# quota-svc must never see.
+EDGE_QUOTA_API_KEY="$("$bin/auth-svc" service-key issue --service edge-gateway \
+  --scopes quota:consume --revoke-previous)"
+export BILLING_SERVICE_API_KEY QUOTA_SERVICE_API_KEY EDGE_SERVICE_KEY EDGE_QUOTA_API_KEY
 # A development backend's key, for the README's examples (`$(cat .dev/backend-api-key)`): it
 # charges users' quotas (quota:consume, quota:read) but, without the `service` scope, cannot call
 # the internal RPCs. Fresh per start too.
@@ -117,10 +122,12 @@ run billing env AUTH_URL=http://127.0.0.1:9001 QUOTA_URL=http://127.0.0.1:9003 \
   WECHATPAY_PLATFORM_SERIAL="$wechatpay_platform_serial" \
   "$bin/billing-svc"
 run quota "$bin/quota-svc"
-run edge "$bin/edge-proxy"
+# A small HTTP backend the edge protects under /demo (deploy/routes.toml), for the README's tour.
+run demo env DEMO_BACKEND_ADDR=127.0.0.1:9090 "$bin/demo-backend"
+run edge env EDGE_ROUTES=deploy/routes.toml "$bin/edge-proxy"
 
-echo "mesh up: edge http://localhost:9000, auth :9001, billing :9002, quota :9003," \
-  "payment simulator http://$sim_addr (Ctrl-C stops)" >&2
+echo "mesh up: edge http://localhost:9000 (demo backend behind /demo), auth :9001, billing :9002," \
+  "quota :9003, payment simulator http://$sim_addr (Ctrl-C stops)" >&2
 wait -n "${pids[@]}" || true
 echo "a server exited; stopping the others" >&2
 exit 1

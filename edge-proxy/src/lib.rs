@@ -8,9 +8,13 @@
 //! `x-forwarded-for` entry and vouches for it with its own service key in `x-proxy-key`; whatever
 //! a client sent in those headers is dropped. The other services get neither: the service key
 //! would let them make internal RPCs they have no business with.
+//!
+//! In front of existing HTTP backends, the protected routes of [`gateway`] authenticate, charge
+//! quota and forward with the caller's identity in headers.
 
 mod codec;
 mod docs;
+pub mod gateway;
 mod grpc_web;
 mod openapi;
 mod ready;
@@ -69,16 +73,20 @@ pub struct Settings {
     pub rpc_timeout: Duration,
     /// Browser origins allowed to call the edge cross-origin (CORS); none by default.
     pub cors_origins: Vec<HeaderValue>,
+    /// Protected routes to HTTP upstreams (`EDGE_ROUTES`); none by default.
+    pub gateway: Option<gateway::GatewaySettings>,
 }
 
 impl Settings {
-    /// The defaults besides the upstreams and the forwarding: a 10 s deadline, no CORS origins.
+    /// The defaults besides the upstreams and the forwarding: a 10 s deadline, no CORS origins,
+    /// no protected routes.
     pub fn new(upstreams: Upstreams, forwarding: Forwarding) -> Self {
         Self {
             upstreams,
             forwarding,
             rpc_timeout: Duration::from_secs(10),
             cors_origins: Vec::new(),
+            gateway: None,
         }
     }
 }
@@ -95,13 +103,16 @@ const CORS_REQUEST_HEADERS: [&str; 7] = [
 ];
 
 /// Response headers a cross-origin browser's script may read: gRPC-Web's status trailers sent
-/// as headers, the request id, and when to come back.
-const CORS_EXPOSED_HEADERS: [&str; 5] = [
+/// as headers, the request id, when to come back, and the protected routes' quota.
+const CORS_EXPOSED_HEADERS: [&str; 8] = [
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "x-request-id",
     "retry-after",
+    "x-quota-limit",
+    "x-quota-remaining",
+    "x-quota-reset",
 ];
 
 /// Headers passed on to the services as metadata.
@@ -226,6 +237,39 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
             format!("/{}/{}", service.full_name(), route.method.name())
         })
         .collect();
+    let gateway = settings
+        .gateway
+        .map(|gateway| {
+            // A template's first segment (`/v1/...`) is the API's: protected routes stay out of it.
+            let taken: HashSet<String> = edge
+                .routes
+                .iter()
+                .filter_map(|route| route.template.trim_start_matches('/').split('/').next())
+                .filter(|segment| !segment.starts_with('{'))
+                .map(str::to_owned)
+                .collect();
+            let quota = edge
+                .upstream_of("commerce.quota.v1")
+                .ok_or_else(|| anyhow::anyhow!("no quota-svc upstream"))?;
+            let service_key = edge
+                .forwarding
+                .service_key
+                .to_str()
+                .map_err(|_| anyhow::anyhow!("the edge's service key is not visible ASCII"))?;
+            gateway::Gateway::new(
+                gateway,
+                gateway::Mesh {
+                    auth_urls: &upstreams.auth,
+                    quota_channel: quota.channel.clone(),
+                    service_key,
+                    trusted_proxies: edge.forwarding.trusted_proxies.clone(),
+                    rpc_timeout: edge.rpc_timeout,
+                    taken_segments: &taken,
+                },
+            )
+            .map(Arc::new)
+        })
+        .transpose()?;
     let edge = Arc::new(edge);
     let readiness = Arc::new(ready::Readiness::new(vec![
         ("auth-svc", upstreams.auth.clone()),
@@ -246,6 +290,12 @@ pub fn router(settings: Settings) -> anyhow::Result<Router> {
             grpc_web::or_rest,
         ))
         .with_state(edge);
+    // Outside gRPC-Web and the REST routes: a protected prefix is the gateway's whatever the
+    // content type, and its bodies stream past the REST body limit.
+    let router = match gateway {
+        Some(gateway) => router.layer(middleware::from_fn_with_state(gateway, gateway::or_next)),
+        None => router,
+    };
     // Without origins no CORS layer at all: it would answer every OPTIONS itself.
     Ok(if settings.cors_origins.is_empty() {
         router

@@ -5,8 +5,12 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use axum::http::HeaderValue;
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
-use edge_proxy::{Forwarding, Settings, Upstreams, router};
-use kit::{cli::Secret, client_address::TrustedProxies};
+use edge_proxy::{
+    Forwarding, Settings, Upstreams,
+    gateway::{self, GatewaySettings},
+    router,
+};
+use kit::{caller::AuthConfig, cli::Secret, client_address::TrustedProxies};
 
 /// edge-proxy: REST/JSON for browsers, translated into gRPC calls to the mesh.
 #[derive(Debug, Parser)]
@@ -63,6 +67,33 @@ struct Cli {
     /// Deadline of each call to a service, in milliseconds.
     #[arg(long, env = "EDGE_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     rpc_timeout_ms: u64,
+    /// Protected routes to HTTP upstreams: a TOML file of `[[route]]`s (docs/edge.md), e.g.
+    /// `deploy/routes.toml`. None by default.
+    #[arg(long, env = "EDGE_ROUTES")]
+    routes: Option<String>,
+    /// The key protected routes charge quotas with: a service account's key with
+    /// `quota:consume` only (`auth-svc service-key issue --service edge-gateway --scopes
+    /// quota:consume`). Required when a route names a metric.
+    #[arg(long, env = "EDGE_QUOTA_API_KEY", hide_env_values = true)]
+    quota_api_key: Option<Secret>,
+    /// Expected `iss` of access tokens presented on protected routes.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "commerce-mesh")]
+    auth_issuer: String,
+    /// Expected `aud` of access tokens presented on protected routes.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "commerce-mesh")]
+    auth_audience: String,
+    /// Seconds a verified API key is trusted before auth-svc is asked again (at most 30).
+    #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
+    api_key_cache_ttl_secs: u64,
+    /// Lifetime auth-svc gives access tokens, in seconds (the same variable as auth-svc's): a
+    /// token claiming a longer life is refused.
+    #[arg(
+        long,
+        env = "ACCESS_TOKEN_TTL_SECS",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(60..=3600)
+    )]
+    access_token_ttl_secs: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,6 +105,27 @@ enum Command {
     /// Exit 0 when this edge, at its configured listen address, answers `GET /healthz` (the
     /// health check of the container image, which has no shell or curl).
     Healthcheck(kit::healthcheck::HealthcheckArgs),
+}
+
+impl Cli {
+    /// The protected routes, when `EDGE_ROUTES` names a file (read and checked now: a bad file
+    /// stops the edge).
+    fn gateway(&self) -> anyhow::Result<Option<GatewaySettings>> {
+        let Some(path) = &self.routes else {
+            return Ok(None);
+        };
+        Ok(Some(GatewaySettings {
+            routes: gateway::load(path)?,
+            quota_key: self.quota_api_key.clone(),
+            auth: AuthConfig {
+                issuer: self.auth_issuer.clone(),
+                audience: self.auth_audience.clone(),
+                api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
+                access_token_ttl: Duration::from_secs(self.access_token_ttl_secs),
+                ..AuthConfig::default()
+            },
+        }))
+    }
 }
 
 #[tokio::main]
@@ -108,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("EDGE_CORS_ORIGINS: {origin:?} is not a valid origin"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let gateway = cli.gateway()?;
     let settings = Settings {
         upstreams: Upstreams {
             auth: cli.auth_upstream,
@@ -117,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         forwarding: Forwarding::new(cli.trusted_proxies, cli.service_key.expose())?,
         rpc_timeout: Duration::from_millis(cli.rpc_timeout_ms),
         cors_origins,
+        gateway,
     };
     let app = router(settings)?;
     let listener = tokio::net::TcpListener::bind(cli.listen_addr)

@@ -218,6 +218,8 @@ async fn replicas_share_the_calls_and_readiness_follows_their_health() {
         simple.contains("grpc-status") && simple.contains("x-request-id"),
         "{simple}"
     );
+    // The protected routes' quota headers are readable too.
+    assert!(simple.contains("x-quota-remaining"), "{simple}");
     let (_, foreign) = curl(&[
         "-H",
         "origin: https://evil.example.net",

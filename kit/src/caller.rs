@@ -608,6 +608,12 @@ impl RemoteAuth {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
+        Self::over(channel, service_key)
+    }
+
+    /// Over a channel of the caller's making, e.g. one balanced over auth-svc's replicas (the
+    /// edge's); it should carry a request timeout, as [`RemoteAuth::new`]'s does.
+    pub fn over(channel: Channel, service_key: &str) -> anyhow::Result<Self> {
         Ok(Self {
             client: proto::auth::auth_service_client::AuthServiceClient::new(channel),
             service_key: service_key

@@ -22,6 +22,8 @@ pub struct Decision {
     pub allowed: bool,
     /// The consumption's id (`None` when not allowed).
     pub usage_id: Option<Uuid>,
+    /// The period's limit (0 when unlimited).
+    pub limit: i64,
     /// Units left in the period after this call (0 when unlimited).
     pub remaining: i64,
     pub unlimited: bool,
@@ -81,6 +83,7 @@ impl QuotaMeter {
         Ok(Decision {
             allowed: response.allowed,
             usage_id: Uuid::parse_str(&response.usage_id).ok(),
+            limit: response.limit,
             remaining: response.remaining,
             unlimited: response.unlimited,
             resets_at: response
