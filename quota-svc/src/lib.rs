@@ -2,12 +2,14 @@
 //! period rollover, on PostgreSQL (schema `quota`).
 //!
 //! Concurrent Consume calls are coalesced into one transaction per batch ([`batcher`]); every
-//! decision stays exact across replicas because the locked counter row is the check.
+//! decision stays exact across replicas because the locked counter row is the check. Concurrent
+//! reads are coalesced into one statement per batch ([`read_batcher`]).
 
 pub mod api;
 pub mod batcher;
 pub mod domain;
 pub mod error;
+pub mod read_batcher;
 pub mod service;
 pub mod store;
 
@@ -24,6 +26,7 @@ use kit::{
 use proto::quota::quota_service_server::QuotaServiceServer;
 use tonic::service::Routes;
 
+pub use crate::service::Workers;
 use crate::{api::QuotaApi, service::Quota};
 
 /// How quota-svc presents itself to the mesh.
@@ -60,6 +63,12 @@ pub struct QuotaArgs {
     /// more at 512.
     #[arg(long, env = "QUOTA_BATCH_WORKERS", default_value_t = 2)]
     pub batch_workers: usize,
+
+    /// Read workers coalescing concurrent CheckQuota and ListQuotas calls into one statement
+    /// per batch, each with one statement (one database connection) in flight; 0 reads every
+    /// call alone (for benchmark comparison).
+    #[arg(long, env = "QUOTA_READ_WORKERS", default_value_t = 2)]
+    pub read_workers: usize,
 }
 
 impl QuotaArgs {
@@ -69,25 +78,28 @@ impl QuotaArgs {
             .remote_authenticator(self.service_api_key.as_ref(), "QUOTA_SERVICE_API_KEY")
     }
 
-    /// Batch workers, or 0 when batching is off.
-    pub fn workers(&self) -> usize {
-        if self.batching {
-            self.batch_workers.max(1)
-        } else {
-            0
+    /// The consume shards (0 when batching is off) and the read workers.
+    pub fn workers(&self) -> Workers {
+        Workers {
+            consume: if self.batching {
+                self.batch_workers.max(1)
+            } else {
+                0
+            },
+            read: self.read_workers,
         }
     }
 }
 
-/// The tonic routes quota-svc serves. Starts the consume batch workers (`batch_workers` = 0:
-/// one transaction per call) and the maintenance task, so it needs a tokio runtime.
+/// The tonic routes quota-svc serves. Starts the batch workers (0 of a kind: each such call
+/// alone) and the maintenance task, so it needs a tokio runtime.
 pub fn routes(
     pool: PgPool,
     authenticator: Arc<Authenticator>,
     clock: Arc<dyn Clock>,
-    batch_workers: usize,
+    workers: Workers,
 ) -> anyhow::Result<Routes> {
-    let quota = Quota::start(pool, clock, batch_workers);
+    let quota = Quota::start(pool, clock, workers);
     Ok(Routes::new(QuotaServiceServer::new(QuotaApi {
         quota,
         auth: authenticator,
@@ -116,9 +128,22 @@ mod tests {
         ])
         .unwrap_or_else(|err| panic!("{err}"));
         assert!(!format!("{cli:?}").contains("cmk_secret"));
-        assert_eq!(cli.quota.workers(), 0);
-        let cli = Cli::try_parse_from(["quota-svc"]).unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(cli.quota.workers(), 2);
+        assert_eq!(
+            cli.quota.workers(),
+            Workers {
+                consume: 0,
+                read: 2
+            }
+        );
+        let cli = Cli::try_parse_from(["quota-svc", "--read-workers=0"])
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            cli.quota.workers(),
+            Workers {
+                consume: 2,
+                read: 0
+            }
+        );
         assert!(cli.quota.remote_authenticator().is_err());
     }
 }

@@ -24,9 +24,10 @@ use crate::{
         usage::Bucket,
     },
     error::Error,
+    read_batcher::ReadBatcher,
     store::{
         consume::{Keys, Pending},
-        entitlements::{self, DefaultTier, PlanLimits},
+        entitlements::{self, CountersQuery, DefaultTier, PlanLimits},
         usage::{self, BucketSums, EventFilter, EventRow},
     },
 };
@@ -47,6 +48,16 @@ pub struct Quota {
     default_tier: DefaultTierCopy,
     /// `None`: one transaction per Consume call (the benchmark's comparison path).
     batcher: Option<Batcher>,
+    reads: ReadBatcher,
+}
+
+/// How many batch workers coalesce concurrent calls; 0 runs each call alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    /// Consume shards, each committing one batch at a time.
+    pub consume: usize,
+    /// Read workers, each with one statement in flight.
+    pub read: usize,
 }
 
 /// The result of a refund.
@@ -61,11 +72,13 @@ pub struct Refunded {
 }
 
 impl Quota {
-    /// Starts the batch workers (when `batch_workers > 0`) and the maintenance task.
-    pub fn start(pool: PgPool, clock: Arc<dyn Clock>, batch_workers: usize) -> Arc<Self> {
-        let batcher =
-            (batch_workers > 0).then(|| Batcher::start(pool.clone(), clock.clone(), batch_workers));
+    /// Starts the consume batch workers (when `workers.consume > 0`), the read workers (when
+    /// `workers.read > 0`) and the maintenance task.
+    pub fn start(pool: PgPool, clock: Arc<dyn Clock>, workers: Workers) -> Arc<Self> {
+        let batcher = (workers.consume > 0)
+            .then(|| Batcher::start(pool.clone(), clock.clone(), workers.consume));
         let quota = Arc::new(Self {
+            reads: ReadBatcher::start(pool.clone(), workers.read),
             pool,
             clock,
             default_tier: DefaultTierCopy::default(),
@@ -143,20 +156,23 @@ impl Quota {
         only: Option<&str>,
     ) -> Result<BTreeMap<String, Counter>, Error> {
         let now = self.now();
-        let mut conn = self.conn().await?;
-        let mut read = entitlements::read_counters(&mut conn, subject, only).await?;
+        let query = CountersQuery {
+            subject,
+            metric: only.map(str::to_owned),
+        };
+        let mut read = self.reads.read(query.clone()).await?;
         let mut defaults = self.default_tier.current();
         for _ in 0..DEFAULT_TIER_READS {
             if defaults.version == read.defaults_version {
                 break;
             }
+            let mut conn = self.conn().await?;
             defaults = self.default_tier.reload(&mut conn).await?;
             // Changed again between the two statements: read the counters that go with it.
             if defaults.version != read.defaults_version {
-                read = entitlements::read_counters(&mut conn, subject, only).await?;
+                read = self.reads.read(query.clone()).await?;
             }
         }
-        drop(conn);
         let limits = defaults
             .limits
             .iter()

@@ -19,7 +19,10 @@ use bench::{
     rate, run_concurrent, run_items, run_tool, verdict, write_section,
 };
 use clap::Parser;
-use kit::{convert::timestamp, testing::wait_for_health};
+use kit::{
+    convert::timestamp,
+    testing::{Binary, wait_for_health},
+};
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
     ListQuotasRequest, MetricLimit, quota_service_client::QuotaServiceClient,
@@ -89,6 +92,32 @@ struct Shared {
 }
 
 impl Shared {
+    /// Clients of `server` over `connections` HTTP/2 connections, once it serves.
+    async fn connect(
+        server: &Binary,
+        connections: usize,
+        key: MetadataValue<Ascii>,
+        counted: Vec<Uuid>,
+    ) -> anyhow::Result<Self> {
+        let url = format!("http://{}", server.addr);
+        let channels: Vec<Channel> = (0..connections.max(1))
+            .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
+            .collect::<Result<_, _>>()?;
+        wait_for_health(
+            &channels[0],
+            ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await;
+        Ok(Self {
+            health: channels.iter().cloned().map(HealthClient::new).collect(),
+            clients: channels.into_iter().map(QuotaServiceClient::new).collect(),
+            key,
+            counted,
+            next: AtomicU64::new(0),
+        })
+    }
+
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert("x-api-key", self.key.clone());
@@ -179,58 +208,89 @@ async fn main() -> anyhow::Result<()> {
         args.quota_bin.display()
     );
     let fixture = Fixture::start().await;
-    let mut server = fixture.start_quota(&args.quota_bin, &[]);
-    let url = format!("http://{}", server.addr);
-    let channels: Vec<Channel> = (0..args.connections.max(1))
-        .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
-        .collect::<Result<_, _>>()?;
-    wait_for_health(
-        &channels[0],
-        ServingStatus::Serving,
-        Duration::from_secs(30),
-    )
-    .await;
-    let shared = Arc::new(Shared {
-        health: channels.iter().cloned().map(HealthClient::new).collect(),
-        clients: channels.into_iter().map(QuotaServiceClient::new).collect(),
-        key: fixture.bench_key_metadata()?,
-        counted: (0..args.subjects.max(1)).map(|_| Uuid::now_v7()).collect(),
-        next: AtomicU64::new(0),
-    });
-    prepare(&shared).await?;
-
     let duration = Duration::from_secs(args.duration_secs);
+    let counted: Vec<Uuid> = (0..args.subjects.max(1)).map(|_| Uuid::now_v7()).collect();
     let mut measured = Vec::new();
-    for case in [
-        Case::Health,
-        Case::CheckCounted,
-        Case::CheckFree,
-        Case::List,
-    ] {
-        let task_shared = shared.clone();
-        let (stats, error) = run_concurrent(args.concurrency, duration, move |task| {
-            let shared = task_shared.clone();
-            async move { case.call(&shared, task).await }
-        })
-        .await;
-        if let Some(error) = error {
-            anyhow::bail!("{}: {} errors, first: {error}", case.name(), stats.errors);
+    for reads in [Reads::Coalesced, Reads::Alone] {
+        let mut server = fixture.start_quota(&args.quota_bin, reads.env());
+        let key = fixture.bench_key_metadata()?;
+        let shared = Shared::connect(&server, args.connections, key, counted.clone()).await?;
+        let shared = Arc::new(shared);
+        if reads == Reads::Coalesced {
+            prepare(&shared).await?;
         }
-        eprintln!(
-            "{:>48} | {} | p50 {} | p99 {}",
-            case.name(),
-            rate(stats.per_second()),
-            ms(stats.latency.p50()),
-            ms(stats.latency.p99())
-        );
-        measured.push((case, stats));
+        for &case in reads.cases() {
+            let stats = measure(&shared, case, &args, duration).await?;
+            measured.push((reads, case, stats));
+        }
+        server.terminate(Duration::from_secs(20));
     }
-    server.terminate(Duration::from_secs(20));
     let point_select = measure_point_select(&fixture, &args, duration);
     let body = report(&measured, &point_select, &args);
     write_section(&args.output, "quota-svc reads", &body)?;
     eprintln!("{body}\nwritten to {}", args.output.display());
     Ok(())
+}
+
+/// How the measured quota-svc reads: coalesced (as deployed), or every call alone (the
+/// comparison, `QUOTA_READ_WORKERS=0`), started after the first stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Coalesced,
+    Alone,
+}
+
+impl Reads {
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Reads::Coalesced => &[],
+            Reads::Alone => &[("QUOTA_READ_WORKERS", "0")],
+        }
+    }
+
+    fn cases(self) -> &'static [Case] {
+        match self {
+            Reads::Coalesced => &[
+                Case::Health,
+                Case::CheckCounted,
+                Case::CheckFree,
+                Case::List,
+            ],
+            Reads::Alone => &[Case::CheckCounted, Case::CheckFree, Case::List],
+        }
+    }
+
+    fn label(self, case: Case) -> String {
+        match self {
+            Reads::Coalesced => case.name().to_owned(),
+            Reads::Alone => format!("{}, each read alone", case.name()),
+        }
+    }
+}
+
+async fn measure(
+    shared: &Arc<Shared>,
+    case: Case,
+    args: &Args,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let task_shared = shared.clone();
+    let (stats, error) = run_concurrent(args.concurrency, duration, move |task| {
+        let shared = task_shared.clone();
+        async move { case.call(&shared, task).await }
+    })
+    .await;
+    if let Some(error) = error {
+        anyhow::bail!("{}: {} errors, first: {error}", case.name(), stats.errors);
+    }
+    eprintln!(
+        "{:>48} | {} | p50 {} | p99 {}",
+        case.name(),
+        rate(stats.per_second()),
+        ms(stats.latency.p50()),
+        ms(stats.latency.p99())
+    );
+    Ok(stats)
 }
 
 /// A default tier of [`METRICS`] metrics, and a counter of each for every counted subject (one
@@ -307,11 +367,15 @@ fn measure_point_select(fixture: &Fixture, args: &Args, duration: Duration) -> R
     )
 }
 
-fn report(measured: &[(Case, Stats)], point_select: &Result<f64, String>, args: &Args) -> String {
+fn report(
+    measured: &[(Reads, Case, Stats)],
+    point_select: &Result<f64, String>,
+    args: &Args,
+) -> String {
     let floor = measured
         .iter()
-        .find(|(case, _)| *case == Case::Health)
-        .map_or(f64::NAN, |(_, stats)| stats.per_second());
+        .find(|(_, case, _)| *case == Case::Health)
+        .map_or(f64::NAN, |(_, _, stats)| stats.per_second());
     let mut table = Table::new(&[
         "Call",
         "Calls/s",
@@ -320,14 +384,16 @@ fn report(measured: &[(Case, Stats)], point_select: &Result<f64, String>, args: 
         "Share of the health check",
         "Target",
     ]);
-    for (case, stats) in measured {
+    for (reads, case, stats) in measured {
         let share = stats.per_second() / floor;
-        let target = case.target().map_or_else(
-            || "-".to_owned(),
-            |target| format!("≥ {:.0}%: {}", target * 100.0, verdict(share >= target)),
-        );
+        let target = match (reads, case.target()) {
+            (Reads::Coalesced, Some(target)) => {
+                format!("≥ {:.0}%: {}", target * 100.0, verdict(share >= target))
+            }
+            _ => "-".to_owned(),
+        };
         table.row(vec![
-            case.name().to_owned(),
+            reads.label(*case),
             rate(stats.per_second()),
             ms(stats.latency.p50()),
             ms(stats.latency.p99()),
@@ -347,7 +413,10 @@ fn report(measured: &[(Case, Stats)], point_select: &Result<f64, String>, args: 
     format!(
         "One release quota-svc (pool of 16), {} concurrent calls over {} HTTP/2 connections, \
          {} s per case, the load generator on the same 2 cores. Counted subjects: {} in turn, \
-         each with a counter of all {METRICS} metrics; free-tier subjects: a new one per call.\n\n\
+         each with a counter of all {METRICS} metrics; free-tier subjects: a new one per call. \
+         Reads are coalesced into one statement per batch as deployed; the rows \"each read \
+         alone\" come from a second quota-svc started with `QUOTA_READ_WORKERS=0` after the \
+         first stopped, over the same database.\n\n\
          {}\n{point_select}\n",
         args.concurrency,
         args.connections,

@@ -109,7 +109,13 @@ impl Mesh {
             db.url(),
             quota_svc::MIGRATIONS,
             |_| {},
-            move |pool| quota_svc::routes(pool, quota_auth, quota_clock, 1),
+            move |pool| {
+                let workers = quota_svc::Workers {
+                    consume: 1,
+                    read: 1,
+                };
+                quota_svc::routes(pool, quota_auth, quota_clock, workers)
+            },
         )
         .await;
         let quota_proxy = TcpProxy::start(quota_server.addr).await;

@@ -17,10 +17,13 @@ use super::{
 };
 use crate::domain::{Counter, Holding, Source, period};
 
-/// What one read statement returns: the default tier's version, and a counter of the subject
-/// when it has one (the columns are null on the one row of a subject without counters).
+/// What the read statement returns: which read a row answers, the default tier's version, and a
+/// counter of that read's subject when it has one (the columns are null on the one row of a read
+/// that found no counter).
 #[derive(QueryableByName)]
 struct ReadRow {
+    #[diesel(sql_type = BigInt)]
+    read_index: i64,
     #[diesel(sql_type = BigInt)]
     defaults_version: i64,
     #[diesel(sql_type = Nullable<Text>)]
@@ -52,57 +55,71 @@ impl ReadRow {
     }
 }
 
+/// A read of a subject's counters: that of one metric, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountersQuery {
+    pub subject: Uuid,
+    pub metric: Option<String>,
+}
+
 /// A subject's counters as one statement saw them, with the default tier's version in the same
 /// snapshot: a copy of the default tier of another version is not the one these counters go with.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct CountersRead {
     pub defaults_version: i64,
     /// By metric.
     pub counters: Vec<(String, Counter)>,
 }
 
-/// The subject's counters (only that of `metric` when given) and the default tier's version (0
-/// before any was applied), in one prepared statement: a read is one round trip, and no transaction.
+/// The counters each of `queries` asks for, in its order, and the default tier's version (0
+/// before any was applied), in one prepared statement whatever their number: concurrent reads
+/// share a round trip, and none needs a transaction.
 pub async fn read_counters(
     conn: &mut AsyncPgConnection,
-    subject: Uuid,
-    metric: Option<&str>,
-) -> Result<CountersRead, diesel::result::Error> {
-    // Two texts rather than `$2 IS NULL OR ...`: each keeps its own plain index lookup.
-    let rows: Vec<ReadRow> = match metric {
-        Some(metric) => Prepared(
-            sql_query(
-                "SELECT COALESCE((SELECT version FROM default_version), 0) AS defaults_version, \
-                       e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end \
-                     FROM (SELECT) AS one \
-                     LEFT JOIN entitlements e ON e.subject = $1 AND e.metric = $2",
-            )
-            .bind::<SqlUuid, _>(subject)
-            .bind::<Text, _>(metric),
+    queries: &[CountersQuery],
+) -> Result<Vec<CountersRead>, diesel::result::Error> {
+    let (subjects, metrics): (Vec<Uuid>, Vec<Option<&str>>) = queries
+        .iter()
+        .map(|query| (query.subject, query.metric.as_deref()))
+        .unzip();
+    // A lateral subquery kept apart by `OFFSET 0`: each read is its own index probe, on
+    // (subject, metric) for one metric and on the subject for all. A plain join leaves the
+    // planner free to hash the batch against a scan of every counter, which it picks for batches
+    // of a few dozen (20 ms over 100,000 counters, against 0.7 ms for 200 probes).
+    let rows: Vec<ReadRow> = Prepared(
+        sql_query(
+            "SELECT r.read_index, \
+                    COALESCE((SELECT version FROM default_version), 0) AS defaults_version, \
+                    e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end \
+             FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS r(subject, metric, read_index) \
+             LEFT JOIN LATERAL ( \
+               SELECT * FROM ( \
+                 SELECT metric, source, quota_limit, used, period_start, period_end \
+                   FROM entitlements WHERE subject = r.subject AND metric = r.metric \
+                 UNION ALL \
+                 SELECT metric, source, quota_limit, used, period_start, period_end \
+                   FROM entitlements WHERE r.metric IS NULL AND subject = r.subject \
+               ) AS counters OFFSET 0 \
+             ) AS e ON true",
         )
-        .load(conn)
-        .await?,
-        None => Prepared(
-            sql_query(
-                "SELECT COALESCE((SELECT version FROM default_version), 0) AS defaults_version, \
-                       e.metric, e.source, e.quota_limit, e.used, e.period_start, e.period_end \
-                     FROM (SELECT) AS one \
-                     LEFT JOIN entitlements e ON e.subject = $1 \
-                     ORDER BY e.metric",
-            )
-            .bind::<SqlUuid, _>(subject),
-        )
-        .load(conn)
-        .await?,
-    };
-    let defaults_version = rows
-        .as_slice()
-        .first()
-        .map_or(0, |row| row.defaults_version);
-    Ok(CountersRead {
-        defaults_version,
-        counters: rows.into_iter().filter_map(ReadRow::counter).collect(),
-    })
+        .bind::<Array<SqlUuid>, _>(subjects)
+        .bind::<Array<Nullable<Text>>, _>(metrics),
+    )
+    .load(conn)
+    .await?;
+    let mut reads = vec![CountersRead::default(); queries.len()];
+    for row in rows {
+        // Ordinality counts from 1; every read has at least its one row.
+        let Some(read) = usize::try_from(row.read_index - 1)
+            .ok()
+            .and_then(|index| reads.get_mut(index))
+        else {
+            continue;
+        };
+        read.defaults_version = row.defaults_version;
+        read.counters.extend(row.counter());
+    }
+    Ok(reads)
 }
 
 #[derive(QueryableByName)]

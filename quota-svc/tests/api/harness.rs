@@ -14,9 +14,12 @@ use proto::quota::{
     ApplyDefaultEntitlementsRequest, ApplyEntitlementsRequest, ConsumeRequest, ConsumeResponse,
     MetricLimit, quota_service_client::QuotaServiceClient,
 };
-use quota_svc::{MIGRATIONS, SPEC, routes};
+use quota_svc::{MIGRATIONS, SPEC, Workers, routes};
 use tonic::{Request, Status, transport::Channel};
 use uuid::Uuid;
+
+/// Read workers of every test server: concurrent reads are coalesced as in production.
+const READ_WORKERS: usize = 2;
 
 /// One quota-svc, in-process, with what its tests call it with.
 pub struct QuotaServer {
@@ -48,7 +51,13 @@ impl QuotaServer {
             db.url(),
             MIGRATIONS,
             |_| {},
-            move |pool| routes(pool, authenticator, server_clock, batch_workers),
+            move |pool| {
+                let workers = Workers {
+                    consume: batch_workers,
+                    read: READ_WORKERS,
+                };
+                routes(pool, authenticator, server_clock, workers)
+            },
         )
         .await;
         let service_key = issuer.add_api_key(
@@ -77,7 +86,13 @@ impl QuotaServer {
             self.db.url(),
             MIGRATIONS,
             |_| {},
-            move |pool| routes(pool, authenticator, clock, 4),
+            move |pool| {
+                let workers = Workers {
+                    consume: 4,
+                    read: READ_WORKERS,
+                };
+                routes(pool, authenticator, clock, workers)
+            },
         )
         .await
     }
