@@ -2,9 +2,9 @@
 //! migrated quota template, kit's test issuer serving JWKS/VerifyApiKey, the service's own key and
 //! the load generator's, and the release quota-svc binary started over them.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use kit::testing::{AuthServer, Binary, TestDb, TestIssuer};
+use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health};
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, MetricLimit, quota_service_client::QuotaServiceClient,
 };
@@ -13,6 +13,7 @@ use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::Channel,
 };
+use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
 /// The metric every bench consumes.
@@ -70,6 +71,21 @@ impl Fixture {
             .parse()
             .map_err(|_| anyhow::anyhow!("the API key is not header text"))
     }
+}
+
+/// `connections` lazily connected channels to `server`, once its health check says it serves.
+pub async fn serving_channels(server: &Binary, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let url = format!("http://{}", server.addr);
+    let channels: Vec<Channel> = (0..connections.max(1))
+        .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
+        .collect::<Result<_, _>>()?;
+    wait_for_health(
+        &channels[0],
+        ServingStatus::Serving,
+        Duration::from_secs(30),
+    )
+    .await;
+    Ok(channels)
 }
 
 /// [`METRIC`] limited to [`LIMIT`].

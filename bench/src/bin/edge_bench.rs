@@ -28,7 +28,7 @@ use bench::{
     OpenLoopStats, Stats, Table, WARMUP,
     cpu::{Sample, Spent, Watched, child_running},
     ms,
-    quota::{Fixture, METRIC, apply_default_tier},
+    quota::{Fixture, METRIC, apply_default_tier, serving_channels},
     rate, run_concurrent, run_items, run_open_loop, verdict, write_section,
 };
 use bytes::Bytes;
@@ -40,14 +40,13 @@ use hyper::{
     header::{CONTENT_TYPE, HOST, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
-use kit::testing::{Binary, wait_for_health};
+use kit::testing::Binary;
 use proto::quota::{CheckQuotaRequest, ConsumeRequest, quota_service_client::QuotaServiceClient};
 use tonic::{
     Request,
     metadata::{Ascii, MetadataValue},
     transport::Channel,
 };
-use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
 // mimalloc: the load generator shares the cores with the servers; spend less of them.
@@ -279,16 +278,7 @@ async fn prepare(
     edge: SocketAddr,
     servers: Vec<(&'static str, u32)>,
 ) -> anyhow::Result<Mesh> {
-    let url = format!("http://{}", quota.addr);
-    let channels: Vec<Channel> = (0..args.grpc_connections.max(1))
-        .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
-        .collect::<Result<_, _>>()?;
-    wait_for_health(
-        &channels[0],
-        ServingStatus::Serving,
-        Duration::from_secs(30),
-    )
-    .await;
+    let channels = serving_channels(quota, args.grpc_connections).await?;
     let mut clients: Vec<_> = channels.into_iter().map(QuotaServiceClient::new).collect();
     let key = fixture.bench_key_metadata()?;
     apply_default_tier(&mut clients[0], &key).await?;

@@ -20,21 +20,19 @@ use std::{
 
 use bench::{
     Stats, Table, WARMUP, ms,
-    quota::{Fixture, METRIC, apply_default_tier, limit},
+    quota::{Fixture, METRIC, apply_default_tier, limit, serving_channels},
     rate, run_concurrent, run_items, verdict, write_section,
 };
 use clap::Parser;
 use kit::{
     convert::timestamp,
-    testing::{Binary, TestDb, wait_for_health},
+    testing::{Binary, TestDb},
 };
 use proto::quota::{
     ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
 };
 use tonic::{Request, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
 // mimalloc: the load generator shares the cores with the servers; spend less of them.
@@ -110,8 +108,6 @@ struct Case {
 }
 
 struct Target {
-    /// The first connection (health checks).
-    channel: Channel,
     clients: Vec<QuotaServiceClient<Channel>>,
     /// Health clients on the same connections, for the gRPC floor.
     health: Vec<HealthClient<Channel>>,
@@ -160,12 +156,6 @@ async fn main() -> anyhow::Result<()> {
             ],
         );
         let target = connect(&server, args.connections, &fixture).await?;
-        wait_for_health(
-            &target.channel,
-            ServingStatus::Serving,
-            Duration::from_secs(30),
-        )
-        .await;
         if floor.is_empty() {
             floor = measure_floor(&target, &args.concurrency, duration).await?;
         }
@@ -179,12 +169,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn connect(server: &Binary, connections: usize, fixture: &Fixture) -> anyhow::Result<Target> {
-    let url = format!("http://{}", server.addr);
-    let channels: Vec<Channel> = (0..connections.max(1))
-        .map(|_| Channel::from_shared(url.clone()).map(|endpoint| endpoint.connect_lazy()))
-        .collect::<Result<_, _>>()?;
+    let channels = serving_channels(server, connections).await?;
     Ok(Target {
-        channel: channels[0].clone(),
         health: channels.iter().cloned().map(HealthClient::new).collect(),
         clients: channels.into_iter().map(QuotaServiceClient::new).collect(),
         key: fixture.bench_key_metadata()?,
