@@ -11,7 +11,8 @@ use std::{
 };
 
 use kit::testing::{
-    Binary, TestDb, curl, curl_post, free_port, issue_service_key, start_auth_svc, workspace_binary,
+    Binary, SignedUp, TestDb, curl, curl_post, free_port, issue_service_key, sign_up,
+    start_auth_svc, workspace_binary,
 };
 use serde_json::{Value, json};
 
@@ -180,22 +181,7 @@ async fn buy_a_plan_and_cancel(provider: Provider) {
         ],
     );
 
-    let password = "correct horse battery staple 42";
-    let (status, registered) = curl_post(
-        &format!("{base}/v1/auth/register"),
-        &[],
-        &json!({"email": "ada@example.org", "username": "ada", "password": password}),
-    );
-    assert_eq!(status, 200, "{registered}");
-    let (_, login) = curl_post(
-        &format!("{base}/v1/auth/login"),
-        &[],
-        &json!({"usernameOrEmail": "ada", "password": password}),
-    );
-    let bearer = format!(
-        "authorization: Bearer {}",
-        login["accessToken"].as_str().unwrap()
-    );
+    let SignedUp { bearer, .. } = sign_up(&auth, &base, "ada");
     let as_user = ["-H", bearer.as_str()];
     // The free tier (deploy/plans.toml) reached quota-svc through billing's outbox.
     let quota_of = format!("{base}/v1/quotas/analyses");

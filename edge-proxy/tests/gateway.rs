@@ -22,8 +22,8 @@ use axum::{
 };
 use futures::StreamExt;
 use kit::testing::{
-    Binary, TestDb, curl_post, free_port, issue_service_key, start_auth_svc,
-    verify_email_by_logged_link, with_api_key, workspace_binary,
+    Binary, SignedUp, TestDb, curl_post, free_port, issue_service_key, sign_up, start_auth_svc,
+    with_api_key, workspace_binary,
 };
 use proto::quota::{
     ApplyDefaultEntitlementsRequest, MetricLimit, quota_service_client::QuotaServiceClient,
@@ -221,25 +221,7 @@ impl Mesh {
             ],
         );
         let base = format!("http://{}", edge.addr);
-        let password = "correct horse battery staple 42";
-        let (status, registered) = curl_post(
-            &format!("{base}/v1/auth/register"),
-            &[],
-            &json!({"email": "ada@example.org", "username": "ada", "password": password}),
-        );
-        assert_eq!(status, 200, "{registered}");
-        let user_id = registered["user"]["userId"].as_str().unwrap().to_owned();
-        verify_email_by_logged_link(&auth, &base, "ada@example.org");
-        let (status, login) = curl_post(
-            &format!("{base}/v1/auth/login"),
-            &[],
-            &json!({"usernameOrEmail": "ada", "password": password}),
-        );
-        assert_eq!(status, 200, "{login}");
-        let bearer = format!(
-            "authorization: Bearer {}",
-            login["accessToken"].as_str().unwrap()
-        );
+        let SignedUp { user_id, bearer } = sign_up(&auth, &base, "ada");
         Self {
             _db: db,
             auth,

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use kit::testing::{
-    Binary, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key, start_auth_svc,
-    verify_email_by_logged_link, workspace_binary,
+    Binary, SignedUp, TestDb, curl, curl_post as post, grpcurl_result, issue_service_key, sign_up,
+    start_auth_svc, workspace_binary,
 };
 use serde_json::{Value, json};
 
@@ -85,25 +85,8 @@ async fn users_spend_quota_through_the_edge_and_backends_charge_them_with_servic
     .unwrap();
     assert_eq!(applied["applied"], true);
 
-    let password = "correct horse battery staple 42";
-    let (status, registered) = post(
-        &format!("{base}/v1/auth/register"),
-        &[],
-        &json!({"email": "ada@example.org", "username": "ada", "password": password}),
-    );
-    assert_eq!(status, 200, "{registered}");
-    let user_id = registered["user"]["userId"].as_str().unwrap().to_owned();
     // API keys need a verified email: Ada follows the link of her confirmation mail.
-    verify_email_by_logged_link(&auth, &base, "ada@example.org");
-    let (_, login) = post(
-        &format!("{base}/v1/auth/login"),
-        &[],
-        &json!({"usernameOrEmail": "ada", "password": password}),
-    );
-    let bearer = format!(
-        "authorization: Bearer {}",
-        login["accessToken"].as_str().unwrap()
-    );
+    let SignedUp { user_id, bearer } = sign_up(&auth, &base, "ada");
     let as_user = ["-H", bearer.as_str()];
     let consume_url = format!("{base}/v1/quotas/analyses:consume");
 

@@ -109,3 +109,40 @@ pub fn verify_email_by_logged_link(auth: &Binary, base: &str, email: &str) {
     );
     assert_eq!(status, 200, "verifying {email}: {body}");
 }
+
+/// A user signed up through the edge proxy: their id and an `authorization: Bearer …` header.
+pub struct SignedUp {
+    pub user_id: String,
+    pub bearer: String,
+}
+
+/// Signs `username` (email `<username>@example.org`) up through the edge proxy at `base` as a
+/// `just up` user does: registers, follows the logged verification link (API keys need a
+/// verified email), and logs in.
+pub fn sign_up(auth: &Binary, base: &str, username: &str) -> SignedUp {
+    const PASSWORD: &str = "correct horse battery staple 42";
+    let email = format!("{username}@example.org");
+    let (status, registered) = curl_post(
+        &format!("{base}/v1/auth/register"),
+        &[],
+        &json!({"email": email, "username": username, "password": PASSWORD}),
+    );
+    assert_eq!(status, 200, "registering {username}: {registered}");
+    verify_email_by_logged_link(auth, base, &email);
+    let (status, login) = curl_post(
+        &format!("{base}/v1/auth/login"),
+        &[],
+        &json!({"usernameOrEmail": username, "password": PASSWORD}),
+    );
+    assert_eq!(status, 200, "logging {username} in: {login}");
+    let token = login["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token in {login}"));
+    SignedUp {
+        user_id: registered["user"]["userId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no user id in {registered}"))
+            .to_owned(),
+        bearer: format!("authorization: Bearer {token}"),
+    }
+}

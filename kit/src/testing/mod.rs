@@ -17,7 +17,10 @@ pub use binary::{
 };
 pub use credentials::{with_api_key, with_bearer, with_metadata};
 pub use db::TestDb;
-pub use http::{curl, curl_post, issue_service_key, start_auth_svc, verify_email_by_logged_link};
+pub use http::{
+    SignedUp, curl, curl_post, issue_service_key, sign_up, start_auth_svc,
+    verify_email_by_logged_link,
+};
 pub use in_process::{InProcess, wait_for_health};
 pub use issuer::{AuthServer, TestIssuer};
 pub use proxy::TcpProxy;
