@@ -18,7 +18,8 @@ pub enum Error {
     KeyReused,
     #[error("idempotency_key: already used for this subject by another caller")]
     KeyTaken,
-    /// The consume batch could not be committed (database down, queue closed); nothing consumed.
+    /// The call could not be served (database down, a batch queue closed, the default tier
+    /// changing under a read); nothing was consumed, a retry is safe.
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -51,7 +52,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             err @ (Error::KeyReused | Error::KeyTaken) => Status::already_exists(err.to_string()),
             Error::Unavailable(cause) => {
-                tracing::warn!(%cause, "consume batch failed");
+                tracing::warn!(%cause, "quota call unavailable");
                 Status::unavailable("quota is unavailable; nothing was consumed; retry later")
             }
             Error::Db(err) => kit::error::from_db(&err),

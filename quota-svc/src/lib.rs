@@ -65,8 +65,9 @@ pub struct QuotaArgs {
     pub batch_workers: usize,
 
     /// Read workers coalescing concurrent CheckQuota and ListQuotas calls into one statement
-    /// per batch, each with one statement (one database connection) in flight; 0 reads every
-    /// call alone (for benchmark comparison).
+    /// per batch, each with one statement (one database connection) in flight; a read that
+    /// finds nothing else reading goes alone on a connection of its own. 0 reads every call
+    /// alone (for benchmark comparison).
     #[arg(long, env = "QUOTA_READ_WORKERS", default_value_t = 2)]
     pub read_workers: usize,
 }

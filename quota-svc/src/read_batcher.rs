@@ -1,11 +1,14 @@
 //! Coalesces concurrent CheckQuota and ListQuotas reads into one statement per batch. A read that
-//! finds nothing else reading goes alone in its own task; otherwise it queues, and the first free
-//! worker takes it with whatever else is queued (up to [`MAX_BATCH`]) and answers them all from
-//! one round trip. Under load a read then costs PostgreSQL a share of one statement instead of a
-//! statement of its own, and the service a share of one pool checkout.
+//! finds nothing else reading runs alone, in its caller's task; otherwise it queues, and the first
+//! free worker takes it with whatever else is queued (up to [`MAX_BATCH`]) and answers them all
+//! from one round trip. Under load a read then costs PostgreSQL a share of one statement instead
+//! of a statement of its own, and the service a share of one pool checkout.
 //!
-//! A batch that fails (a dropped connection, an exhausted pool, a bug) hands each of its reads
-//! back to its caller, which reads alone: every call gets its own answer or its own error.
+//! A batch that finds the database unavailable (no pooled connection in time, a lost connection)
+//! answers each of its reads UNAVAILABLE, as a read alone would: retrying each alone would queue
+//! a batch's worth of callers on the pool at its worst moment. A batch that fails otherwise (a
+//! bug, a panic) hands each read back to its caller, which reads alone and gets its own answer or
+//! error.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -31,8 +34,9 @@ const QUEUE: usize = 8_192;
 
 struct Job {
     query: CountersQuery,
-    /// Dropped unanswered when the batch failed: the caller then reads alone.
-    reply: oneshot::Sender<CountersRead>,
+    /// Dropped unanswered when the batch failed other than by the database being unavailable:
+    /// the caller then reads alone.
+    reply: oneshot::Sender<Result<CountersRead, Error>>,
 }
 
 /// The handle the service reads through; the workers stop when every handle is dropped.
@@ -53,6 +57,15 @@ impl Running {
         running.fetch_add(1, Ordering::Relaxed);
         Self(running.clone())
     }
+
+    /// Counts the caller's statement if none is running; `None` if one is. One caller of a
+    /// burst after a quiet spell reads alone, the others queue behind it.
+    fn claim_idle(running: &Arc<AtomicUsize>) -> Option<Self> {
+        running
+            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| Self(running.clone()))
+    }
 }
 
 impl Drop for Running {
@@ -63,7 +76,8 @@ impl Drop for Running {
 
 impl ReadBatcher {
     /// Starts `workers` workers on the current runtime, each with at most one batch (one pooled
-    /// connection) in flight; 0 reads every call alone.
+    /// connection) in flight; 0 reads every call alone. Reads alone (one when nothing else
+    /// runs, and those of a batch that failed) take connections of their own besides.
     pub fn start(pool: PgPool, workers: usize) -> Self {
         let running = Arc::new(AtomicUsize::new(0));
         let queue = (workers > 0).then(|| {
@@ -84,10 +98,13 @@ impl ReadBatcher {
     /// The counters `query` asks for, with the default tier's version they go with.
     pub async fn read(&self, query: CountersQuery) -> Result<CountersRead, Error> {
         let Some(queue) = &self.queue else {
-            return self.read_alone(query).await;
+            let running = Running::start(&self.running);
+            return read_alone(&self.pool, query, running).await;
         };
-        if self.running.load(Ordering::Relaxed) == 0 && queue.capacity() == queue.max_capacity() {
-            return self.read_alone(query).await;
+        if queue.capacity() == queue.max_capacity()
+            && let Some(running) = Running::claim_idle(&self.running)
+        {
+            return read_alone(&self.pool, query, running).await;
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -95,20 +112,24 @@ impl ReadBatcher {
             reply,
         };
         if queue.send(job).await.is_ok()
-            && let Ok(read) = answer.await
+            && let Ok(answered) = answer.await
         {
-            return Ok(read);
+            return answered;
         }
-        self.read_alone(query).await
+        let running = Running::start(&self.running);
+        read_alone(&self.pool, query, running).await
     }
+}
 
-    async fn read_alone(&self, query: CountersQuery) -> Result<CountersRead, Error> {
-        let _running = Running::start(&self.running);
-        let mut conn = self.pool.get().await.map_err(DbError::from)?;
-        let mut reads =
-            entitlements::read_counters(&mut conn, std::slice::from_ref(&query)).await?;
-        Ok(reads.pop().unwrap_or_default())
-    }
+async fn read_alone(
+    pool: &PgPool,
+    query: CountersQuery,
+    _running: Running,
+) -> Result<CountersRead, Error> {
+    let mut reads = read_batch(pool, std::slice::from_ref(&query)).await?;
+    reads
+        .pop()
+        .ok_or_else(|| Error::Unavailable("the read statement answered nothing".to_owned()))
 }
 
 async fn work(receiver: Arc<Mutex<mpsc::Receiver<Job>>>, pool: PgPool, running: Arc<AtomicUsize>) {
@@ -129,25 +150,40 @@ async fn work(receiver: Arc<Mutex<mpsc::Receiver<Job>>>, pool: PgPool, running: 
         };
         let _running = Running::start(&running);
         let queries: Vec<CountersQuery> = jobs.iter().map(|job| job.query.clone()).collect();
-        // A panic (a bug) or an error fails only this batch: its callers read alone.
         let answered = AssertUnwindSafe(read_batch(&pool, &queries))
             .catch_unwind()
             .await;
         match answered {
             Ok(Ok(reads)) => {
                 for (job, read) in jobs.into_iter().zip(reads) {
-                    let _ = job.reply.send(read);
+                    let _ = job.reply.send(Ok(read));
                 }
             }
-            Ok(Err(err)) => tracing::debug!(%err, "read batch failed; its calls read alone"),
+            Ok(Err(err)) if database_unavailable(&err) => {
+                let cause = err.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Unavailable(cause.clone())));
+                }
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "read batch failed; its calls read alone"),
             Err(_) => tracing::error!("read batch panicked; its calls read alone"),
         }
     }
 }
 
+/// Reads `queries` in one statement on one pooled connection.
 async fn read_batch(pool: &PgPool, queries: &[CountersQuery]) -> Result<Vec<CountersRead>, Error> {
     let mut conn = pool.get().await.map_err(DbError::from)?;
     Ok(entitlements::read_counters(&mut conn, queries).await?)
+}
+
+/// The database did not answer: no pooled connection in time, or the connection broke.
+fn database_unavailable(err: &Error) -> bool {
+    match err {
+        Error::Db(DbError::Pool(_) | DbError::Connect(_)) => true,
+        Error::Db(DbError::Query(query)) => kit::error::is_connection_lost(query),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -173,11 +209,15 @@ mod tests {
         }
     }
 
+    /// The metrics of the counters read, sorted (the statement has no order).
     fn metrics(read: &CountersRead) -> Vec<&str> {
-        read.counters
+        let mut metrics: Vec<&str> = read
+            .counters
             .iter()
             .map(|(metric, _)| metric.as_str())
-            .collect()
+            .collect();
+        metrics.sort_unstable();
+        metrics
     }
 
     /// A database whose free tier has `calls` (10) and `files` (5), and a subject holding a
@@ -257,39 +297,67 @@ mod tests {
         }
     }
 
-    /// A batch that fails hands its reads back: each is read alone, so a call queued behind a
-    /// failing batch still gets its answer.
+    fn spawn_read(
+        reads: &ReadBatcher,
+        query: CountersQuery,
+    ) -> tokio::task::JoinHandle<Result<CountersRead, Error>> {
+        let reads = reads.clone();
+        tokio::spawn(async move { reads.read(query).await })
+    }
+
+    async fn until(done: impl Fn() -> bool) {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A batch that fails on one read's input hands its reads back: each reads alone, so the
+    /// others still get their answers and only the bad one fails.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_batch_leaves_each_call_to_read_alone() {
         let (db, counted) = with_counters().await;
-        let pool = kit::db::pool(db.url(), SPEC.name, 1, Duration::from_millis(300)).unwrap();
+        let pool = kit::db::pool(db.url(), SPEC.name, 1, Duration::from_secs(10)).unwrap();
         let reads = ReadBatcher::start(pool.clone(), 1);
-        let waiting = |count: usize| {
-            let pool = pool.clone();
-            async move {
-                while pool.status().waiting != count {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+        let queued = |count: usize| {
+            let queue = reads.queue.clone().unwrap();
+            move || queue.max_capacity() - queue.capacity() == count
         };
         let held = pool.get().await.unwrap();
-        let alone = tokio::spawn({
-            let reads = reads.clone();
-            async move { reads.read(query(counted, None)).await }
-        });
-        waiting(1).await;
-        // Something is reading: this one queues, and the worker's batch waits for the pool.
-        let queued = tokio::spawn({
-            let reads = reads.clone();
-            async move { reads.read(query(counted, Some("calls"))).await }
-        });
-        waiting(2).await;
-        let batch_waits_since = tokio::time::Instant::now();
-        // Both time out (300 ms); the queued call then waits for the pool again, alone.
-        assert!(alone.await.unwrap().is_err());
-        tokio::time::sleep_until(batch_waits_since + Duration::from_millis(450)).await;
-        assert_eq!(pool.status().waiting, 1);
+        // Alone (nothing was running), then a batch of one in the worker: both wait for the pool.
+        let alone = spawn_read(&reads, query(counted, None));
+        until(|| pool.status().waiting == 1).await;
+        let first_batch = spawn_read(&reads, query(counted, Some("files")));
+        until(|| pool.status().waiting == 2).await;
+        // Queued behind the worker's batch, so the next batch holds both.
+        let good = spawn_read(&reads, query(counted, Some("calls")));
+        let bad = spawn_read(&reads, query(counted, Some("nul\0byte")));
+        until(queued(2)).await;
         drop(held);
-        assert_eq!(metrics(&queued.await.unwrap().unwrap()), ["calls"]);
+
+        assert_eq!(metrics(&alone.await.unwrap().unwrap()), ["calls", "files"]);
+        assert_eq!(metrics(&first_batch.await.unwrap().unwrap()), ["files"]);
+        assert_eq!(metrics(&good.await.unwrap().unwrap()), ["calls"]);
+        assert!(matches!(bad.await.unwrap(), Err(Error::Db(_))));
+    }
+
+    /// A batch that gets no connection in time answers its reads UNAVAILABLE, as a read alone
+    /// would, rather than sending each back to wait for the pool again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_without_a_connection_answers_unavailable() {
+        let (db, counted) = with_counters().await;
+        let pool = kit::db::pool(db.url(), SPEC.name, 1, Duration::from_millis(300)).unwrap();
+        let reads = ReadBatcher::start(pool.clone(), 1);
+        let held = pool.get().await.unwrap();
+        let alone = spawn_read(&reads, query(counted, None));
+        until(|| pool.status().waiting == 1).await;
+        let batched = spawn_read(&reads, query(counted, None));
+        until(|| pool.status().waiting == 2).await;
+        assert!(matches!(
+            alone.await.unwrap(),
+            Err(Error::Db(DbError::Pool(_)))
+        ));
+        assert!(matches!(batched.await.unwrap(), Err(Error::Unavailable(_))));
+        assert_eq!(pool.status().waiting, 0);
+        drop(held);
     }
 }

@@ -166,12 +166,19 @@ impl Quota {
             if defaults.version == read.defaults_version {
                 break;
             }
-            let mut conn = self.conn().await?;
-            defaults = self.default_tier.reload(&mut conn).await?;
+            defaults = self
+                .default_tier
+                .reload(&self.pool, read.defaults_version)
+                .await?;
             // Changed again between the two statements: read the counters that go with it.
             if defaults.version != read.defaults_version {
                 read = self.reads.read(query.clone()).await?;
             }
+        }
+        if defaults.version != read.defaults_version {
+            return Err(Error::Unavailable(
+                "the default tier kept changing during the read".to_owned(),
+            ));
         }
         let limits = defaults
             .limits
@@ -280,29 +287,45 @@ impl Quota {
 
 /// This replica's copy of the default tier, which changes a few times a year: reads use it while
 /// the version their statement read is the copy's.
-struct DefaultTierCopy(RwLock<Arc<DefaultTier>>);
+struct DefaultTierCopy {
+    copy: RwLock<Arc<DefaultTier>>,
+    /// One reload at a time: the reads that all saw a new version wait for one load, and hold
+    /// no connection meanwhile.
+    loading: tokio::sync::Mutex<()>,
+}
 
 impl Default for DefaultTierCopy {
     fn default() -> Self {
         // No stored version is negative: the first read loads the tier.
-        Self(RwLock::new(Arc::new(DefaultTier {
-            version: -1,
-            limits: Vec::new(),
-        })))
+        Self {
+            copy: RwLock::new(Arc::new(DefaultTier {
+                version: -1,
+                limits: Vec::new(),
+            })),
+            loading: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
 impl DefaultTierCopy {
     fn current(&self) -> Arc<DefaultTier> {
-        self.0
+        self.copy
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    async fn reload(&self, conn: &mut AsyncPgConnection) -> Result<Arc<DefaultTier>, Error> {
-        let loaded = Arc::new(entitlements::default_tier(conn).await?);
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
+    /// The tier as stored now, unless the copy already is of `seen` (a read's version), loaded
+    /// meanwhile by another read.
+    async fn reload(&self, pool: &PgPool, seen: i64) -> Result<Arc<DefaultTier>, Error> {
+        let _loading = self.loading.lock().await;
+        let current = self.current();
+        if current.version == seen {
+            return Ok(current);
+        }
+        let mut conn = pool.get().await.map_err(DbError::from)?;
+        let loaded = Arc::new(entitlements::default_tier(&mut conn).await?);
+        *self.copy.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
         Ok(loaded)
     }
 }

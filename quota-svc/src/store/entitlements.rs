@@ -64,7 +64,7 @@ pub struct CountersQuery {
 
 /// A subject's counters as one statement saw them, with the default tier's version in the same
 /// snapshot: a copy of the default tier of another version is not the one these counters go with.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CountersRead {
     pub defaults_version: i64,
     /// By metric.
@@ -107,19 +107,26 @@ pub async fn read_counters(
     )
     .load(conn)
     .await?;
-    let mut reads = vec![CountersRead::default(); queries.len()];
+    let mut reads: Vec<Option<CountersRead>> = vec![None; queries.len()];
     for row in rows {
-        // Ordinality counts from 1; every read has at least its one row.
+        // Ordinality counts from 1.
         let Some(read) = usize::try_from(row.read_index - 1)
             .ok()
             .and_then(|index| reads.get_mut(index))
         else {
             continue;
         };
-        read.defaults_version = row.defaults_version;
+        let read = read.get_or_insert_with(|| CountersRead {
+            defaults_version: row.defaults_version,
+            counters: Vec::new(),
+        });
         read.counters.extend(row.counter());
     }
-    Ok(reads)
+    // Every read has at least its one row; one without would read as an untouched quota.
+    reads
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or(diesel::result::Error::NotFound)
 }
 
 #[derive(QueryableByName)]
