@@ -19,6 +19,7 @@ pub mod observe;
 pub mod page;
 pub mod server;
 pub mod shutdown;
+pub mod starting;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,6 +1,7 @@
 //! Server bootstrap shared by every gRPC service: health (SERVING only once migrations ran and the
-//! database answers), reflection v1 + v1alpha, per-RPC observability, timeout and concurrency
-//! limit, the admin `/metrics` listener, and graceful shutdown that drains in-flight calls.
+//! database answers; the service's own RPCs UNAVAILABLE until the migrations ran), reflection v1
+//! and v1alpha, per-RPC observability, timeout and concurrency limit, the admin `/metrics`
+//! listener, and graceful shutdown that drains in-flight calls.
 
 use std::{future::Future, time::Duration};
 
@@ -14,6 +15,7 @@ use crate::{
     cli::{ServerArgs, ServiceSpec},
     db::{self, PgPool},
     observe::ObserveLayer,
+    starting::{Migrated, UntilMigratedLayer},
     telemetry,
 };
 
@@ -88,10 +90,14 @@ pub async fn serve(
     tracing::info!(service = spec.name, %grpc_addr, %admin_addr, "serving");
 
     let admin = tokio::spawn(serve_admin(listeners.admin, stopping_rx.clone()));
+    let migrated = Migrated::default();
     let watcher = tokio::spawn(watch_database(
         spec,
         args.clone(),
-        migrations,
+        Migration {
+            migrations,
+            done: migrated.clone(),
+        },
         pool,
         reporter,
         stopping_rx.clone(),
@@ -102,7 +108,8 @@ pub async fn serve(
         .layer(
             tower::ServiceBuilder::new()
                 .layer(ObserveLayer)
-                .layer(GlobalConcurrencyLimitLayer::new(args.max_concurrent_rpcs)),
+                .layer(GlobalConcurrencyLimitLayer::new(args.max_concurrent_rpcs))
+                .layer(UntilMigratedLayer(migrated)),
         )
         .add_routes(routes)
         // Without TCP_NODELAY a response split over two writes waits for the peer's delayed
@@ -151,21 +158,28 @@ async fn set_status(reporter: &HealthReporter, spec: &ServiceSpec, status: Servi
     reporter.set_service_status(spec.grpc_service, status).await;
 }
 
+/// The migrations a server runs at start, and where it says they have run.
+struct Migration {
+    migrations: db::Migrations,
+    done: Migrated,
+}
+
 /// Runs the migrations (retrying until the database answers), then probes the database at the
 /// configured interval and reports the result as the health status.
 async fn watch_database(
     spec: ServiceSpec,
     args: ServerArgs,
-    migrations: db::Migrations,
+    migration: Migration,
     pool: PgPool,
     reporter: HealthReporter,
     stopping: watch::Receiver<bool>,
 ) {
     let interval = args.health_check_interval();
     loop {
-        match db::migrate(args.database_url(), spec.name, migrations).await {
+        match db::migrate(args.database_url(), spec.name, migration.migrations).await {
             Ok(applied) => {
                 tracing::info!(?applied, "migrations up to date");
+                migration.done.set();
                 break;
             }
             Err(err) => {

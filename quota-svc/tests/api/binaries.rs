@@ -3,11 +3,13 @@
 
 use std::{process::Command, sync::Arc, time::Duration};
 
+use diesel_async::RunQueryDsl;
 use futures::future::join_all;
 use kit::{
     convert::timestamp,
     testing::{
-        AuthServer, Binary, TestDb, TestIssuer, assert_grpcurl_lists, grpcurl_ok, with_api_key,
+        AuthServer, Binary, TestDb, TestIssuer, assert_grpcurl_lists, grpcurl_ok, grpcurl_result,
+        with_api_key,
     },
 };
 use proto::quota::{
@@ -204,4 +206,65 @@ async fn grpcurl_and_a_python_backend_consume_from_the_binary() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// While another process holds the migration lock (a replica or the init job migrating), a
+/// starting replica lists its services and reads NOT_SERVING, and answers its own RPCs
+/// UNAVAILABLE (retry) rather than INTERNAL from tables that do not exist yet; once the lock is
+/// released it migrates and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answers_unavailable_until_its_schema_is_migrated() {
+    let db = TestDb::new(&[]).await;
+    let mut migrating = db.connect("public").await;
+    let lock = "SELECT pg_advisory_lock(hashtext('commerce-mesh migrations quota'))";
+    diesel::sql_query(lock)
+        .execute(&mut migrating)
+        .await
+        .unwrap();
+    let issuer = Arc::new(TestIssuer::new());
+    let auth = AuthServer::start(issuer.clone()).await;
+    let own_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
+    let service_key = issuer.add_api_key(Uuid::now_v7(), &["service", "quota:read"], &["service"]);
+    let replica = Binary::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_quota-svc")),
+        "QUOTA",
+        db.url(),
+        &[
+            ("AUTH_URL", &auth.url()),
+            ("QUOTA_SERVICE_API_KEY", &own_key),
+        ],
+    );
+    let addr = replica.addr.to_string();
+    let check = |expected: &str| {
+        let key = format!("x-api-key: {service_key}");
+        let body = format!(r#"{{"subject":"{}","metric":"api.calls"}}"#, Uuid::now_v7());
+        let args = [
+            "-plaintext",
+            "-H",
+            key.as_str(),
+            "-d",
+            body.as_str(),
+            addr.as_str(),
+            "commerce.quota.v1.QuotaService/CheckQuota",
+        ];
+        let answer = grpcurl_result(&args).unwrap_err();
+        assert!(answer.contains(expected), "{answer}");
+    };
+
+    assert_grpcurl_lists(&addr, "commerce.quota.v1.QuotaService");
+    let health = grpcurl_ok(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("NOT_SERVING"), "{health}");
+    check("Code: Unavailable");
+
+    let unlock = "SELECT pg_advisory_unlock(hashtext('commerce-mesh migrations quota'))";
+    diesel::sql_query(unlock)
+        .execute(&mut migrating)
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    kit::testing::wait_for_health(&channel, tonic_health_serving(), Duration::from_secs(30)).await;
+    // Migrated: the metric simply does not exist for the subject (no free tier applied).
+    check("Code: NotFound");
 }
