@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tonic_health::pb::health_check_response::ServingStatus;
+
 /// A free local port (bound once and released; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -24,9 +26,13 @@ pub struct Binary {
     log: PathBuf,
 }
 
+/// The env prefixes of the mesh's gRPC services: their own RPCs are UNAVAILABLE until their
+/// migrations ran, which their health check reports as SERVING.
+const MIGRATING_SERVICES: [&str; 3] = ["AUTH", "BILLING", "QUOTA"];
+
 impl Binary {
-    /// Starts `program` serving gRPC on a free port with `env` set, and waits until it accepts
-    /// TCP connections.
+    /// Starts `program` serving on a free port with `env` set, and waits until it accepts TCP
+    /// connections and, for a gRPC service of the mesh, until its health check says SERVING.
     pub fn start(
         program: &Path,
         env_prefix: &str,
@@ -39,6 +45,22 @@ impl Binary {
     /// [`Binary::start`] on a port chosen beforehand, for servers that must know each other's
     /// address before either starts.
     pub fn start_on(
+        port: u16,
+        program: &Path,
+        env_prefix: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let binary = Self::start_listening(port, program, env_prefix, database_url, env);
+        if MIGRATING_SERVICES.contains(&env_prefix) {
+            binary.wait_until_serving(Duration::from_secs(30));
+        }
+        binary
+    }
+
+    /// Starts `program` on `port` and waits only until it accepts TCP connections: for a test of
+    /// a server that is not ready yet.
+    pub fn start_listening(
         port: u16,
         program: &Path,
         env_prefix: &str,
@@ -84,6 +106,31 @@ impl Binary {
     /// Everything the binary printed so far (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the server's gRPC health check says SERVING. The client runs on a thread of
+    /// its own, so callers on any runtime (or none) may wait.
+    fn wait_until_serving(&self, within: Duration) {
+        let addr = self.addr;
+        let waited = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|err| panic!("a runtime for the health check: {err}"));
+            runtime.block_on(async {
+                let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .unwrap_or_else(|err| panic!("{err}"))
+                    .connect_lazy();
+                super::wait_for_health(&channel, ServingStatus::Serving, within).await;
+            });
+        })
+        .join();
+        if waited.is_err() {
+            panic!(
+                "{addr} did not report SERVING within {within:?}:\n{}",
+                self.log()
+            );
+        }
     }
 
     fn wait_for_port(&self, within: Duration) {

@@ -8,8 +8,8 @@ use futures::future::join_all;
 use kit::{
     convert::timestamp,
     testing::{
-        AuthServer, Binary, TestDb, TestIssuer, assert_grpcurl_lists, grpcurl_ok, grpcurl_result,
-        with_api_key,
+        AuthServer, Binary, TestDb, TestIssuer, assert_grpcurl_lists, free_port, grpcurl_ok,
+        grpcurl_result, with_api_key,
     },
 };
 use proto::quota::{
@@ -225,7 +225,8 @@ async fn a_replica_answers_unavailable_until_its_schema_is_migrated() {
     let auth = AuthServer::start(issuer.clone()).await;
     let own_key = issuer.add_api_key(Uuid::now_v7(), &["service"], &["service"]);
     let service_key = issuer.add_api_key(Uuid::now_v7(), &["service", "quota:read"], &["service"]);
-    let replica = Binary::start(
+    let replica = Binary::start_listening(
+        free_port(),
         std::path::Path::new(env!("CARGO_BIN_EXE_quota-svc")),
         "QUOTA",
         db.url(),
