@@ -8,7 +8,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, Uri, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     middleware::Next,
     response::Response,
 };
@@ -18,7 +18,9 @@ use kit::client_address::{FORWARDED_FOR_HEADER, PROXY_KEY_HEADER};
 use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{Edge, FORWARDED_HEADERS, MAX_BODY_BYTES, Upstream, record_request, vouched_client};
+use crate::{
+    Edge, FORWARDED_HEADERS, MAX_BODY_BYTES, Upstream, record_request, transcode, vouched_client,
+};
 
 /// gRPC's own request headers, as tonic-web leaves them after translating.
 const GRPC_HEADERS: [&str; 5] = [
@@ -60,8 +62,21 @@ pub(crate) async fn or_rest(
     };
     // The path is the client's: only a callable method becomes a label of its own.
     let route = if known { path } else { "unmatched".to_owned() };
-    record_request(&method, route, response.status(), started);
+    record_request(&method, route, label_status(response.headers()), started);
     response
+}
+
+/// The status a gRPC-Web answer is counted under: a refused call is trailers-only, its gRPC
+/// status a header, and counts as the HTTP status REST answers the same refusal with; an answer
+/// with a body (its status in the trailer frame at the end) counts as 200.
+fn label_status(headers: &HeaderMap) -> StatusCode {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map_or(StatusCode::OK, |code| {
+            transcode::http_status(tonic::Code::from(code))
+        })
 }
 
 /// The package of a gRPC path `/commerce.quota.v1.QuotaService/Consume`.

@@ -294,6 +294,16 @@ async fn replicas_share_the_calls_and_readiness_follows_their_health() {
         "{metrics}"
     );
     assert!(!metrics.contains("MadeUp"), "{metrics}");
+    // A refused call counts under the status REST gives the refusal, not the 200 it travels in.
+    assert_eq!(
+        counter(
+            &metrics,
+            "edge_requests_total",
+            r#"route="/commerce.quota.v1.QuotaService/ListQuotas",status="401""#
+        ),
+        1.0,
+        "{metrics}"
+    );
 
     // One replica stopping leaves the service ready (the other serves); both gone, it is not.
     second.terminate(Duration::from_secs(5));
