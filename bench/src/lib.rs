@@ -14,6 +14,23 @@ use std::{
 
 use hdrhistogram::Histogram;
 
+// mimalloc in every load generator: it shares the cores with the servers; spend less of them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Fails unless every binary a load generator starts was built (`packages`: what
+/// `cargo build --release -p …` to run).
+pub fn ensure_built(binaries: &[&Path], packages: &str) -> anyhow::Result<()> {
+    for binary in binaries {
+        anyhow::ensure!(
+            binary.exists(),
+            "{} not found: build it with `cargo build --release {packages}`",
+            binary.display()
+        );
+    }
+    Ok(())
+}
+
 /// Latencies in microseconds, 1 µs to 60 s at three significant digits.
 #[derive(Debug, Clone)]
 pub struct Latency(Histogram<u64>);

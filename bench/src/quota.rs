@@ -2,7 +2,11 @@
 //! migrated quota template, kit's test issuer serving JWKS/VerifyApiKey, the service's own key and
 //! the load generator's, and the release quota-svc binary started over them.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use kit::testing::{AuthServer, Binary, TestDb, TestIssuer, wait_for_health};
 use proto::quota::{
@@ -20,6 +24,23 @@ use uuid::Uuid;
 pub const METRIC: &str = "bench.calls";
 /// Large enough that no case runs out: every call is a real consume.
 pub const LIMIT: i64 = 1_000_000_000_000;
+
+/// The flags the quota-svc load generators share, flattened into each one's own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QuotaRun {
+    /// The quota-svc binary to start (`cargo build --release -p quota-svc`).
+    #[arg(long, env = "QUOTA_BIN", default_value = "target/release/quota-svc")]
+    pub quota_bin: PathBuf,
+    /// Seconds each timed case runs, after its warm-up.
+    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
+    pub duration_secs: u64,
+}
+
+impl QuotaRun {
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration_secs)
+    }
+}
 
 /// A database, a test auth server and the keys a bench's quota-svc and load generator use.
 pub struct Fixture {

@@ -29,10 +29,6 @@ use tonic::{
     transport::Channel,
 };
 
-// mimalloc: the load generator shares the cores with the servers; spend less of them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// auth-svc benchmark (see the module documentation).
 #[derive(Debug, Parser)]
 #[command(about)]

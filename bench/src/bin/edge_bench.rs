@@ -27,8 +27,8 @@ use anyhow::Context;
 use bench::{
     OpenLoopStats, Stats, Table, WARMUP,
     cpu::{Sample, Spent, Watched, child_running},
-    ms,
-    quota::{Fixture, METRIC, apply_default_tier, serving_channels},
+    ensure_built, ms,
+    quota::{Fixture, METRIC, QuotaRun, apply_default_tier, serving_channels},
     rate, run_concurrent, run_items, run_open_loop, verdict, write_section,
 };
 use bytes::Bytes;
@@ -49,10 +49,6 @@ use tonic::{
 };
 use uuid::Uuid;
 
-// mimalloc: the load generator shares the cores with the servers; spend less of them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The wrk script: many subjects, a fresh idempotency key per consume, figures in one line.
 const WRK_SCRIPT: &str = include_str!("../../wrk/edge.lua");
 
@@ -60,18 +56,14 @@ const WRK_SCRIPT: &str = include_str!("../../wrk/edge.lua");
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
-    /// The quota-svc binary to start.
-    #[arg(long, env = "QUOTA_BIN", default_value = "target/release/quota-svc")]
-    quota_bin: PathBuf,
+    #[command(flatten)]
+    run: QuotaRun,
     /// The edge-proxy binary to start.
     #[arg(long, env = "EDGE_BIN", default_value = "target/release/edge-proxy")]
     edge_bin: PathBuf,
     /// wrk, the closed-loop HTTP load generator (`apt-get install wrk`).
     #[arg(long, default_value = "wrk")]
     wrk: PathBuf,
-    /// Seconds each closed-loop case runs.
-    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
-    duration_secs: u64,
     /// Calls in flight of each closed-loop case (comma-separated); through the edge, one
     /// HTTP/1.1 connection each.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
@@ -217,17 +209,14 @@ struct Mesh {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    for binary in [&args.quota_bin, &args.edge_bin] {
-        anyhow::ensure!(
-            binary.exists(),
-            "{} not found: build it with `cargo build --release -p quota-svc -p edge-proxy`",
-            binary.display()
-        );
-    }
+    ensure_built(
+        &[&args.run.quota_bin, &args.edge_bin],
+        "-p quota-svc -p edge-proxy",
+    )?;
     // Other work on the machine skews every figure; the section says how busy it was.
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let fixture = Fixture::start().await;
-    let quota = fixture.start_quota(&args.quota_bin, &[]);
+    let quota = fixture.start_quota(&args.run.quota_bin, &[]);
     let quota_url = format!("http://{}", quota.addr);
     let auth_url = fixture.auth.url();
     // Any service key the test issuer knows: the edge only uses it towards auth-svc.
@@ -246,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
             ("RUST_LOG", "warn"),
         ],
     );
-    let servers = [(EDGE, &args.edge_bin), (QUOTA, &args.quota_bin)]
+    let servers = [(EDGE, &args.edge_bin), (QUOTA, &args.run.quota_bin)]
         .into_iter()
         .map(|(name, program)| {
             child_running(program)
@@ -379,7 +368,7 @@ async fn run_all(
         script: &script,
         subjects: &subjects_file,
     };
-    let duration = Duration::from_secs(args.duration_secs);
+    let duration = args.run.duration();
     let mut closed = Vec::new();
     for call in [Call::Read, Call::Consume] {
         for &concurrency in &args.concurrency {
@@ -825,7 +814,7 @@ fn report(closed: &[Closed], open: &[Open], args: &Args, load: &[String; 2]) -> 
         run = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         load_before = load[0],
         load_after = load[1],
-        secs = args.duration_secs,
+        secs = args.run.duration_secs,
         warmup = WARMUP.as_secs(),
         grpc = args.grpc_connections,
         table = table.render(),

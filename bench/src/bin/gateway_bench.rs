@@ -23,8 +23,8 @@ use anyhow::Context;
 use bench::{
     Stats, Table, WARMUP,
     cpu::{Spent, Watched},
-    ms,
-    quota::{Fixture, METRIC, apply_default_tier},
+    ensure_built, ms,
+    quota::{Fixture, METRIC, QuotaRun, apply_default_tier},
     rate, run_concurrent, run_items, write_section,
 };
 use bytes::Bytes;
@@ -44,23 +44,15 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
-// mimalloc: the load generator shares the cores with the servers; spend less of them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// gateway benchmark (see the module documentation).
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
-    /// The quota-svc binary to start.
-    #[arg(long, env = "QUOTA_BIN", default_value = "target/release/quota-svc")]
-    quota_bin: PathBuf,
+    #[command(flatten)]
+    run: QuotaRun,
     /// The edge-proxy binary to start.
     #[arg(long, env = "EDGE_BIN", default_value = "target/release/edge-proxy")]
     edge_bin: PathBuf,
-    /// Seconds each case runs, after the warm-up.
-    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
-    duration_secs: u64,
     /// Calls in flight of each case (comma-separated), one HTTP/1.1 connection each.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     concurrency: Vec<usize>,
@@ -160,17 +152,14 @@ impl Target {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    for binary in [&args.quota_bin, &args.edge_bin] {
-        anyhow::ensure!(
-            binary.exists(),
-            "{} not found: build it with `cargo build --release -p quota-svc -p edge-proxy`",
-            binary.display()
-        );
-    }
+    ensure_built(
+        &[&args.run.quota_bin, &args.edge_bin],
+        "-p quota-svc -p edge-proxy",
+    )?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let upstream = start_upstream()?;
     let fixture = Fixture::start().await;
-    let quota = fixture.start_quota(&args.quota_bin, &[]);
+    let quota = fixture.start_quota(&args.run.quota_bin, &[]);
     let quota_url = format!("http://{}", quota.addr);
     let channel = Channel::from_shared(quota_url.clone())?.connect_lazy();
     wait_for_health(&channel, ServingStatus::Serving, Duration::from_secs(30)).await;
@@ -277,7 +266,7 @@ async fn run_all(
         .await
         .map_err(|err| anyhow::anyhow!("a call through the protected route: {err}"))?;
     warm_up(target).await?;
-    let duration = Duration::from_secs(args.duration_secs);
+    let duration = args.run.duration();
     let mut cases = Vec::new();
     for &concurrency in &args.concurrency {
         for path in [Path::Direct, Path::Gateway] {
@@ -455,7 +444,7 @@ fn report(cases: &[Case], args: &Args, load: &[String; 2]) -> String {
         after = load[1],
         when = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         users = args.users,
-        secs = args.duration_secs,
+        secs = args.run.duration_secs,
         warmup = WARMUP.as_secs(),
         table = table.render(),
         added = added.render(),

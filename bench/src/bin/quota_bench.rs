@@ -19,8 +19,8 @@ use std::{
 };
 
 use bench::{
-    Stats, Table, WARMUP, ms,
-    quota::{Fixture, METRIC, apply_default_tier, limit, serving_channels},
+    Stats, Table, WARMUP, ensure_built, ms,
+    quota::{Fixture, METRIC, QuotaRun, apply_default_tier, limit, serving_channels},
     rate, run_concurrent, run_items, verdict, write_section,
 };
 use clap::Parser;
@@ -35,20 +35,12 @@ use tonic::{Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
-// mimalloc: the load generator shares the cores with the servers; spend less of them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// quota-svc benchmark (see the module documentation).
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
-    /// The quota-svc binary to start (build it with `cargo build --release -p quota-svc`).
-    #[arg(long, env = "QUOTA_BIN", default_value = "target/release/quota-svc")]
-    quota_bin: PathBuf,
-    /// Seconds each timed case runs.
-    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
-    duration_secs: u64,
+    #[command(flatten)]
+    run: QuotaRun,
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -129,13 +121,9 @@ impl Target {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.quota_bin.exists(),
-        "{} not found: build it with `cargo build --release -p quota-svc`",
-        args.quota_bin.display()
-    );
+    ensure_built(&[&args.run.quota_bin], "-p quota-svc")?;
     let fixture = Fixture::start().await;
-    let duration = Duration::from_secs(args.duration_secs);
+    let duration = args.run.duration();
     let baselines = if args.no_baseline {
         Err("left out (--no-baseline)".to_owned())
     } else {
@@ -148,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         let pool_size = args.pool_size.to_string();
         let workers = args.batch_workers.to_string();
         let mut server = fixture.start_quota(
-            &args.quota_bin,
+            &args.run.quota_bin,
             &[
                 ("QUOTA_BATCHING", &batching),
                 ("DB_POOL_SIZE", &pool_size),
@@ -406,7 +394,7 @@ fn measure_baselines(db: &TestDb, args: &Args) -> Result<Vec<f64>, String> {
                     "-j",
                     "2",
                     "-T",
-                    &args.duration_secs.to_string(),
+                    &args.run.duration_secs.to_string(),
                     "-D",
                     &format!("counters={}", args.keys),
                     "-f",
@@ -630,7 +618,7 @@ fn report(
          PostgreSQL ({} cores). Batched = concurrent calls coalesced into one transaction per \
          batch (default); per-call = QUOTA_BATCHING=false, one transaction per call. \
          Run: {}.\n\n{}\n{}\n{}\n{}\n{}",
-        args.duration_secs,
+        args.run.duration_secs,
         WARMUP.as_secs(),
         args.connections,
         args.pool_size,

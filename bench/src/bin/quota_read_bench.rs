@@ -14,8 +14,8 @@ use std::{
 };
 
 use bench::{
-    Stats, Table, ms, pgbench_tps,
-    quota::{Fixture, LIMIT, serving_channels},
+    Stats, Table, ensure_built, ms, pgbench_tps,
+    quota::{Fixture, LIMIT, QuotaRun, serving_channels},
     rate, run_concurrent, run_items, run_tool, verdict, write_section,
 };
 use clap::Parser;
@@ -32,20 +32,12 @@ use tonic::{
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
-// mimalloc: the load generator shares the cores with the servers; spend less of them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// quota-svc read benchmark (see the module documentation).
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
-    /// The quota-svc binary to start (build it with `cargo build --release -p quota-svc`).
-    #[arg(long, env = "QUOTA_BIN", default_value = "target/release/quota-svc")]
-    quota_bin: PathBuf,
-    /// Seconds each timed case runs.
-    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
-    duration_secs: u64,
+    #[command(flatten)]
+    run: QuotaRun,
     /// Concurrent calls of every case.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -188,17 +180,13 @@ impl Case {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.quota_bin.exists(),
-        "{} not found: build it with `cargo build --release -p quota-svc`",
-        args.quota_bin.display()
-    );
+    ensure_built(&[&args.run.quota_bin], "-p quota-svc")?;
     let fixture = Fixture::start().await;
-    let duration = Duration::from_secs(args.duration_secs);
+    let duration = args.run.duration();
     let counted: Vec<Uuid> = (0..args.subjects.max(1)).map(|_| Uuid::now_v7()).collect();
     let mut measured = Vec::new();
     for reads in [Reads::Coalesced, Reads::Alone] {
-        let mut server = fixture.start_quota(&args.quota_bin, reads.env());
+        let mut server = fixture.start_quota(&args.run.quota_bin, reads.env());
         let key = fixture.bench_key_metadata()?;
         let shared = Shared::connect(&server, args.connections, key, counted.clone()).await?;
         let shared = Arc::new(shared);
@@ -427,7 +415,7 @@ fn report(
          {}\n{point_select}\n",
         args.concurrency,
         args.connections,
-        args.duration_secs,
+        args.run.duration_secs,
         args.subjects,
         table.render()
     )

@@ -57,10 +57,6 @@ use proto::{
 use tonic::{Request, transport::Channel};
 use uuid::Uuid;
 
-// mimalloc, as in the mesh's binaries: billing-svc runs in this process.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// billing-svc webhook benchmark (see the module documentation).
 #[derive(Debug, Parser)]
 #[command(about)]
