@@ -208,20 +208,20 @@ def mesh() -> Iterator[MeshUnderTest]:
             wait_until(f"{name} on {addr}", lambda: process.alive() and ready(addr))
             return process
 
-        auth_port = free_port()
-        auth = start(
-            "auth-svc",
-            [binary("auth-svc")],
-            {
-                **server_env("AUTH", auth_port, database_url),
+        def start_auth(name: str, port: int, **settings: str) -> Process:
+            """An auth-svc on the mesh's database and signing keys, its mail (verification links)
+            going to its log as under `just up`."""
+            env = {
+                **server_env("AUTH", port, database_url),
                 "AUTH_MASTER_KEY": MASTER_KEY,
-                # Mail (verification links) goes to the log, as under `just up`.
                 "AUTH_LOG_MAIL": "true",
-                # Every test signs up from 127.0.0.1.
-                "REGISTRATIONS_PER_CLIENT_HOUR": "0",
-            },
-            auth_port,
-        )
+                **settings,
+            }
+            return start(name, [binary("auth-svc")], env, port)
+
+        auth_port = free_port()
+        # Every test signs up from 127.0.0.1.
+        auth = start_auth("auth-svc", auth_port, REGISTRATIONS_PER_CLIENT_HOUR="0")
         auth_addr = f"127.0.0.1:{auth_port}"
         quota_key = auth_cli(database_url, "service-key", "issue", "--service", "quota-svc")
         billing_key = auth_cli(database_url, "service-key", "issue", "--service", "billing-svc")
@@ -234,17 +234,7 @@ def mesh() -> Iterator[MeshUnderTest]:
         # shortest it allows): one taken now has expired by the end of the run, where the test of
         # expired tokens runs (marked `late`).
         short_port = free_port()
-        short_lived = start(
-            "auth-svc-60s-tokens",
-            [binary("auth-svc")],
-            {
-                **server_env("AUTH", short_port, database_url),
-                "AUTH_MASTER_KEY": MASTER_KEY,
-                "AUTH_LOG_MAIL": "true",
-                "ACCESS_TOKEN_TTL_SECS": "60",
-            },
-            short_port,
-        )
+        short_lived = start_auth("auth-svc-60s-tokens", short_port, ACCESS_TOKEN_TTL_SECS="60")
         expiring = register_and_log_in(auth_addr)
         expiring_token = (
             auth_pb2_grpc.AuthServiceStub(_channel(f"127.0.0.1:{short_port}"))
