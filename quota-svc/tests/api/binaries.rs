@@ -13,7 +13,8 @@ use kit::{
     },
 };
 use proto::quota::{
-    ApplyEntitlementsRequest, ConsumeRequest, quota_service_client::QuotaServiceClient,
+    ApplyEntitlementsRequest, CheckQuotaRequest, ConsumeRequest,
+    quota_service_client::QuotaServiceClient,
 };
 use quota_svc::{MIGRATIONS, SPEC};
 use tonic::transport::Channel;
@@ -157,6 +158,30 @@ async fn two_replicas_grant_exactly_the_limit() {
     .await
     .unwrap();
     assert_eq!(used.used, 100);
+    // Concurrent reads on both replicas (coalesced into batches) agree with what was consumed.
+    let reads = join_all((0..200).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = with_api_key(
+            &replicas.service_key,
+            CheckQuotaRequest {
+                metric: "api.calls".to_owned(),
+                subject: subject.to_string(),
+            },
+        );
+        async move {
+            client
+                .check_quota(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .quota
+        }
+    }))
+    .await;
+    for quota in reads {
+        let quota = quota.unwrap();
+        assert_eq!((quota.limit, quota.used, quota.remaining), (100, 100, 0));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
